@@ -1,0 +1,4 @@
+//! Commands whose job is to print for a person (the demo); the binary's other commands live
+//! in `main.rs`.
+
+pub mod demo;

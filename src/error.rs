@@ -1,0 +1,242 @@
+//! One classification of how a connection failed: which side, and a reason from a closed list.
+//!
+//! The pair drives the log line, (later) the metric labels and any error sent to the client
+//! (STYLE.md rule 6). `detail` is the precise human sentence; it never holds a secret.
+
+use std::fmt;
+use std::io;
+
+use rustls::{AlertDescription, CertificateError};
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The application connecting to keyward.
+    Client,
+    /// The upstream server (or the network path to it).
+    Upstream,
+    /// keyward itself (its limits, its configuration).
+    Internal,
+}
+
+impl Side {
+    /// A stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Upstream => "upstream",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// Why a connection failed: a closed list, usable as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The upstream host name did not resolve.
+    Resolve,
+    /// The upstream actively refused the TCP connection.
+    ConnectRefused,
+    /// The TCP connection did not complete within `connect_timeout`.
+    ConnectTimeout,
+    /// Another TCP connect failure (unreachable network, …).
+    ConnectFailed,
+    /// The TLS handshake did not complete within `handshake_timeout`.
+    HandshakeTimeout,
+    /// The upstream certificate does not chain to a trusted CA.
+    UnknownIssuer,
+    /// The upstream certificate is not valid for the expected name.
+    NameMismatch,
+    /// The upstream certificate (or one in its chain) has expired.
+    Expired,
+    /// The upstream certificate is not valid yet.
+    NotYetValid,
+    /// The upstream certificate is otherwise unacceptable.
+    BadCertificate,
+    /// The upstream refused keyward's client certificate, or wanted one it did not get.
+    ClientCertRejected,
+    /// Any other TLS failure.
+    Tls,
+    /// No bytes either way for `idle_timeout`.
+    IdleTimeout,
+    /// The resource already has `max_connections` open.
+    MaxConnections,
+    /// The peer reset the connection.
+    Reset,
+    /// The peer closed a TLS connection without close_notify.
+    Truncated,
+    /// Another I/O error.
+    Io,
+}
+
+impl Reason {
+    /// A stable snake_case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolve => "resolve",
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ConnectFailed => "connect_failed",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::NameMismatch => "name_mismatch",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadCertificate => "bad_certificate",
+            Self::ClientCertRejected => "client_cert_rejected",
+            Self::Tls => "tls",
+            Self::IdleTimeout => "idle_timeout",
+            Self::MaxConnections => "max_connections",
+            Self::Reset => "reset",
+            Self::Truncated => "truncated",
+            Self::Io => "io",
+        }
+    }
+}
+
+/// A classified connection failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnError {
+    /// Who caused it.
+    pub side: Side,
+    /// Why, from a closed list.
+    pub reason: Reason,
+    /// The precise sentence for logs and for the client (`certificate not valid for name "x"`).
+    pub detail: String,
+}
+
+impl ConnError {
+    /// A classified error.
+    pub fn new(side: Side, reason: Reason, detail: impl Into<String>) -> Self {
+        Self { side, reason, detail: detail.into() }
+    }
+
+    /// Classifies an I/O error seen on `side`; rustls errors inside it are recognised.
+    pub fn from_io(side: Side, err: &io::Error) -> Self {
+        if let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            return Self::from_tls(side, tls);
+        }
+        let reason = match err.kind() {
+            io::ErrorKind::ConnectionRefused => Reason::ConnectRefused,
+            io::ErrorKind::TimedOut => Reason::ConnectTimeout,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
+                Reason::Reset
+            }
+            io::ErrorKind::UnexpectedEof => Reason::Truncated,
+            _ => Reason::Io,
+        };
+        let detail = match reason {
+            Reason::ConnectRefused => "connection refused".to_owned(),
+            Reason::Reset => format!("connection reset by the {}", side_noun(side)),
+            Reason::Truncated => format!("the {} closed the TLS connection without close_notify", side_noun(side)),
+            _ => err.to_string(),
+        };
+        Self::new(side, reason, detail)
+    }
+
+    /// Classifies a rustls error. Certificate problems are the upstream's; alerts it sent about
+    /// our client certificate are reported as such.
+    pub fn from_tls(side: Side, err: &rustls::Error) -> Self {
+        use rustls::Error as E;
+        let (reason, detail) = match err {
+            E::InvalidCertificate(cert) => certificate_reason(cert),
+            E::AlertReceived(alert) => alert_reason(*alert),
+            E::NoCertificatesPresented => (Reason::BadCertificate, "the upstream presented no certificate".to_owned()),
+            other => (Reason::Tls, format!("TLS error: {other}")),
+        };
+        Self::new(side, reason, detail)
+    }
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for ConnError {}
+
+fn side_noun(side: Side) -> &'static str {
+    match side {
+        Side::Client => "client",
+        Side::Upstream => "upstream",
+        Side::Internal => "proxy",
+    }
+}
+
+fn certificate_reason(err: &CertificateError) -> (Reason, String) {
+    use CertificateError as C;
+    match err {
+        C::UnknownIssuer => (
+            Reason::UnknownIssuer,
+            "unknown issuer: the upstream certificate does not chain to a trusted CA (check tls.ca)".to_owned(),
+        ),
+        C::NotValidForName => (Reason::NameMismatch, "certificate not valid for the expected name".to_owned()),
+        C::NotValidForNameContext { expected, presented } => {
+            let expected = match expected {
+                rustls::pki_types::ServerName::DnsName(name) => name.as_ref().to_owned(),
+                rustls::pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+                other => format!("{other:?}"),
+            };
+            let presented = if presented.is_empty() { "none".to_owned() } else { presented.join(", ") };
+            (
+                Reason::NameMismatch,
+                format!("certificate not valid for name \"{expected}\" (it is valid for: {presented})"),
+            )
+        }
+        C::Expired | C::ExpiredContext { .. } => (Reason::Expired, format!("certificate expired ({err})")),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            (Reason::NotYetValid, format!("certificate not valid yet ({err})"))
+        }
+        other => (Reason::BadCertificate, format!("invalid certificate: {other}")),
+    }
+}
+
+fn alert_reason(alert: AlertDescription) -> (Reason, String) {
+    use AlertDescription as A;
+    match alert {
+        A::CertificateRequired => (
+            Reason::ClientCertRejected,
+            "the upstream requires a client certificate (set tls.client_cert and tls.client_key)".to_owned(),
+        ),
+        A::BadCertificate | A::UnknownCA | A::CertificateUnknown | A::UnsupportedCertificate
+        | A::CertificateRevoked | A::CertificateExpired | A::AccessDenied => (
+            Reason::ClientCertRejected,
+            format!("the upstream rejected keyward's client certificate (TLS alert {alert:?})"),
+        ),
+        other => (Reason::Tls, format!("the upstream sent TLS alert {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_unknown_issuer_and_name_mismatch() {
+        let e = ConnError::from_tls(Side::Upstream, &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        assert_eq!((e.side, e.reason), (Side::Upstream, Reason::UnknownIssuer));
+        assert!(e.detail.starts_with("unknown issuer"));
+        let e = ConnError::from_tls(
+            Side::Upstream,
+            &rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                expected: rustls::pki_types::ServerName::try_from("api.internal").unwrap(),
+                presented: vec!["DnsName(\"other\")".into()],
+            }),
+        );
+        assert_eq!(e.reason, Reason::NameMismatch);
+        assert!(e.detail.starts_with("certificate not valid for name \"api.internal\""), "{}", e.detail);
+    }
+
+    #[test]
+    fn classifies_client_cert_alerts_and_io_errors() {
+        let e = ConnError::from_tls(Side::Upstream, &rustls::Error::AlertReceived(AlertDescription::CertificateRequired));
+        assert_eq!(e.reason, Reason::ClientCertRejected);
+        let io = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(AlertDescription::BadCertificate));
+        assert_eq!(ConnError::from_io(Side::Upstream, &io).reason, Reason::ClientCertRejected);
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let e = ConnError::from_io(Side::Upstream, &refused);
+        assert_eq!((e.reason, e.detail.as_str()), (Reason::ConnectRefused, "connection refused"));
+        assert_eq!(Reason::MaxConnections.as_str(), "max_connections");
+    }
+}

@@ -1,0 +1,141 @@
+//! Binding the resources' listeners: TCP (`host:port`, port 0 = any free port) and Unix
+//! sockets (`unix:PATH`, stale socket replaced, mode 0600 by default).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_util::either::Either;
+
+use crate::config::{ListenAddr, ResourceName};
+use crate::runtime::Runtime;
+
+/// A connection from an application.
+pub type ClientStream = Either<TcpStream, UnixStream>;
+
+/// Where a listener actually bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    /// A TCP address (with the real port when 0 was asked for).
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BoundAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A bound listener of one resource.
+#[derive(Debug)]
+pub struct Bound {
+    /// The resource it serves.
+    pub resource: ResourceName,
+    /// Its address.
+    pub addr: BoundAddr,
+    pub(crate) listener: Listener,
+}
+
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// All bound listeners, one per resource.
+#[derive(Debug, Default)]
+pub struct Listeners(pub(crate) Vec<Bound>);
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("resource \"{resource}\": cannot listen on {addr}: {reason}")]
+pub struct BindError {
+    /// Which resource.
+    pub resource: ResourceName,
+    /// The address asked for.
+    pub addr: ListenAddr,
+    /// Why.
+    pub reason: String,
+}
+
+impl Listeners {
+    /// Binds one listener per resource of `runtime`.
+    pub async fn bind(runtime: &Runtime) -> Result<Self, BindError> {
+        let mut bound = Vec::new();
+        for res in &runtime.resources {
+            let fail = |reason: String| BindError { resource: res.name.clone(), addr: res.listen.clone(), reason };
+            let (listener, addr) = match &res.listen {
+                ListenAddr::Tcp(addr) => {
+                    let listener = TcpListener::bind(addr).await.map_err(|e| fail(bind_reason(&e)))?;
+                    let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+                    (Listener::Tcp(listener), BoundAddr::Tcp(local))
+                }
+                ListenAddr::Unix { path, mode } => {
+                    let listener = bind_unix(path, *mode).map_err(fail)?;
+                    (Listener::Unix(listener), BoundAddr::Unix(path.clone()))
+                }
+            };
+            bound.push(Bound { resource: res.name.clone(), addr, listener });
+        }
+        Ok(Self(bound))
+    }
+
+    /// The bound address of a resource.
+    pub fn addr(&self, resource: &str) -> Option<&BoundAddr> {
+        self.0.iter().find(|b| b.resource.as_str() == resource).map(|b| &b.addr)
+    }
+
+    /// Every resource and its bound address.
+    pub fn addrs(&self) -> impl Iterator<Item = (&ResourceName, &BoundAddr)> {
+        self.0.iter().map(|b| (&b.resource, &b.addr))
+    }
+}
+
+fn bind_reason(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::AddrInUse => "address already in use (another process listens there)".to_owned(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this host".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => err.to_string(),
+    }
+}
+
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, String> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!("{} exists and is not a socket; refusing to replace it", path.display()));
+        }
+        // A socket file nobody accepts on is left over from a previous run: replace it.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("another process is listening on {}", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("removing stale socket: {e}"))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| bind_reason(&e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("setting mode {mode:o}: {e}"))?;
+    Ok(listener)
+}
+
+impl Listener {
+    pub(crate) async fn accept(&self) -> io::Result<(ClientStream, String)> {
+        match self {
+            Self::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                stream.set_nodelay(true)?;
+                Ok((Either::Left(stream), peer.to_string()))
+            }
+            Self::Unix(l) => {
+                let (stream, _) = l.accept().await?;
+                Ok((Either::Right(stream), "unix".to_owned()))
+            }
+        }
+    }
+}

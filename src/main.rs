@@ -1,0 +1,164 @@
+//! The `keyward` binary: parse the CLI, set up logging, install the crypto provider, run.
+//! Exit codes: 0 ok, 64 bad config (every problem printed), 1 runtime failure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use keyward::config::{self, LogFormat, Problems};
+use keyward::secret::ProcessEnv;
+use keyward::{Listeners, Runtime, Server};
+
+/// keyward: keeps your application's keys. Points your app at localhost; keyward injects
+/// credentials and originates verified TLS/mTLS upstream.
+#[derive(Parser)]
+#[command(name = "keyward", version, about)]
+struct Cli {
+    /// Log format (overrides `log.format` in the config).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<Format>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the resources of a config file.
+    Run {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and everything it references, offline.
+    Check {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Self-contained demo: an in-process mTLS upstream with keyward in front of it.
+    Demo {
+        /// Where the demo's keyward listener binds.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Exit after the first request instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Installed once, before any TLS config exists (ARCHITECTURE.md: ring only).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config, cli.log_format),
+        Command::Demo { listen, once } => {
+            init_logging(None, cli.log_format.map(to_format).unwrap_or(LogFormat::Plain), "warn");
+            finish(runtime().and_then(|rt| rt.block_on(keyward::cli::demo::run(listen, once))))
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let loaded = config::load(path).and_then(|c| Runtime::build(&c, &ProcessEnv).map(|rt| (c, rt)));
+    match loaded {
+        Ok((config, _)) => {
+            println!("{}: ok ({} resources)", path.display(), config.resources.len());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => bad_config(&problems),
+    }
+}
+
+fn bad_config(problems: &Problems) -> ExitCode {
+    eprintln!("{problems}");
+    eprintln!("{} problem(s) found", problems.0.len());
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(problems) => return bad_config(&problems),
+    };
+    let level = config.log.level.clone().unwrap_or_else(|| "info".to_owned());
+    init_logging(Some(&level), format.map(to_format).unwrap_or(config.log.format), "info");
+    let runtime = match Runtime::build(&config, &ProcessEnv) {
+        Ok(runtime) => runtime,
+        Err(problems) => return bad_config(&problems),
+    };
+    finish(self::runtime().and_then(|rt| {
+        rt.block_on(async move {
+            runtime.log_summary();
+            let listeners = Listeners::bind(&runtime).await?;
+            let server = Server::new(runtime, listeners)?;
+            let outcome = server.run(shutdown_signal()).await;
+            tracing::info!(cut = outcome.cut, "stopped");
+            Ok(())
+        })
+    }))
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("keyward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")
+}
+
+fn to_format(f: Format) -> LogFormat {
+    match f {
+        Format::Plain => LogFormat::Plain,
+        Format::Json => LogFormat::Json,
+    }
+}
+
+/// `KEYWARD_LOG` overrides the configured level; both take an EnvFilter string.
+fn init_logging(level: Option<&str>, format: LogFormat, fallback: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("KEYWARD_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| level.and_then(|l| EnvFilter::try_new(l).ok()))
+        .unwrap_or_else(|| EnvFilter::new(fallback));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,122 @@
+//! The runtime: everything a config references, resolved and built (TLS configs, secrets),
+//! as immutable per-resource snapshots. Reload will build a new one and publish it only if
+//! the whole build succeeded (ARCHITECTURE.md "Reload").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::{Auth, Config, ListenAddr, Problem, Problems, Protocol, ResourceName, SecretRef, Site, TlsMode, Upstream};
+use crate::secret::Env;
+use crate::tls::{self, TlsClient};
+
+/// Everything keyward needs to serve, built from a [`Config`].
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// Per-resource snapshots, in config order.
+    pub resources: Vec<Arc<ResourceRuntime>>,
+    /// Grace period for live connections at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// One resource, ready to serve. Connections take an `Arc` of it at accept and keep it.
+#[derive(Debug)]
+pub struct ResourceRuntime {
+    /// Its name.
+    pub name: ResourceName,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Where it listens.
+    pub listen: ListenAddr,
+    /// Where it forwards.
+    pub upstream: Upstream,
+    /// Upstream TLS; `None` for `mode: disable`.
+    pub tls: Option<TlsClient>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Idle timeout, if any.
+    pub idle_timeout: Option<Duration>,
+    /// Connection limit.
+    pub max_connections: usize,
+}
+
+impl Runtime {
+    /// Resolves every file and secret the config references and builds every TLS config.
+    /// All problems are returned together.
+    pub fn build(config: &Config, env: &dyn Env) -> Result<Self, Problems> {
+        let mut problems = Vec::new();
+        let mut push = |site: Site, message: String| problems.push(Problem { file: config.file.clone(), site: Some(site), message });
+        let mut resources = Vec::new();
+        for res in &config.resources {
+            let tls = match tls::build_client(&res.tls) {
+                Ok(tls) => tls,
+                Err(found) => {
+                    for (site, message) in found {
+                        push(site, message);
+                    }
+                    None
+                }
+            };
+            for secret in secrets(&res.auth).into_iter().chain(res.headers.iter().map(|(_, s)| s)) {
+                if let Err(message) = secret.source.resolve(env) {
+                    push(secret.site.clone(), message);
+                }
+            }
+            resources.push(Arc::new(ResourceRuntime {
+                name: res.name.clone(),
+                protocol: res.protocol,
+                listen: res.listen.clone(),
+                upstream: res.upstream.clone(),
+                tls,
+                connect_timeout: res.connect_timeout,
+                handshake_timeout: res.handshake_timeout,
+                idle_timeout: res.idle_timeout,
+                max_connections: res.max_connections,
+            }));
+        }
+        if problems.is_empty() {
+            Ok(Self { resources, shutdown_grace: config.shutdown_grace })
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    /// Logs what was loaded: one line per resource at info (cert subject, serial, expiry),
+    /// and a warning for every `insecure` resource, at every load.
+    pub fn log_summary(&self) {
+        for res in &self.resources {
+            let mode = res.tls.as_ref().map_or(TlsMode::Disable, |t| t.mode);
+            match res.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
+                Some(cert) => info!(
+                    resource = %res.name, upstream = %res.upstream, tls = mode.as_str(),
+                    client_cert = %cert.subject, serial = %cert.serial, not_after = %cert.not_after_rfc3339(),
+                    "resource loaded"
+                ),
+                None => info!(resource = %res.name, upstream = %res.upstream, tls = mode.as_str(), "resource loaded"),
+            }
+            if mode == TlsMode::Insecure {
+                warn!(resource = %res.name, "tls.mode is insecure: the upstream certificate is NOT verified; anyone on the path can impersonate {}", res.upstream);
+            }
+            if mode == TlsMode::Disable {
+                warn!(resource = %res.name, "tls.mode is disable: traffic to {} is plaintext", res.upstream);
+            }
+        }
+    }
+}
+
+fn secrets(auth: &Auth) -> Vec<&SecretRef> {
+    match auth {
+        Auth::None => vec![],
+        Auth::Password { password, .. } => password.iter().collect(),
+        Auth::RdsIam { credentials: c, .. } | Auth::AwsSigV4 { credentials: c, .. } => {
+            [&c.access_key_id, &c.secret_access_key, &c.session_token].into_iter().flatten().collect()
+        }
+        Auth::ApiKey { value, .. } => vec![value],
+        Auth::Basic { password, .. } => vec![password],
+        Auth::Bearer { token } => vec![token],
+        Auth::OAuth2(o) => [&o.client_secret, &o.refresh_token].into_iter().flatten().collect(),
+    }
+}

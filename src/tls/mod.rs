@@ -1,0 +1,250 @@
+//! Upstream TLS: one rustls `ClientConfig` per resource, built from its [`TlsSettings`].
+//!
+//! Configs are shared by every connection of the resource (so session resumption works) and
+//! replaced whole on reload. Verification lives in [`verify`].
+
+pub mod verify;
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::config::{io_reason, FileRef, Site, TlsMode, TlsSettings, TlsVersion};
+
+/// The crypto provider keyward uses everywhere: rustls' ring provider (ARCHITECTURE.md).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+}
+
+/// A resource's ready-to-use upstream TLS.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    /// Shared by all of the resource's connections.
+    pub config: Arc<ClientConfig>,
+    /// SNI (none for IP addresses) and the name verified.
+    pub server_name: ServerName<'static>,
+    /// The mode the config implements.
+    pub mode: TlsMode,
+    /// The client certificate presented, if mTLS.
+    pub client_cert: Option<CertInfo>,
+}
+
+/// What may be logged about a certificate: never key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Subject alternative names.
+    pub sans: Vec<String>,
+    /// Start of validity, Unix seconds.
+    pub not_before: i64,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Decodes the fields keyward reports.
+    pub fn parse(der: &CertificateDer<'_>) -> Result<Self, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+        let sans = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|ext| ext.value.general_names.iter().map(|n| n.to_string()).collect())
+            .unwrap_or_default();
+        Ok(Self {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            serial: cert.raw_serial_as_string(),
+            sans,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+
+    /// `not_after` as RFC 3339.
+    pub fn not_after_rfc3339(&self) -> String {
+        rfc3339(self.not_after)
+    }
+}
+
+/// Formats Unix seconds as RFC 3339 (UTC).
+pub fn rfc3339(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Builds the upstream TLS client for `settings`; `None` for `mode: disable`. Problems are
+/// returned with the site of the key that named the bad file.
+pub fn build_client(settings: &TlsSettings) -> Result<Option<TlsClient>, Vec<(Site, String)>> {
+    if settings.mode == TlsMode::Disable {
+        return Ok(None);
+    }
+    let provider = provider();
+    let mut problems = Vec::new();
+    let roots = match trust_anchors(settings) {
+        Ok(roots) => Arc::new(roots),
+        Err(p) => {
+            problems.push(p);
+            Arc::new(RootCertStore::empty())
+        }
+    };
+    let identity = match &settings.client {
+        Some(client) => match client_identity(&client.cert, &client.key) {
+            Ok(identity) => Some(identity),
+            Err(mut p) => {
+                problems.append(&mut p);
+                None
+            }
+        },
+        None => None,
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let fail = |msg: String| vec![(settings.site.clone(), msg)];
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| fail(format!("TLS versions: {e}")))?;
+    let builder = verify::with_verifier(builder, settings.mode, roots, provider).map_err(|e| fail(format!("building the verifier: {e}")))?;
+    let (config, client_cert) = match identity {
+        Some((chain, key, info, key_site)) => {
+            let config = builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| vec![(key_site, key_error(&e))])?;
+            (config, Some(info))
+        }
+        None => (builder.with_no_client_auth(), None),
+    };
+    Ok(Some(TlsClient { config: Arc::new(config), server_name: settings.server_name.clone(), mode: settings.mode, client_cert }))
+}
+
+fn key_error(err: &rustls::Error) -> String {
+    match err {
+        rustls::Error::InconsistentKeys(_) => "key does not match certificate (client_key is not the key of client_cert)".to_owned(),
+        other => format!("unusable client key: {other}"),
+    }
+}
+
+fn trust_anchors(settings: &TlsSettings) -> Result<RootCertStore, (Site, String)> {
+    let mut roots = RootCertStore::empty();
+    if settings.mode == TlsMode::Insecure {
+        return Ok(roots);
+    }
+    if let Some(ca) = &settings.ca {
+        let certs = read_certs(ca)?;
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err((ca.site.clone(), format!("{}: none of the {ignored} certificate(s) is a usable CA certificate", shown(&ca.path))));
+        }
+    }
+    if settings.system_roots {
+        let system = system_roots();
+        if system.is_empty() && settings.ca.is_none() {
+            return Err((
+                settings.site.clone(),
+                "no system root certificates were found on this machine; set tls.ca to the upstream's CA bundle".to_owned(),
+            ));
+        }
+        roots.extend(system.iter().cloned());
+    }
+    Ok(roots)
+}
+
+/// The OS trust store, read once.
+fn system_roots() -> &'static [rustls::pki_types::TrustAnchor<'static>] {
+    static ROOTS: OnceLock<Vec<rustls::pki_types::TrustAnchor<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        let mut store = RootCertStore::empty();
+        store.add_parsable_certificates(found.certs);
+        store.roots
+    })
+}
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, CertInfo, Site);
+
+fn client_identity(cert: &FileRef, key: &FileRef) -> Result<Identity, Vec<(Site, String)>> {
+    let chain = read_certs(cert).map_err(|p| vec![p])?;
+    let key_der = read_key(key).map_err(|p| vec![p])?;
+    let info = CertInfo::parse(&chain[0]).map_err(|e| vec![(cert.site.clone(), format!("{}: {e}", shown(&cert.path)))])?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    if info.not_after < now {
+        return Err(vec![(cert.site.clone(), format!("{}: certificate \"{}\" expired on {}", shown(&cert.path), info.subject, info.not_after_rfc3339()))]);
+    }
+    if let Err(e) = check_chain(&chain) {
+        return Err(vec![(cert.site.clone(), format!("{}: {e}", shown(&cert.path)))]);
+    }
+    // rustls checks the pair when the config is built; do it here too so `check` reports it
+    // against the key's own site.
+    if let Err(e) = rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider()) {
+        return Err(vec![(key.site.clone(), format!("{}: {}", shown(&key.path), key_error(&e)))]);
+    }
+    Ok((chain, key_der, info, key.site.clone()))
+}
+
+/// When a client certificate file carries its chain (leaf, intermediates…, CA), the leaf must
+/// verify up to the last certificate for client authentication.
+fn check_chain(chain: &[CertificateDer<'static>]) -> Result<(), String> {
+    let [leaf, middle @ .., top] = chain else {
+        return Ok(());
+    };
+    let anchor = webpki::anchor_from_trusted_cert(top).map_err(|e| format!("last certificate of the chain is not a CA: {e:?}"))?;
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("leaf certificate: {e:?}"))?;
+    ee.verify_for_usage(
+        provider().signature_verification_algorithms.all,
+        &[anchor],
+        middle,
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("the client certificate does not chain to the CA in the same file: {e:?}"))
+}
+
+fn shown(path: &Path) -> String {
+    format!("\"{}\"", path.display())
+}
+
+/// Reads every certificate in a PEM file.
+pub fn read_certs(file: &FileRef) -> Result<Vec<CertificateDer<'static>>, (Site, String)> {
+    let bytes = std::fs::read(&file.path).map_err(|e| (file.site.clone(), format!("reading {}: {}", shown(&file.path), io_reason(&e))))?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+    match certs {
+        Ok(certs) if certs.is_empty() => Err((file.site.clone(), format!("{}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)", shown(&file.path)))),
+        Ok(certs) => {
+            for cert in &certs {
+                CertInfo::parse(cert).map_err(|e| (file.site.clone(), format!("{}: {e}", shown(&file.path))))?;
+            }
+            Ok(certs)
+        }
+        Err(e) => Err((file.site.clone(), format!("{}: malformed PEM: {e}", shown(&file.path)))),
+    }
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn read_key(file: &FileRef) -> Result<PrivateKeyDer<'static>, (Site, String)> {
+    let bytes = std::fs::read(&file.path).map_err(|e| (file.site.clone(), format!("reading {}: {}", shown(&file.path), io_reason(&e))))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        let why = match e {
+            rustls::pki_types::pem::Error::NoItemsFound => "no PEM private key found (expected PKCS#8, PKCS#1 or SEC1)".to_owned(),
+            other => format!("malformed PEM key: {other}"),
+        };
+        (file.site.clone(), format!("{}: {why}", shown(&file.path)))
+    })
+}

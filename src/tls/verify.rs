@@ -1,0 +1,144 @@
+//! The only file that may call rustls `.dangerous()` (STYLE.md rule 4).
+//!
+//! `verify-full` is rustls' own `WebPkiServerVerifier`. `verify-ca` delegates to it and relaxes
+//! exactly one thing: a name mismatch. This is sound because `WebPkiServerVerifier` checks the
+//! chain (signatures, validity, EKU, revocation) *before* the name (rustls
+//! `webpki/server_verifier.rs`), so a `NotValidForName` error means the chain already passed.
+//! `insecure` verifies nothing about the certificate but still checks the handshake signatures,
+//! so the peer must at least hold the key of the certificate it sent.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::WantsClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, ConfigBuilder, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme, WantsVerifier};
+
+use crate::config::TlsMode;
+
+/// Builds the server-certificate verifier for `mode`. `Disable` has no verifier and is treated
+/// as `VerifyFull` here, so a caller that gets this wrong fails closed.
+pub fn server_verifier(
+    mode: TlsMode,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, rustls::client::VerifierBuilderError> {
+    Ok(match mode {
+        TlsMode::VerifyFull | TlsMode::Disable => WebPkiServerVerifier::builder_with_provider(roots, provider).build()?,
+        TlsMode::VerifyCa => Arc::new(ChainOnly {
+            inner: WebPkiServerVerifier::builder_with_provider(roots, provider).build()?,
+        }),
+        TlsMode::Insecure => Arc::new(SignaturesOnly { provider }),
+    })
+}
+
+/// Puts the verifier for `mode` into a client config builder.
+pub(crate) fn with_verifier(
+    builder: ConfigBuilder<ClientConfig, WantsVerifier>,
+    mode: TlsMode,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>, rustls::client::VerifierBuilderError> {
+    match mode {
+        TlsMode::VerifyFull | TlsMode::Disable => {
+            Ok(builder.with_webpki_verifier(WebPkiServerVerifier::builder_with_provider(roots, provider).build()?))
+        }
+        TlsMode::VerifyCa | TlsMode::Insecure => {
+            let verifier = server_verifier(mode, roots, provider)?;
+            Ok(builder.dangerous().with_custom_certificate_verifier(verifier))
+        }
+    }
+}
+
+/// `verify-ca`: the chain must verify; the host name is not checked (libpq `verify-ca`).
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
+}
+
+/// `insecure`: any certificate; the handshake signature must still be made by its key.
+#[derive(Debug)]
+struct SignaturesOnly {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SignaturesOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
