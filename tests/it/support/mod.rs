@@ -1,0 +1,264 @@
+//! Test support: a throwaway PKI per test, a real TLS upstream on port 0, keyward run
+//! in-process on port 0, and helpers with deadlines instead of sleeps.
+
+pub mod procs;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyward::error::ConnError;
+use keyward::listener::BoundAddr;
+use keyward::pki::{Ca, Issued, Usage};
+use keyward::{Listeners, Outcome, Runtime, Server, State};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A temp dir with a CA; writes PEM files on request.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self { dir: tempfile::tempdir().unwrap(), ca: Ca::new("keyward test CA").unwrap() }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Writes the CA as `ca.pem`.
+    pub fn write_ca(&self) -> PathBuf {
+        self.write("ca.pem", &self.ca.cert.cert_pem)
+    }
+
+    pub fn server(&self, names: &[&str]) -> Issued {
+        self.ca.leaf("upstream", names, Usage::Server).unwrap()
+    }
+
+    /// Writes a client certificate (CN = `cn`) as `NAME.pem` / `NAME.key`.
+    pub fn write_client(&self, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+        let c = self.ca.leaf(cn, &[], Usage::Client).unwrap();
+        (self.write(&format!("{name}.pem"), &c.cert_pem), self.write(&format!("{name}.key"), &c.key_pem))
+    }
+}
+
+/// What the upstream saw of one connection.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub version: String,
+    pub sni: Option<String>,
+    pub client_cn: Option<String>,
+    pub received: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Behavior {
+    /// Echo everything until EOF, then close (close_notify).
+    Echo,
+    /// Send a greeting, half-close (close_notify), then read to EOF and record it.
+    GreetThenHalfClose,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A rustls server config for `cert`; with `client_ca`, client certificates are required.
+pub fn server_config(cert: &Issued, client_ca: Option<&Ca>, versions: &[&'static rustls::SupportedProtocolVersion]) -> ServerConfig {
+    let provider = keyward::tls::provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions).unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.cert.cert_der.clone()).unwrap();
+            builder.with_client_cert_verifier(WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap())
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(vec![cert.cert_der.clone()], cert.key_der()).unwrap()
+}
+
+/// A TLS upstream on 127.0.0.1:0.
+pub async fn upstream(config: ServerConfig, behavior: Behavior) -> Upstream {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let (_, session) = tls.get_ref();
+                let mut seen = Seen {
+                    version: format!("{:?}", session.protocol_version().unwrap()),
+                    sni: session.server_name().map(str::to_owned),
+                    client_cn: session
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| keyward::tls::CertInfo::parse(c).unwrap().subject),
+                    received: Vec::new(),
+                };
+                let index = {
+                    let mut all = record.lock().unwrap();
+                    all.push(seen.clone());
+                    all.len() - 1
+                };
+                match behavior {
+                    Behavior::Echo => {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    seen.received.extend_from_slice(&buf[..n]);
+                                    if tls.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = tls.shutdown().await;
+                    }
+                    Behavior::GreetThenHalfClose => {
+                        let _ = tls.write_all(b"hello from upstream").await;
+                        let _ = tls.shutdown().await;
+                        let _ = tls.read_to_end(&mut seen.received).await;
+                    }
+                }
+                record.lock().unwrap()[index].received = seen.received;
+            });
+        }
+    });
+    Upstream { addr, seen }
+}
+
+/// keyward running in-process.
+pub struct Proxy {
+    pub state: State,
+    pub listeners: Vec<(String, BoundAddr)>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<Outcome>>,
+}
+
+impl Proxy {
+    /// Loads `yaml` from `dir/keyward.yaml` and serves it.
+    pub async fn start(dir: &Path, yaml: &str) -> Self {
+        let path = dir.join("keyward.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let config = keyward::config::load(&path).unwrap_or_else(|p| panic!("config: {p}"));
+        let runtime = Runtime::build(&config, &keyward::secret::ProcessEnv).unwrap_or_else(|p| panic!("runtime: {p}"));
+        let listeners = Listeners::bind(&runtime).await.unwrap();
+        let bound = listeners.addrs().map(|(n, a)| (n.to_string(), a.clone())).collect();
+        let server = Server::new(runtime, listeners).unwrap();
+        let state = server.state();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Self { state, listeners: bound, stop: Some(tx), task: Some(task) }
+    }
+
+    /// The TCP address of resource `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        match self.listeners.iter().find(|(n, _)| n == name) {
+            Some((_, BoundAddr::Tcp(addr))) => *addr,
+            other => panic!("no TCP listener for {name}: {other:?}"),
+        }
+    }
+
+    /// Waits until resource `name` has recorded an error.
+    pub async fn error(&self, name: &str) -> ConnError {
+        let res = self.state.resource(name).unwrap().clone();
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(last) = res.last_error() {
+                    return last.error;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("no error recorded within the deadline")
+    }
+
+    /// Signals shutdown and returns how it ended.
+    pub async fn stop(mut self) -> Outcome {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(60), self.task.take().unwrap()).await.unwrap().unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A config with one tcp resource on 127.0.0.1:0; `tls` is the indented tls block (or "").
+pub fn tcp_config(name: &str, upstream: &str, tls: &str) -> String {
+    format!("admin: null\nshutdown_grace: 5s\nresources:\n  - name: {name}\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: {upstream}\n    handshake_timeout: 5s\n{tls}")
+}
+
+/// Writes `data`, half-closes, reads to EOF. An upstream failure shows as an empty answer.
+pub async fn roundtrip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    tokio::time::timeout(DEADLINE, async {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let _ = conn.write_all(data).await;
+        let _ = conn.shutdown().await;
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got).await;
+        got
+    })
+    .await
+    .expect("roundtrip deadline")
+}
+
+/// Whether the end-to-end tier must run (CI) rather than skip.
+pub fn e2e_required() -> bool {
+    std::env::var("KEYWARD_E2E").is_ok_and(|v| v == "require")
+}
+
+/// Skips (returns false, printing why) or, when required, fails.
+pub fn require(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if e2e_required() {
+        panic!("{what} is missing and KEYWARD_E2E=require");
+    }
+    eprintln!("SKIPPED: {what} is not available (set KEYWARD_E2E=require to fail instead)");
+    false
+}
