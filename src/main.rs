@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use keyward::config::{self, LogFormat, Problems};
+use keyward::config::{LogFormat, Problems};
 use keyward::secret::ProcessEnv;
 use keyward::{Listeners, Runtime, Server};
 
@@ -71,8 +71,7 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let loaded = config::load(path).and_then(|c| Runtime::build(&c, &ProcessEnv).map(|rt| (c, rt)));
-    match loaded {
+    match Runtime::load(path, &ProcessEnv) {
         Ok((config, _)) => {
             println!("{}: ok ({} resources)", path.display(), config.resources.len());
             ExitCode::SUCCESS
@@ -88,16 +87,12 @@ fn bad_config(problems: &Problems) -> ExitCode {
 }
 
 fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
-    let config = match config::load(path) {
-        Ok(config) => config,
+    let (config, runtime) = match Runtime::load(path, &ProcessEnv) {
+        Ok(loaded) => loaded,
         Err(problems) => return bad_config(&problems),
     };
     let level = config.log.level.clone().unwrap_or_else(|| "info".to_owned());
     init_logging(Some(&level), format.map(to_format).unwrap_or(config.log.format), "info");
-    let runtime = match Runtime::build(&config, &ProcessEnv) {
-        Ok(runtime) => runtime,
-        Err(problems) => return bad_config(&problems),
-    };
     finish(self::runtime().and_then(|rt| {
         rt.block_on(async move {
             runtime.log_summary();

@@ -44,6 +44,20 @@ pub struct ResourceRuntime {
 }
 
 impl Runtime {
+    /// The one validation path, shared by `keyward check`, startup and (later) reload: read
+    /// the file, validate it, resolve every file and secret, build every TLS config. Every
+    /// problem of every resource is returned together.
+    pub fn load(file: &std::path::Path, env: &dyn Env) -> Result<(Config, Self), Problems> {
+        let text = crate::config::read(file)?;
+        let (config, mut problems) = crate::config::parse_partial(&text, file)?;
+        match Self::build(&config, env) {
+            Ok(runtime) if problems.is_empty() => return Ok((config, runtime)),
+            Ok(_) => {}
+            Err(Problems(mut more)) => problems.append(&mut more),
+        }
+        Err(Problems(problems))
+    }
+
     /// Resolves every file and secret the config references and builds every TLS config.
     /// All problems are returned together.
     pub fn build(config: &Config, env: &dyn Env) -> Result<Self, Problems> {

@@ -354,18 +354,32 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Reads and validates a config file.
 pub fn load(file: &Path) -> Result<Config, Problems> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+    parse(&read(file)?, file)
+}
+
+/// Reads a config file's text.
+pub fn read(file: &Path) -> Result<String, Problems> {
+    std::fs::read_to_string(file).map_err(|e| {
         Problems(vec![Problem {
             file: file.to_owned(),
             site: None,
             message: format!("reading the config file: {}", io_reason(&e)),
         }])
-    })?;
-    parse(&text, file)
+    })
 }
 
 /// Validates config text as if read from `file` (relative paths are taken from its directory).
 pub fn parse(text: &str, file: &Path) -> Result<Config, Problems> {
+    match parse_partial(text, file) {
+        Ok((config, problems)) if problems.is_empty() => Ok(config),
+        Ok((_, problems)) => Err(Problems(problems)),
+        Err(problems) => Err(problems),
+    }
+}
+
+/// Like [`parse`], but when the YAML is well-formed returns the resources that did validate
+/// together with the problems of the others, so `check` can go on and build them too.
+pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, Vec<Problem>), Problems> {
     let mut key_path = String::new();
     let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
         serde_path_to_error::deserialize::<_, raw::File>(de).map_err(|e| {
@@ -380,11 +394,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, Problems> {
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut ctx = Ctx { file: file.to_owned(), base, problems: Vec::new() };
     let config = ctx.config(raw);
-    if ctx.problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(Problems(ctx.problems))
+    let mut problems: Vec<Problem> = Vec::new();
+    for p in ctx.problems {
+        // A bad `defaults` value is seen by every resource: report it once.
+        if !problems.contains(&p) {
+            problems.push(p);
+        }
     }
+    Ok((config, problems))
 }
 
 /// A short reason for an I/O error on a named file.
@@ -402,11 +419,14 @@ fn syntax_problem(file: &Path, key_path: &str, err: &serde_saphyr::Error) -> Pro
     if let Some(at) = message.rfind(" at line ") {
         message.truncate(at);
     }
-    let path = key_path
-        .trim_end_matches(".value")
-        .trim_end_matches(".?")
-        .trim_start_matches('.')
-        .to_owned();
+    if message == "expected string scalar" {
+        // YAML reads an unquoted `[::1]:5432` as a list.
+        message.push_str(" (quote values that start with '[' or '{', e.g. \"[::1]:5432\")");
+    }
+    // `Spanned<T>` adds a `.value` segment: drop it (one at the end, and before an index).
+    let path = key_path.replace(".value[", "[");
+    let path = path.strip_suffix(".?").unwrap_or(&path);
+    let path = path.strip_suffix(".value").unwrap_or(path).trim_start_matches('.').to_owned();
     let path = if path.is_empty() || path == "?" { "(document)".to_owned() } else { path };
     let (line, column) = err.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
     Problem { file: file.to_owned(), site: Some(Site { line, column, path }), message }
@@ -464,7 +484,7 @@ impl Ctx {
         let mut resources = Vec::new();
         let mut names = HashSet::new();
         let mut addrs: HashMap<String, String> = HashMap::new();
-        for (i, res) in raw.resources.value.iter().enumerate() {
+        for (i, res) in raw.resources.iter().enumerate() {
             let at = format!("resources[{i}]");
             if !names.insert(res.name.value.clone()) {
                 self.problem(site(&res.name, format!("{at}.name")), format!("duplicate resource name \"{}\"", res.name.value));
@@ -543,7 +563,10 @@ impl Ctx {
                 headers.push((header.clone(), secret));
             }
         }
-        if self.problems.len() > before {
+        // Problems of `defaults` are reported (once) but do not stop this resource from being
+        // built further, so `check` can still find problems in its files.
+        let own = format!("{at}.");
+        if self.problems[before..].iter().any(|p| p.site.as_ref().is_some_and(|s| s.path.starts_with(&own))) {
             return None;
         }
         Some(ResourceConfig {

@@ -17,7 +17,7 @@ pub struct File {
     #[serde(default)]
     pub defaults: Defaults,
     pub shutdown_grace: Option<Spanned<String>>,
-    pub resources: Spanned<Vec<Resource>>,
+    pub resources: Vec<Resource>,
 }
 
 fn admin_on() -> Option<Admin> {

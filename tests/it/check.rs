@@ -1,1 +1,181 @@
+//! `keyward check`: the built binary on good and bad configs. Each mistake must be reported as
+//! `FILE:LINE:COL: key.path: what is wrong`, all of them at once, with exit code 64.
 
+use std::path::Path;
+use std::process::Command;
+
+use keyward::pki::Usage;
+
+use crate::support::Pki;
+
+fn check(config: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward")).args(["check", "-c"]).arg(config).env_remove("KEYWARD_LOG").output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Writes `yaml` and checks it; asserts exit 64 and that `expected` (with FILE replaced by
+/// the config path) is one of the reported lines.
+fn assert_problem(pki: &Pki, yaml: &str, expected: &str) {
+    let file = pki.write("bad.yaml", yaml);
+    let (code, _, stderr) = check(&file);
+    let expected = expected.replace("FILE", &file.display().to_string()).replace("DIR", &pki.dir.path().display().to_string());
+    assert_eq!(code, 64, "exit code for:\n{yaml}\nstderr:\n{stderr}");
+    assert!(stderr.lines().any(|l| l == expected), "expected line\n  {expected}\nin\n{stderr}");
+}
+
+const HEAD: &str = "resources:\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:7000\n";
+
+#[test]
+fn the_annotated_example_config_passes() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keyward.yaml");
+    let (code, stdout, stderr) = check(&example);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok (2 resources)"), "{stdout}");
+}
+
+#[test]
+fn reports_an_unknown_key_with_its_path() {
+    let pki = Pki::new();
+    assert_problem(&pki, &format!("{HEAD}    tls:\n      cax: ca.pem\n"), "FILE:7:7: resources[0].tls.cax: unknown field `cax`, expected one of mode, ca, system_roots, client_cert, client_key, server_name, min_version");
+}
+
+#[test]
+fn reports_a_bad_duration() {
+    let pki = Pki::new();
+    assert_problem(&pki, &format!("defaults:\n  connect_timeout: 5x\n{HEAD}"), "FILE:2:20: defaults.connect_timeout: \"5x\" is not a duration (unknown time unit \"x\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. 500ms, 5s, 10m, 1h");
+}
+
+#[test]
+fn reports_a_missing_file() {
+    let pki = Pki::new();
+    assert_problem(&pki, &format!("{HEAD}    tls:\n      ca: nope.pem\n"), "FILE:7:11: resources[0].tls.ca: reading \"DIR/nope.pem\": not found");
+}
+
+#[test]
+fn reports_a_key_that_does_not_match_its_cert() {
+    let pki = Pki::new();
+    pki.write_ca();
+    let (cert, _) = pki.write_client("a", "a");
+    let (_, other_key) = pki.write_client("b", "b");
+    let yaml = format!("{HEAD}    tls:\n      ca: ca.pem\n      client_cert: {}\n      client_key: {}\n", cert.display(), other_key.display());
+    assert_problem(&pki, &yaml, &format!("FILE:9:19: resources[0].tls.client_key: \"{}\": key does not match certificate (client_key is not the key of client_cert)", other_key.display()));
+}
+
+#[test]
+fn reports_an_unknown_protocol() {
+    let pki = Pki::new();
+    assert_problem(&pki, "resources:\n  - name: r\n    protocol: ftp\n    listen: 127.0.0.1:0\n    upstream: x:1\n", "FILE:3:15: resources[0].protocol: unknown variant `ftp`, expected one of tcp, http, postgres, mysql, redis");
+}
+
+#[test]
+fn refuses_a_non_loopback_listener_without_allow_remote() {
+    let pki = Pki::new();
+    let yaml = HEAD.replace("127.0.0.1:0", "0.0.0.0:6432") + "    tls:\n      mode: disable\n";
+    assert_problem(&pki, &yaml, "FILE:4:13: resources[0].listen: 0.0.0.0:6432 is not a loopback address: apps on other hosts could use this resource's credentials; set allow_remote: true if that is intended");
+    let allowed = pki.write("ok.yaml", &(yaml.replace("0.0.0.0:6432", "0.0.0.0:0") + "    allow_remote: true\n"));
+    assert_eq!(check(&allowed).0, 0);
+}
+
+#[test]
+fn reports_a_duplicate_resource_name() {
+    let pki = Pki::new();
+    let yaml = format!("{HEAD}    tls: {{mode: disable}}\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:7001\n    tls: {{mode: disable}}\n");
+    assert_problem(&pki, &yaml, "FILE:7:11: resources[1].name: duplicate resource name \"r\"");
+}
+
+#[test]
+fn reports_an_upstream_without_a_port() {
+    let pki = Pki::new();
+    assert_problem(&pki, &HEAD.replace("localhost:7000", "localhost"), "FILE:5:15: resources[0].upstream: \"localhost\" is not HOST:PORT (e.g. db.internal:5432 or [2001:db8::1]:5432)");
+}
+
+#[test]
+fn reports_a_client_cert_without_its_key() {
+    let pki = Pki::new();
+    assert_problem(&pki, &format!("{HEAD}    tls:\n      client_cert: c.pem\n"), "FILE:7:20: resources[0].tls.client_cert: client_cert and client_key must be set together");
+}
+
+#[test]
+fn reports_a_truncated_pem() {
+    let pki = Pki::new();
+    let pem = pki.ca.cert.cert_pem.clone();
+    pki.write("cut.pem", &pem[..pem.len() / 2]);
+    let file = pki.write("bad.yaml", &format!("{HEAD}    tls:\n      ca: cut.pem\n"));
+    let (code, _, stderr) = check(&file);
+    assert_eq!(code, 64);
+    let prefix = format!("{}:7:11: resources[0].tls.ca: \"{}\": ", file.display(), pki.path("cut.pem").display());
+    assert!(stderr.lines().any(|l| l.starts_with(&prefix)), "{stderr}");
+}
+
+#[test]
+fn reports_an_auth_type_that_does_not_apply() {
+    let pki = Pki::new();
+    assert_problem(&pki, &format!("{HEAD}    auth:\n      type: bearer\n      token: x\n"), "FILE:7:13: resources[0].auth.type: auth type \"bearer\" does not apply to protocol tcp; use one of: none");
+}
+
+#[test]
+fn reports_a_yaml_syntax_error() {
+    let pki = Pki::new();
+    let file = pki.write("bad.yaml", "resources:\n  - name: [r\n");
+    let (code, _, stderr) = check(&file);
+    assert_eq!(code, 64);
+    assert!(stderr.starts_with(&format!("{}:2:11: ", file.display())), "{stderr}");
+}
+
+#[test]
+fn reports_an_empty_server_name_and_zero_max_connections() {
+    let pki = Pki::new();
+    let yaml = format!("{HEAD}    max_connections: 0\n    tls:\n      server_name: \"\"\n");
+    assert_problem(&pki, &yaml, "FILE:6:22: resources[0].max_connections: must be at least 1");
+    assert_problem(&pki, &yaml, "FILE:8:20: resources[0].tls.server_name: server_name is empty: name the host the upstream certificate is issued for");
+}
+
+#[test]
+fn reports_an_expired_client_cert() {
+    let pki = Pki::new();
+    pki.write_ca();
+    let c = pki.ca.leaf_with("old", &[], Usage::Client, |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }).unwrap();
+    pki.write("old.pem", &c.cert_pem);
+    pki.write("old.key", &c.key_pem);
+    let yaml = format!("{HEAD}    tls:\n      ca: ca.pem\n      client_cert: old.pem\n      client_key: old.key\n");
+    assert_problem(&pki, &yaml, &format!("FILE:8:20: resources[0].tls.client_cert: \"{}\": certificate \"CN=old\" expired on 2021-01-01T00:00:00Z", pki.path("old.pem").display()));
+}
+
+#[test]
+fn reports_a_client_chain_that_does_not_reach_its_ca() {
+    let pki = Pki::new();
+    let other = keyward::pki::Ca::new("unrelated").unwrap();
+    let c = pki.ca.leaf("client", &[], Usage::Client).unwrap();
+    pki.write("chain.pem", &format!("{}{}", c.cert_pem, other.cert.cert_pem));
+    pki.write("chain.key", &c.key_pem);
+    let file = pki.write("bad.yaml", &format!("{HEAD}    tls:\n      mode: insecure\n      client_cert: chain.pem\n      client_key: chain.key\n"));
+    let (code, _, stderr) = check(&file);
+    assert_eq!(code, 64);
+    assert!(stderr.contains("resources[0].tls.client_cert: ") && stderr.contains("does not chain to the CA in the same file"), "{stderr}");
+    // The same leaf followed by its real CA passes.
+    pki.write("chain.pem", &format!("{}{}", c.cert_pem, pki.ca.cert.cert_pem));
+    assert_eq!(check(&file).0, 0, "{}", check(&file).2);
+}
+
+#[test]
+fn lists_every_problem_at_once() {
+    let pki = Pki::new();
+    let yaml = "defaults:\n  idle_timeout: forever\nresources:\n  - name: a\n    protocol: tcp\n    listen: 10.0.0.1:1\n    upstream: nohost\n  - name: b\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:1\n    tls:\n      ca: missing.pem\n";
+    let file = pki.write("bad.yaml", yaml);
+    let (code, _, stderr) = check(&file);
+    assert_eq!(code, 64);
+    for key in ["defaults.idle_timeout", "resources[0].listen", "resources[0].upstream", "resources[1].tls.ca"] {
+        assert!(stderr.contains(&format!(": {key}: ")), "{key} missing from:\n{stderr}");
+    }
+    assert!(stderr.contains("problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn reports_a_missing_config_file() {
+    let (code, _, stderr) = check(Path::new("/nonexistent/keyward.yaml"));
+    assert_eq!(code, 64);
+    assert!(stderr.starts_with("/nonexistent/keyward.yaml: reading the config file: not found"), "{stderr}");
+}
