@@ -1,1 +1,149 @@
+//! End to end: the built binary in front of real servers (Redis, nginx) that the test starts,
+//! driven by their real clients (redis-cli, curl). Missing binaries skip, or fail with
+//! KEYWARD_E2E=require.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keyward::pki::Ca;
+
+use crate::support::procs::{have, nginx_available, wait_until, Keyward, Nginx, Redis};
+use crate::support::{require, Pki};
+
+struct Files {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn files(pki: &Pki) -> Files {
+    let server = pki.server(&["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = pki.write_client("client", "keyward-e2e");
+    Files {
+        ca: pki.write_ca(),
+        server_cert: pki.write("server.pem", &server.cert_pem),
+        server_key: pki.write("server.key", &server.key_pem),
+        client_cert,
+        client_key,
+    }
+}
+
+fn config(pki: &Pki, name: &str, port: u16, ca: &Path, f: &Files) -> PathBuf {
+    pki.write(
+        "keyward.yaml",
+        &format!(
+            "admin: null\nresources:\n  - name: {name}\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:{port}\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n",
+            ca.display(),
+            f.client_cert.display(),
+            f.client_key.display()
+        ),
+    )
+}
+
+fn curl(url: &str) -> (i32, String) {
+    let out = Command::new("curl").args(["-sS", "--max-time", "10", url]).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn plaintext_redis_cli_reaches_a_tls_only_redis_that_requires_a_client_cert() {
+    if !require("redis-server and redis-cli", have("redis-server") && have("redis-cli")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let redis = Redis::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key, &f.client_cert, &f.client_key);
+    // Without keyward, a plaintext client gets nowhere.
+    let direct = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &redis.port.to_string(), "PING"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&direct.stdout).contains("PONG"));
+
+    let keyward = Keyward::start(&config(&pki, "cache", redis.port, &f.ca, &f));
+    let addr = keyward.addr("cache");
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &addr.port().to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(cli(&["PING"]), "PONG", "{}", keyward.log_text());
+    assert_eq!(cli(&["SET", "app:k", "through keyward"]), "OK");
+    assert_eq!(cli(&["GET", "app:k"]), "through keyward");
+}
+
+#[test]
+fn plaintext_curl_reaches_an_mtls_nginx_which_saw_keywards_client_cert() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let keyward = Keyward::start(&config(&pki, "api", nginx.port, &f.ca, &f));
+    let addr = keyward.addr("api");
+    let (code, body) = curl(&format!("http://{addr}/hello?x=1"));
+    assert_eq!(code, 0, "{body}\n{}", keyward.log_text());
+    assert!(body.contains("client_dn=CN=keyward-e2e\n"), "{body}");
+    assert!(body.contains("client_verify=SUCCESS\n"), "{body}");
+    assert!(body.contains("tls=TLSv1.3\n"), "{body}");
+    assert!(body.contains("sni=localhost\n"), "{body}");
+    assert!(body.contains("uri=/hello?x=1\n"), "{body}");
+}
+
+#[test]
+fn a_wrong_ca_closes_the_client_connection_and_the_log_names_the_reason() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let wrong = Ca::new("some other CA").unwrap();
+    let wrong_ca = pki.write("wrong-ca.pem", &wrong.cert.cert_pem);
+    let keyward = Keyward::start(&config(&pki, "api", nginx.port, &wrong_ca, &f));
+    let addr = keyward.addr("api");
+    let (code, out) = curl(&format!("http://{addr}/"));
+    // 52: closed with no reply; 56: reset (the request was unread when keyward closed).
+    assert!(code == 52 || code == 56, "curl must see the connection closed with no reply: {code} {out}");
+    let line = keyward.wait_log("the failure's warn line", |v| v["level"] == "WARN" && v["reason"] == "unknown_issuer");
+    assert_eq!(line["side"], "upstream");
+    assert!(line["message"].as_str().unwrap().contains("unknown issuer"), "{line}");
+    assert_eq!(line["span"]["resource"], "api", "{line}");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let pki = Pki::new();
+    let cfg = pki.write("keyward.yaml", "admin: null\nshutdown_grace: 5s\nresources:\n  - name: t\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:1\n    tls:\n      mode: insecure\n");
+    let mut keyward = Keyward::start(&cfg);
+    keyward.addr("t");
+    keyward.wait_log("the insecure warning", |v| v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains("insecure")));
+    assert!(Command::new("kill").args(["-TERM", &keyward.pid().to_string()]).status().unwrap().success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = keyward.proc.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "keyward did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{}", keyward.log_text());
+    wait_until("the shutdown log line", || keyward.log_text().contains("SIGTERM received"));
+}
+
+#[test]
+fn the_demo_runs_with_nothing_else_installed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward")).args(["demo", "--once"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("HTTP 200 OK"), "{stdout}");
+    assert!(stdout.contains("client_cert_subject: CN=keyward-demo-client"), "{stdout}");
+    assert!(stdout.contains("tls_version: TLSv1_3"), "{stdout}");
+    assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward")).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("keyward {}", env!("CARGO_PKG_VERSION")));
+}

@@ -1,1 +1,208 @@
+//! Real processes for the end-to-end tier: the built keyward binary, Redis and nginx, each a
+//! direct child on a free loopback port, stopped in `Drop`.
 
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A free loopback port (bind 0, read, close: small race, acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether `program` is on PATH (or an absolute path that exists).
+pub fn have(program: &str) -> bool {
+    if program.starts_with('/') {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Polls `ready` until it is true or the deadline passes.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} not ready within {DEADLINE:?}");
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The built keyward binary running `run -c CONFIG` with JSON logs captured.
+pub struct Keyward {
+    pub proc: Proc,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Keyward {
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["--log-format", "json", "run", "-c"])
+            .arg(config)
+            .env("KEYWARD_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { proc: Proc { child }, log }
+    }
+
+    /// The first log line (JSON) matching `pred`, waiting for it.
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let mut found = None;
+        wait_until(what, || {
+            found = self.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).find(|v| pred(v));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// The bound address of `resource`, from its "listening" log line.
+    pub fn addr(&self, resource: &str) -> SocketAddr {
+        let line = self.wait_log(&format!("keyward listening for {resource}"), |v| v["message"] == "listening" && v["resource"] == resource);
+        line["addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+}
+
+/// A private Redis with a TLS-only port that requires a client certificate from `ca`.
+pub struct Redis {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Redis {
+    pub fn start(dir: &Path, ca: &Path, cert: &Path, key: &Path, client_cert: &Path, client_key: &Path) -> Self {
+        let port = free_port();
+        let conf = dir.join("redis.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "bind 127.0.0.1\nport 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients yes\ntls-protocols \"TLSv1.2 TLSv1.3\"\ndir {}\nsave \"\"\nappendonly no\ndaemonize no\nlogfile {}\n",
+                cert.display(),
+                key.display(),
+                ca.display(),
+                dir.display(),
+                dir.join("redis.log").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let proc = Proc { child };
+        wait_until("redis", || {
+            Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(ca)
+                .arg("--cert")
+                .arg(client_cert)
+                .arg("--key")
+                .arg(client_key)
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        });
+        Self { port, _proc: proc }
+    }
+}
+
+/// A private nginx: HTTPS requiring a client certificate from `ca`, echoing what it saw.
+pub struct Nginx {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Self {
+        let port = free_port();
+        let root: PathBuf = dir.join("nginx");
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        let t = root.display();
+        let conf = format!(
+            r#"daemon off;
+worker_processes 1;
+pid {t}/nginx.pid;
+error_log stderr notice;
+events {{ worker_connections 64; }}
+http {{
+  access_log {t}/access.log;
+  client_body_temp_path {t}/tmp/body; proxy_temp_path {t}/tmp/proxy; fastcgi_temp_path {t}/tmp/fastcgi;
+  uwsgi_temp_path {t}/tmp/uwsgi; scgi_temp_path {t}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name localhost;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_client_certificate {ca};
+    ssl_verify_client on;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    default_type text/plain;
+    location / {{
+      return 200 "client_dn=$ssl_client_s_dn\nclient_verify=$ssl_client_verify\ntls=$ssl_protocol\nsni=$ssl_server_name\nuri=$request_uri\n";
+    }}
+  }}
+}}
+"#,
+            cert = cert.display(),
+            key = key.display(),
+            ca = ca.display()
+        );
+        let conf_path = root.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(nginx_bin())
+            .args(["-e", "stderr", "-p"])
+            .arg(&root)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let proc = Proc { child };
+        wait_until("nginx", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Self { port, _proc: proc }
+    }
+}
+
+/// nginx lives in /usr/sbin, which may not be on a test's PATH.
+pub fn nginx_bin() -> &'static str {
+    if have("/usr/sbin/nginx") { "/usr/sbin/nginx" } else { "nginx" }
+}
+
+/// Whether nginx can be run.
+pub fn nginx_available() -> bool {
+    have(nginx_bin())
+}
