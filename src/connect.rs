@@ -22,7 +22,13 @@ pub async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream
     let attempt = async {
         let addrs = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
             .await
-            .map_err(|e| ConnError::new(Side::Upstream, Reason::Resolve, format!("cannot resolve \"{}\": {e}", upstream.host)))?;
+            .map_err(|e| {
+                ConnError::new(
+                    Side::Upstream,
+                    Reason::Resolve,
+                    format!("cannot resolve \"{}\": {e}", upstream.host),
+                )
+            })?;
         let mut last = None;
         for addr in addrs {
             match TcpStream::connect(addr).await {
@@ -44,7 +50,11 @@ pub async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream
                 }
                 err
             }
-            None => ConnError::new(Side::Upstream, Reason::Resolve, format!("\"{}\" resolved to no address", upstream.host)),
+            None => ConnError::new(
+                Side::Upstream,
+                Reason::Resolve,
+                format!("\"{}\" resolved to no address", upstream.host),
+            ),
         })
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -52,13 +62,20 @@ pub async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream
         Err(_) => Err(ConnError::new(
             Side::Upstream,
             Reason::ConnectTimeout,
-            format!("connect timeout: {upstream} did not answer within {}", humantime::format_duration(timeout)),
+            format!(
+                "connect timeout: {upstream} did not answer within {}",
+                humantime::format_duration(timeout)
+            ),
         )),
     }
 }
 
 /// TLS over an established TCP connection.
-pub async fn secure(tcp: TcpStream, tls: &TlsClient, timeout: Duration) -> Result<TlsStream<TcpStream>, ConnError> {
+pub async fn secure(
+    tcp: TcpStream,
+    tls: &TlsClient,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, ConnError> {
     let connector = TlsConnector::from(tls.config.clone());
     match tokio::time::timeout(timeout, connector.connect(tls.server_name.clone(), tcp)).await {
         Ok(Ok(stream)) => Ok(stream),
@@ -73,7 +90,10 @@ pub async fn secure(tcp: TcpStream, tls: &TlsClient, timeout: Duration) -> Resul
         Err(_) => Err(ConnError::new(
             Side::Upstream,
             Reason::HandshakeTimeout,
-            format!("handshake timeout: no TLS handshake within {}", humantime::format_duration(timeout)),
+            format!(
+                "handshake timeout: no TLS handshake within {}",
+                humantime::format_duration(timeout)
+            ),
         )),
     }
 }
@@ -82,7 +102,9 @@ pub async fn secure(tcp: TcpStream, tls: &TlsClient, timeout: Duration) -> Resul
 pub async fn open(res: &ResourceRuntime) -> Result<UpstreamStream, ConnError> {
     let tcp = connect(&res.upstream, res.connect_timeout).await?;
     match &res.tls {
-        Some(tls) => Ok(Either::Right(secure(tcp, tls, res.handshake_timeout).await?)),
+        Some(tls) => Ok(Either::Right(
+            secure(tcp, tls, res.handshake_timeout).await?,
+        )),
         None => Ok(Either::Left(tcp)),
     }
 }

@@ -108,27 +108,37 @@ pub struct ConnError {
 impl ConnError {
     /// A classified error.
     pub fn new(side: Side, reason: Reason, detail: impl Into<String>) -> Self {
-        Self { side, reason, detail: detail.into() }
+        Self {
+            side,
+            reason,
+            detail: detail.into(),
+        }
     }
 
     /// Classifies an I/O error seen on `side`; rustls errors inside it are recognised.
     pub fn from_io(side: Side, err: &io::Error) -> Self {
-        if let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        if let Some(tls) = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
             return Self::from_tls(side, tls);
         }
         let reason = match err.kind() {
             io::ErrorKind::ConnectionRefused => Reason::ConnectRefused,
             io::ErrorKind::TimedOut => Reason::ConnectTimeout,
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
-                Reason::Reset
-            }
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Reason::Reset,
             io::ErrorKind::UnexpectedEof => Reason::Truncated,
             _ => Reason::Io,
         };
         let detail = match reason {
             Reason::ConnectRefused => "connection refused".to_owned(),
             Reason::Reset => format!("connection reset by the {}", side_noun(side)),
-            Reason::Truncated => format!("the {} closed the TLS connection without close_notify", side_noun(side)),
+            Reason::Truncated => format!(
+                "the {} closed the TLS connection without close_notify",
+                side_noun(side)
+            ),
             _ => err.to_string(),
         };
         Self::new(side, reason, detail)
@@ -141,7 +151,10 @@ impl ConnError {
         let (reason, detail) = match err {
             E::InvalidCertificate(cert) => certificate_reason(cert),
             E::AlertReceived(alert) => alert_reason(*alert),
-            E::NoCertificatesPresented => (Reason::BadCertificate, "the upstream presented no certificate".to_owned()),
+            E::NoCertificatesPresented => (
+                Reason::BadCertificate,
+                "the upstream presented no certificate".to_owned(),
+            ),
             other => (Reason::Tls, format!("TLS error: {other}")),
         };
         Self::new(side, reason, detail)
@@ -197,14 +210,23 @@ fn alert_reason(alert: AlertDescription) -> (Reason, String) {
     match alert {
         A::CertificateRequired => (
             Reason::ClientCertRejected,
-            "the upstream requires a client certificate (set tls.client_cert and tls.client_key)".to_owned(),
+            "the upstream requires a client certificate (set tls.client_cert and tls.client_key)"
+                .to_owned(),
         ),
-        A::BadCertificate | A::UnknownCA | A::CertificateUnknown | A::UnsupportedCertificate
-        | A::CertificateRevoked | A::CertificateExpired | A::AccessDenied => (
+        A::BadCertificate
+        | A::UnknownCA
+        | A::CertificateUnknown
+        | A::UnsupportedCertificate
+        | A::CertificateRevoked
+        | A::CertificateExpired
+        | A::AccessDenied => (
             Reason::ClientCertRejected,
             format!("the upstream rejected keyward's client certificate (TLS alert {alert:?})"),
         ),
-        other => (Reason::Tls, format!("the upstream sent TLS alert {other:?}")),
+        other => (
+            Reason::Tls,
+            format!("the upstream sent TLS alert {other:?}"),
+        ),
     }
 }
 
@@ -214,7 +236,10 @@ mod tests {
 
     #[test]
     fn classifies_unknown_issuer_and_name_mismatch() {
-        let e = ConnError::from_tls(Side::Upstream, &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        let e = ConnError::from_tls(
+            Side::Upstream,
+            &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
         assert_eq!((e.side, e.reason), (Side::Upstream, Reason::UnknownIssuer));
         assert!(e.detail.starts_with("unknown issuer"));
         let e = ConnError::from_tls(
@@ -225,18 +250,35 @@ mod tests {
             }),
         );
         assert_eq!(e.reason, Reason::NameMismatch);
-        assert!(e.detail.starts_with("certificate not valid for name \"api.internal\""), "{}", e.detail);
+        assert!(
+            e.detail
+                .starts_with("certificate not valid for name \"api.internal\""),
+            "{}",
+            e.detail
+        );
     }
 
     #[test]
     fn classifies_client_cert_alerts_and_io_errors() {
-        let e = ConnError::from_tls(Side::Upstream, &rustls::Error::AlertReceived(AlertDescription::CertificateRequired));
+        let e = ConnError::from_tls(
+            Side::Upstream,
+            &rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+        );
         assert_eq!(e.reason, Reason::ClientCertRejected);
-        let io = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(AlertDescription::BadCertificate));
-        assert_eq!(ConnError::from_io(Side::Upstream, &io).reason, Reason::ClientCertRejected);
+        let io = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::BadCertificate),
+        );
+        assert_eq!(
+            ConnError::from_io(Side::Upstream, &io).reason,
+            Reason::ClientCertRejected
+        );
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         let e = ConnError::from_io(Side::Upstream, &refused);
-        assert_eq!((e.reason, e.detail.as_str()), (Reason::ConnectRefused, "connection refused"));
+        assert_eq!(
+            (e.reason, e.detail.as_str()),
+            (Reason::ConnectRefused, "connection refused")
+        );
         assert_eq!(Reason::MaxConnections.as_str(), "max_connections");
     }
 }

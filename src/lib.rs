@@ -4,9 +4,9 @@
 //! TLS it verifies as configured (optionally with a client certificate) and relays. The entry
 //! points: [`config::load`] → [`Runtime::build`] → [`Listeners::bind`] → [`run`].
 
+pub mod cli;
 pub mod config;
 pub mod connect;
-pub mod cli;
 pub mod error;
 pub mod listener;
 pub mod pki;

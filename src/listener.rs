@@ -71,10 +71,16 @@ impl Listeners {
     pub async fn bind(runtime: &Runtime) -> Result<Self, BindError> {
         let mut bound = Vec::new();
         for res in &runtime.resources {
-            let fail = |reason: String| BindError { resource: res.name.clone(), addr: res.listen.clone(), reason };
+            let fail = |reason: String| BindError {
+                resource: res.name.clone(),
+                addr: res.listen.clone(),
+                reason,
+            };
             let (listener, addr) = match &res.listen {
                 ListenAddr::Tcp(addr) => {
-                    let listener = TcpListener::bind(addr).await.map_err(|e| fail(bind_reason(&e)))?;
+                    let listener = TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| fail(bind_reason(&e)))?;
                     let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
                     (Listener::Tcp(listener), BoundAddr::Tcp(local))
                 }
@@ -83,14 +89,21 @@ impl Listeners {
                     (Listener::Unix(listener), BoundAddr::Unix(path.clone()))
                 }
             };
-            bound.push(Bound { resource: res.name.clone(), addr, listener });
+            bound.push(Bound {
+                resource: res.name.clone(),
+                addr,
+                listener,
+            });
         }
         Ok(Self(bound))
     }
 
     /// The bound address of a resource.
     pub fn addr(&self, resource: &str) -> Option<&BoundAddr> {
-        self.0.iter().find(|b| b.resource.as_str() == resource).map(|b| &b.addr)
+        self.0
+            .iter()
+            .find(|b| b.resource.as_str() == resource)
+            .map(|b| &b.addr)
     }
 
     /// Every resource and its bound address.
@@ -101,7 +114,9 @@ impl Listeners {
 
 fn bind_reason(err: &io::Error) -> String {
     match err.kind() {
-        io::ErrorKind::AddrInUse => "address already in use (another process listens there)".to_owned(),
+        io::ErrorKind::AddrInUse => {
+            "address already in use (another process listens there)".to_owned()
+        }
         io::ErrorKind::AddrNotAvailable => "address not available on this host".to_owned(),
         io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
         _ => err.to_string(),
@@ -111,16 +126,23 @@ fn bind_reason(err: &io::Error) -> String {
 fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, String> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(format!("{} exists and is not a socket; refusing to replace it", path.display()));
+            return Err(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ));
         }
         // A socket file nobody accepts on is left over from a previous run: replace it.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("another process is listening on {}", path.display()));
+            return Err(format!(
+                "another process is listening on {}",
+                path.display()
+            ));
         }
         std::fs::remove_file(path).map_err(|e| format!("removing stale socket: {e}"))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| bind_reason(&e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("setting mode {mode:o}: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("setting mode {mode:o}: {e}"))?;
     Ok(listener)
 }
 

@@ -64,7 +64,11 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config, cli.log_format),
         Command::Demo { listen, once } => {
-            init_logging(None, cli.log_format.map(to_format).unwrap_or(LogFormat::Plain), "warn");
+            init_logging(
+                None,
+                cli.log_format.map(to_format).unwrap_or(LogFormat::Plain),
+                "warn",
+            );
             finish(runtime().and_then(|rt| rt.block_on(keyward::cli::demo::run(listen, once))))
         }
     }
@@ -73,7 +77,11 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Runtime::load(path, &ProcessEnv) {
         Ok((config, _)) => {
-            println!("{}: ok ({} resources)", path.display(), config.resources.len());
+            println!(
+                "{}: ok ({} resources)",
+                path.display(),
+                config.resources.len()
+            );
             ExitCode::SUCCESS
         }
         Err(problems) => bad_config(&problems),
@@ -91,8 +99,16 @@ fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
         Ok(loaded) => loaded,
         Err(problems) => return bad_config(&problems),
     };
-    let level = config.log.level.clone().unwrap_or_else(|| "info".to_owned());
-    init_logging(Some(&level), format.map(to_format).unwrap_or(config.log.format), "info");
+    let level = config
+        .log
+        .level
+        .clone()
+        .unwrap_or_else(|| "info".to_owned());
+    init_logging(
+        Some(&level),
+        format.map(to_format).unwrap_or(config.log.format),
+        "info",
+    );
     finish(self::runtime().and_then(|rt| {
         rt.block_on(async move {
             runtime.log_summary();
@@ -117,7 +133,10 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 fn to_format(f: Format) -> LogFormat {
@@ -135,7 +154,9 @@ fn init_logging(level: Option<&str>, format: LogFormat, fallback: &str) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| level.and_then(|l| EnvFilter::try_new(l).ok()))
         .unwrap_or_else(|| EnvFilter::new(fallback));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Plain => builder.init(),

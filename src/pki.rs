@@ -2,7 +2,8 @@
 //! and self-signed certificates. Never for production identities.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -52,7 +53,11 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, cn);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = params.self_signed(&key)?;
         let issued = Issued {
             cert_pem: cert.pem(),
@@ -60,7 +65,10 @@ impl Ca {
             cert_der: cert.der().clone(),
             key_der: key.serialize_der(),
         };
-        Ok(Self { issuer: Issuer::new(params, key), cert: issued })
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert: issued,
+        })
     }
 
     /// A leaf for `names` (DNS names or IP literals) with common name `cn`.
@@ -80,7 +88,12 @@ impl Ca {
         let mut params = leaf_params(cn, names, usage)?;
         adjust(&mut params);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), cert_der: cert.der().clone(), key_der: key.serialize_der() })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        })
     }
 }
 
@@ -88,11 +101,17 @@ impl Ca {
 pub fn self_signed(cn: &str, names: &[&str], usage: Usage) -> Result<Issued, Error> {
     let key = KeyPair::generate()?;
     let cert = leaf_params(cn, names, usage)?.self_signed(&key)?;
-    Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), cert_der: cert.der().clone(), key_der: key.serialize_der() })
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der(),
+    })
 }
 
 fn leaf_params(cn: &str, names: &[&str], usage: Usage) -> Result<CertificateParams, Error> {
-    let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
     params.distinguished_name.push(DnType::CommonName, cn);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

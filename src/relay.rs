@@ -29,14 +29,30 @@ pub struct Relayed {
 const BUF: usize = 16 * 1024;
 
 /// Copies both ways until both directions reached EOF, an error, or the idle timeout.
-pub async fn relay<C, U>(client: C, upstream: U, idle: Option<Duration>) -> Result<Relayed, ConnError>
+pub async fn relay<C, U>(
+    client: C,
+    upstream: U,
+    idle: Option<Duration>,
+) -> Result<Relayed, ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let shared = Arc::new(Shared { start: Instant::now(), last: AtomicU64::new(0), failed: AtomicU8::new(0) });
-    let mut client = Tracked { inner: client, side: Side::Client, shared: shared.clone() };
-    let mut upstream = Tracked { inner: upstream, side: Side::Upstream, shared: shared.clone() };
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        last: AtomicU64::new(0),
+        failed: AtomicU8::new(0),
+    });
+    let mut client = Tracked {
+        inner: client,
+        side: Side::Client,
+        shared: shared.clone(),
+    };
+    let mut upstream = Tracked {
+        inner: upstream,
+        side: Side::Upstream,
+        shared: shared.clone(),
+    };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF);
     let outcome = match idle {
         Some(idle) => tokio::select! {
@@ -77,13 +93,16 @@ impl Shared {
 
     fn fail(&self, side: Side) {
         let code = if side == Side::Client { 1 } else { 2 };
-        let _ = self.failed.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self
+            .failed
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
 async fn idle_expired(shared: &Shared, idle: Duration) {
     loop {
-        let deadline = shared.start + Duration::from_millis(shared.last.load(Ordering::Relaxed)) + idle;
+        let deadline =
+            shared.start + Duration::from_millis(shared.last.load(Ordering::Relaxed)) + idle;
         if Instant::now() >= deadline {
             return;
         }
@@ -110,7 +129,11 @@ impl<S> Tracked<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         let active = buf.filled().len() > before;
@@ -119,7 +142,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         self.note(poll, true)
     }
@@ -144,8 +171,13 @@ mod tests {
     async fn idle_timeout_closes_a_silent_connection() {
         let (client, _app) = tokio::io::duplex(64);
         let (upstream, _server) = tokio::io::duplex(64);
-        let err = relay(client, upstream, Some(Duration::from_secs(30))).await.unwrap_err();
-        assert_eq!((err.side, err.reason), (Side::Internal, Reason::IdleTimeout));
+        let err = relay(client, upstream, Some(Duration::from_secs(30)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.side, err.reason),
+            (Side::Internal, Reason::IdleTimeout)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -159,7 +191,10 @@ mod tests {
             let mut b = [0u8; 1];
             server.read_exact(&mut b).await.unwrap();
         }
-        assert!(!task.is_finished(), "40 s of traffic every 8 s must not hit a 10 s idle timeout");
+        assert!(
+            !task.is_finished(),
+            "40 s of traffic every 8 s must not hit a 10 s idle timeout"
+        );
         drop(app);
         drop(server);
         let done = task.await.unwrap().unwrap();
@@ -181,6 +216,12 @@ mod tests {
         let mut reply = Vec::new();
         app.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"late reply");
-        assert_eq!(task.await.unwrap().unwrap(), Relayed { sent: 7, received: 10 });
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Relayed {
+                sent: 7,
+                received: 10
+            }
+        );
     }
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::config::{Auth, Config, ListenAddr, Problem, Problems, Protocol, ResourceName, SecretRef, Site, TlsMode, Upstream};
+use crate::config::{
+    Auth, Config, ListenAddr, Problem, Problems, Protocol, ResourceName, SecretRef, Site, TlsMode,
+    Upstream,
+};
 use crate::secret::Env;
 use crate::tls::{self, TlsClient};
 
@@ -62,7 +65,13 @@ impl Runtime {
     /// All problems are returned together.
     pub fn build(config: &Config, env: &dyn Env) -> Result<Self, Problems> {
         let mut problems = Vec::new();
-        let mut push = |site: Site, message: String| problems.push(Problem { file: config.file.clone(), site: Some(site), message });
+        let mut push = |site: Site, message: String| {
+            problems.push(Problem {
+                file: config.file.clone(),
+                site: Some(site),
+                message,
+            })
+        };
         let mut resources = Vec::new();
         for res in &config.resources {
             let tls = match tls::build_client(&res.tls) {
@@ -74,7 +83,10 @@ impl Runtime {
                     None
                 }
             };
-            for secret in secrets(&res.auth).into_iter().chain(res.headers.iter().map(|(_, s)| s)) {
+            for secret in secrets(&res.auth)
+                .into_iter()
+                .chain(res.headers.iter().map(|(_, s)| s))
+            {
                 if let Err(message) = secret.source.resolve(env) {
                     push(secret.site.clone(), message);
                 }
@@ -92,7 +104,10 @@ impl Runtime {
             }));
         }
         if problems.is_empty() {
-            Ok(Self { resources, shutdown_grace: config.shutdown_grace })
+            Ok(Self {
+                resources,
+                shutdown_grace: config.shutdown_grace,
+            })
         } else {
             Err(Problems(problems))
         }
@@ -109,7 +124,9 @@ impl Runtime {
                     client_cert = %cert.subject, serial = %cert.serial, not_after = %cert.not_after_rfc3339(),
                     "resource loaded"
                 ),
-                None => info!(resource = %res.name, upstream = %res.upstream, tls = mode.as_str(), "resource loaded"),
+                None => {
+                    info!(resource = %res.name, upstream = %res.upstream, tls = mode.as_str(), "resource loaded")
+                }
             }
             if mode == TlsMode::Insecure {
                 warn!(resource = %res.name, "tls.mode is insecure: the upstream certificate is NOT verified; anyone on the path can impersonate {}", res.upstream);
@@ -126,11 +143,17 @@ fn secrets(auth: &Auth) -> Vec<&SecretRef> {
         Auth::None => vec![],
         Auth::Password { password, .. } => password.iter().collect(),
         Auth::RdsIam { credentials: c, .. } | Auth::AwsSigV4 { credentials: c, .. } => {
-            [&c.access_key_id, &c.secret_access_key, &c.session_token].into_iter().flatten().collect()
+            [&c.access_key_id, &c.secret_access_key, &c.session_token]
+                .into_iter()
+                .flatten()
+                .collect()
         }
         Auth::ApiKey { value, .. } => vec![value],
         Auth::Basic { password, .. } => vec![password],
         Auth::Bearer { token } => vec![token],
-        Auth::OAuth2(o) => [&o.client_secret, &o.refresh_token].into_iter().flatten().collect(),
+        Auth::OAuth2(o) => [&o.client_secret, &o.refresh_token]
+            .into_iter()
+            .flatten()
+            .collect(),
     }
 }

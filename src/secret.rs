@@ -92,7 +92,9 @@ impl SecretSource {
         };
         match inner.split_once(':') {
             Some(("env", name)) if is_env_name(name) => Ok(Self::Env(name.to_owned())),
-            Some(("env", _)) => Err("`${env:NAME}` needs a variable name of letters, digits and _".into()),
+            Some(("env", _)) => {
+                Err("`${env:NAME}` needs a variable name of letters, digits and _".into())
+            }
             Some(("file", path)) if !path.is_empty() => Ok(Self::File(base.join(path))),
             Some(("file", _)) => Err("`${file:PATH}` needs a path".into()),
             _ => Err("a secret reference is `${env:NAME}` or `${file:PATH}`".into()),
@@ -108,8 +110,13 @@ impl SecretSource {
                 .map(Secret::new)
                 .ok_or_else(|| format!("environment variable {name} is not set")),
             Self::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("reading secret file {:?}: {}", path.display().to_string(), crate::config::io_reason(&e)))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "reading secret file {:?}: {}",
+                        path.display().to_string(),
+                        crate::config::io_reason(&e)
+                    )
+                })?;
                 let text = Zeroizing::new(text);
                 let trimmed = text.strip_suffix('\n').unwrap_or(&text);
                 let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
@@ -147,7 +154,10 @@ mod tests {
     #[test]
     fn parses_references_and_literals() {
         let base = Path::new("/etc/keyward");
-        assert_eq!(SecretSource::parse("${env:TOKEN_1}", base).unwrap(), SecretSource::Env("TOKEN_1".into()));
+        assert_eq!(
+            SecretSource::parse("${env:TOKEN_1}", base).unwrap(),
+            SecretSource::Env("TOKEN_1".into())
+        );
         assert_eq!(
             SecretSource::parse("${file:pw}", base).unwrap(),
             SecretSource::File(PathBuf::from("/etc/keyward/pw"))
@@ -156,7 +166,10 @@ mod tests {
             SecretSource::parse("${file:/run/pw}", base).unwrap(),
             SecretSource::File(PathBuf::from("/run/pw"))
         );
-        assert!(matches!(SecretSource::parse("plain ${env:X}", base).unwrap(), SecretSource::Literal(_)));
+        assert!(matches!(
+            SecretSource::parse("plain ${env:X}", base).unwrap(),
+            SecretSource::Literal(_)
+        ));
         assert!(SecretSource::parse("${vault:x}", base).is_err());
         assert!(SecretSource::parse("${env:}", base).is_err());
         assert!(SecretSource::parse("${env:A-B}", base).is_err());
@@ -176,11 +189,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         std::fs::write(&path, "s3cret\n").unwrap();
-        let secret = SecretSource::File(path.clone()).resolve(&ProcessEnv).unwrap();
+        let secret = SecretSource::File(path.clone())
+            .resolve(&ProcessEnv)
+            .unwrap();
         assert_eq!(secret.expose(), "s3cret");
         std::fs::write(&path, "two\n\n").unwrap();
-        assert_eq!(SecretSource::File(path).resolve(&ProcessEnv).unwrap().expose(), "two\n");
-        let err = SecretSource::File(dir.path().join("none")).resolve(&ProcessEnv).unwrap_err();
+        assert_eq!(
+            SecretSource::File(path)
+                .resolve(&ProcessEnv)
+                .unwrap()
+                .expose(),
+            "two\n"
+        );
+        let err = SecretSource::File(dir.path().join("none"))
+            .resolve(&ProcessEnv)
+            .unwrap_err();
         assert!(err.contains("not found"), "{err}");
     }
 }

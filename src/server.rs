@@ -74,7 +74,10 @@ impl ResourceState {
     fn record(&self, error: ConnError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(LastError { at: SystemTime::now(), error });
+            *last = Some(LastError {
+                at: SystemTime::now(),
+                error,
+            });
         }
     }
 }
@@ -139,8 +142,14 @@ impl Server {
             });
             slots.push((state, b.listener));
         }
-        let state = State { resources: slots.iter().map(|(s, _)| s.clone()).collect() };
-        Ok(Self { slots, state, grace: runtime.shutdown_grace })
+        let state = State {
+            resources: slots.iter().map(|(s, _)| s.clone()).collect(),
+        };
+        Ok(Self {
+            slots,
+            state,
+            grace: runtime.shutdown_grace,
+        })
     }
 
     /// A handle on the live state, usable while [`Server::run`] runs.
@@ -158,14 +167,24 @@ impl Server {
         let mut loops = JoinSet::new();
         for (state, listener) in self.slots {
             info!(resource = %state.name, addr = %state.addr, upstream = %state.runtime().upstream, "listening");
-            loops.spawn(accept_loop(state, listener, stop.clone(), kill.clone(), tracker.clone(), ids.clone()));
+            loops.spawn(accept_loop(
+                state,
+                listener,
+                stop.clone(),
+                kill.clone(),
+                tracker.clone(),
+                ids.clone(),
+            ));
         }
         shutdown.await;
         info!(live = tracker.len(), grace = %humantime::format_duration(self.grace), "shutting down: no new connections, waiting for live ones");
         stop.cancel();
         while loops.join_next().await.is_some() {}
         tracker.close();
-        if tokio::time::timeout(self.grace, tracker.wait()).await.is_ok() {
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_ok()
+        {
             info!("all connections finished");
             return Outcome { cut: 0 };
         }
@@ -204,7 +223,11 @@ async fn accept_loop(
         let Ok(permit) = state.limit.clone().try_acquire_owned() else {
             let limit = state.runtime().max_connections;
             warn!(resource = %state.name, client = %peer, conn, limit, "closing new connection: max_connections reached");
-            state.record(ConnError::new(Side::Internal, Reason::MaxConnections, format!("max_connections ({limit}) reached")));
+            state.record(ConnError::new(
+                Side::Internal,
+                Reason::MaxConnections,
+                format!("max_connections ({limit}) reached"),
+            ));
             drop(client);
             continue;
         };
@@ -238,15 +261,33 @@ fn record(state: &ResourceState, result: Option<Result<crate::relay::Relayed, Fa
         None => debug!("closed at the end of the shutdown grace period"),
         Some(Ok(done)) => debug!(sent = done.sent, received = done.received, "closed"),
         Some(Err(Failure::Open(e))) => {
-            warn!(side = e.side.as_str(), reason = e.reason.as_str(), "upstream {}: {}", state.runtime().upstream, e.detail);
+            warn!(
+                side = e.side.as_str(),
+                reason = e.reason.as_str(),
+                "upstream {}: {}",
+                state.runtime().upstream,
+                e.detail
+            );
             state.record(e);
         }
         Some(Err(Failure::Relay(e))) => {
-            let tls_trouble = e.side == Side::Upstream && matches!(e.reason, Reason::ClientCertRejected | Reason::Tls);
+            let tls_trouble = e.side == Side::Upstream
+                && matches!(e.reason, Reason::ClientCertRejected | Reason::Tls);
             if tls_trouble {
-                warn!(side = e.side.as_str(), reason = e.reason.as_str(), "upstream {}: {}", state.runtime().upstream, e.detail);
+                warn!(
+                    side = e.side.as_str(),
+                    reason = e.reason.as_str(),
+                    "upstream {}: {}",
+                    state.runtime().upstream,
+                    e.detail
+                );
             } else {
-                debug!(side = e.side.as_str(), reason = e.reason.as_str(), "relay ended: {}", e.detail);
+                debug!(
+                    side = e.side.as_str(),
+                    reason = e.reason.as_str(),
+                    "relay ended: {}",
+                    e.detail
+                );
             }
             state.record(e);
         }

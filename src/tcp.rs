@@ -27,5 +27,7 @@ pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Re
         let (_, session) = tls.get_ref();
         debug!(version = ?session.protocol_version(), "upstream secured");
     }
-    relay(client, upstream, res.idle_timeout).await.map_err(Failure::Relay)
+    relay(client, upstream, res.idle_timeout)
+        .await
+        .map_err(Failure::Relay)
 }

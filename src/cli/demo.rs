@@ -26,13 +26,20 @@ use crate::{Listeners, Runtime, Server};
 
 /// Runs the demo; with `once`, exits after the first request.
 pub async fn run(listen: SocketAddr, once: bool) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("keyward-demo-").tempdir().context("creating a temp dir")?;
+    let dir = tempfile::Builder::new()
+        .prefix("keyward-demo-")
+        .tempdir()
+        .context("creating a temp dir")?;
     let ca = Ca::new("keyward demo CA")?;
     let server = ca.leaf("demo-upstream", &["localhost", "127.0.0.1"], Usage::Server)?;
     let client = ca.leaf("keyward-demo-client", &[], Usage::Client)?;
 
     let upstream = start_upstream(&ca, &server).await?;
-    for (name, text) in [("ca.pem", &ca.cert.cert_pem), ("client.pem", &client.cert_pem), ("client.key", &client.key_pem)] {
+    for (name, text) in [
+        ("ca.pem", &ca.cert.cert_pem),
+        ("client.pem", &client.cert_pem),
+        ("client.key", &client.key_pem),
+    ] {
         std::fs::write(dir.path().join(name), text).with_context(|| format!("writing {name}"))?;
     }
     let yaml = format!(
@@ -57,7 +64,10 @@ pub async fn run(listen: SocketAddr, once: bool) -> anyhow::Result<()> {
 
     println!("keyward demo");
     println!("  upstream  https://localhost:{} (in-process; requires a client certificate from the demo CA)", upstream.port());
-    println!("  keyward   {addr} → verify-full TLS + mTLS → localhost:{}", upstream.port());
+    println!(
+        "  keyward   {addr} → verify-full TLS + mTLS → localhost:{}",
+        upstream.port()
+    );
     println!("  config    {}", config_path.display());
     println!();
     println!("One plain-HTTP request to keyward; what the upstream saw:");
@@ -75,7 +85,9 @@ pub async fn run(listen: SocketAddr, once: bool) -> anyhow::Result<()> {
     }
     println!();
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     let _ = stop_tx.send(());
     serving.await.context("keyward task")?;
     Ok(())
@@ -84,7 +96,8 @@ pub async fn run(listen: SocketAddr, once: bool) -> anyhow::Result<()> {
 async fn start_upstream(ca: &Ca, server: &crate::pki::Issued) -> anyhow::Result<SocketAddr> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.cert.cert_der.clone())?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -96,10 +109,18 @@ async fn start_upstream(ca: &Ca, server: &crate::pki::Issued) -> anyhow::Result<
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let (_, session) = tls.get_ref();
-                let version = session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
-                let cipher = session.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
+                let version = session
+                    .protocol_version()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default();
+                let cipher = session
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default();
                 let subject = session
                     .peer_certificates()
                     .and_then(|certs| certs.first())
@@ -112,9 +133,15 @@ async fn start_upstream(ca: &Ca, server: &crate::pki::Issued) -> anyhow::Result<
                         req.method(),
                         req.uri()
                     );
-                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(text)))) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(text),
+                        )))
+                    }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
             });
         }
     });
@@ -125,7 +152,9 @@ async fn get(addr: SocketAddr) -> anyhow::Result<String> {
     let tcp = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get("/").header("host", "localhost").body(Full::new(Bytes::new()))?;
+    let req = hyper::Request::get("/")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();

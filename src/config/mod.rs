@@ -54,7 +54,13 @@ impl fmt::Display for Problem {
                 site.path,
                 self.message
             ),
-            Some(site) => write!(f, "{}: {}: {}", self.file.display(), site.path, self.message),
+            Some(site) => write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                site.path,
+                self.message
+            ),
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -392,7 +398,11 @@ pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, Vec<Problem>), 
         Err(err) => return Err(Problems(vec![syntax_problem(file, &key_path, &err)])),
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut ctx = Ctx { file: file.to_owned(), base, problems: Vec::new() };
+    let mut ctx = Ctx {
+        file: file.to_owned(),
+        base,
+        problems: Vec::new(),
+    };
     let config = ctx.config(raw);
     let mut problems: Vec<Problem> = Vec::new();
     for p in ctx.problems {
@@ -426,10 +436,25 @@ fn syntax_problem(file: &Path, key_path: &str, err: &serde_saphyr::Error) -> Pro
     // `Spanned<T>` adds a `.value` segment: drop it (one at the end, and before an index).
     let path = key_path.replace(".value[", "[");
     let path = path.strip_suffix(".?").unwrap_or(&path);
-    let path = path.strip_suffix(".value").unwrap_or(path).trim_start_matches('.').to_owned();
-    let path = if path.is_empty() || path == "?" { "(document)".to_owned() } else { path };
-    let (line, column) = err.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-    Problem { file: file.to_owned(), site: Some(Site { line, column, path }), message }
+    let path = path
+        .strip_suffix(".value")
+        .unwrap_or(path)
+        .trim_start_matches('.')
+        .to_owned();
+    let path = if path.is_empty() || path == "?" {
+        "(document)".to_owned()
+    } else {
+        path
+    };
+    let (line, column) = err
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    Problem {
+        file: file.to_owned(),
+        site: Some(Site { line, column, path }),
+        message,
+    }
 }
 
 struct Ctx {
@@ -439,7 +464,11 @@ struct Ctx {
 }
 
 fn site<T>(value: &Spanned<T>, path: impl Into<String>) -> Site {
-    Site { line: value.referenced.line(), column: value.referenced.column(), path: path.into() }
+    Site {
+        line: value.referenced.line(),
+        column: value.referenced.column(),
+        path: path.into(),
+    }
 }
 
 /// A field that may come from the resource or from `defaults`, with the path it came from.
@@ -458,7 +487,11 @@ fn pick<'a, T>(
 
 impl Ctx {
     fn problem(&mut self, site: Site, message: impl Into<String>) {
-        self.problems.push(Problem { file: self.file.clone(), site: Some(site), message: message.into() });
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            site: Some(site),
+            message: message.into(),
+        });
     }
 
     fn config(&mut self, raw: raw::File) -> Config {
@@ -474,11 +507,17 @@ impl Ctx {
                 None => DEFAULT_ADMIN,
             },
         });
-        let log = LogSettings { level: raw.log.level, format: raw.log.format.unwrap_or_default() };
+        let log = LogSettings {
+            level: raw.log.level,
+            format: raw.log.format.unwrap_or_default(),
+        };
         let shutdown_grace = raw
             .shutdown_grace
             .as_ref()
-            .map(|v| self.duration(v, "shutdown_grace", true).unwrap_or(DEFAULT_SHUTDOWN_GRACE))
+            .map(|v| {
+                self.duration(v, "shutdown_grace", true)
+                    .unwrap_or(DEFAULT_SHUTDOWN_GRACE)
+            })
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
 
         let mut resources = Vec::new();
@@ -487,7 +526,10 @@ impl Ctx {
         for (i, res) in raw.resources.iter().enumerate() {
             let at = format!("resources[{i}]");
             if !names.insert(res.name.value.clone()) {
-                self.problem(site(&res.name, format!("{at}.name")), format!("duplicate resource name \"{}\"", res.name.value));
+                self.problem(
+                    site(&res.name, format!("{at}.name")),
+                    format!("duplicate resource name \"{}\"", res.name.value),
+                );
             }
             if let Some(resource) = self.resource(res, &raw.defaults, &at) {
                 let key = resource.listen.to_string();
@@ -503,13 +545,28 @@ impl Ctx {
                 resources.push(resource);
             }
         }
-        Config { file: self.file.clone(), admin, log, shutdown_grace, resources }
+        Config {
+            file: self.file.clone(),
+            admin,
+            log,
+            shutdown_grace,
+            resources,
+        }
     }
 
-    fn resource(&mut self, res: &raw::Resource, defaults: &raw::Defaults, at: &str) -> Option<ResourceConfig> {
+    fn resource(
+        &mut self,
+        res: &raw::Resource,
+        defaults: &raw::Defaults,
+        at: &str,
+    ) -> Option<ResourceConfig> {
         let before = self.problems.len();
         let name = res.name.value.as_str();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
             self.problem(
                 site(&res.name, format!("{at}.name")),
                 format!("\"{name}\" is not a valid name: use letters, digits, '-', '_' and '.'"),
@@ -527,17 +584,48 @@ impl Ctx {
         }
         let listen = self.listen(res, at);
         let upstream = self.upstream(protocol, &res.upstream, at);
-        let timeout = |ctx: &mut Self, own: &Option<Spanned<String>>, key: &str, dflt: Option<&Spanned<String>>, fallback: Duration, zero_ok: bool| {
+        let timeout = |ctx: &mut Self,
+                       own: &Option<Spanned<String>>,
+                       key: &str,
+                       dflt: Option<&Spanned<String>>,
+                       fallback: Duration,
+                       zero_ok: bool| {
             match pick(own, format!("{at}.{key}"), dflt, &format!("defaults.{key}")) {
                 Some((v, path)) => ctx.duration(v, &path, zero_ok).unwrap_or(fallback),
                 None => fallback,
             }
         };
-        let connect_timeout = timeout(self, &res.connect_timeout, "connect_timeout", defaults.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT, false);
-        let handshake_timeout = timeout(self, &res.handshake_timeout, "handshake_timeout", defaults.handshake_timeout.as_ref(), DEFAULT_HANDSHAKE_TIMEOUT, false);
-        let idle = timeout(self, &res.idle_timeout, "idle_timeout", defaults.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT, true);
+        let connect_timeout = timeout(
+            self,
+            &res.connect_timeout,
+            "connect_timeout",
+            defaults.connect_timeout.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+            false,
+        );
+        let handshake_timeout = timeout(
+            self,
+            &res.handshake_timeout,
+            "handshake_timeout",
+            defaults.handshake_timeout.as_ref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            false,
+        );
+        let idle = timeout(
+            self,
+            &res.idle_timeout,
+            "idle_timeout",
+            defaults.idle_timeout.as_ref(),
+            DEFAULT_IDLE_TIMEOUT,
+            true,
+        );
         let idle_timeout = (!idle.is_zero()).then_some(idle);
-        let max_connections = match pick(&res.max_connections, format!("{at}.max_connections"), defaults.max_connections.as_ref(), "defaults.max_connections") {
+        let max_connections = match pick(
+            &res.max_connections,
+            format!("{at}.max_connections"),
+            defaults.max_connections.as_ref(),
+            "defaults.max_connections",
+        ) {
             Some((v, _)) if v.value > 0 => v.value as usize,
             Some((v, path)) => {
                 self.problem(site(v, path), "must be at least 1");
@@ -554,7 +642,10 @@ impl Ctx {
         for (header, value) in res.headers.iter().flatten() {
             let path = format!("{at}.headers.{header}");
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                self.problem(site(value, &path), format!("\"{header}\" is not a valid HTTP header name"));
+                self.problem(
+                    site(value, &path),
+                    format!("\"{header}\" is not a valid HTTP header name"),
+                );
             }
             if protocol != Protocol::Http {
                 self.problem(site(value, &path), "headers apply to protocol http only");
@@ -566,7 +657,10 @@ impl Ctx {
         // Problems of `defaults` are reported (once) but do not stop this resource from being
         // built further, so `check` can still find problems in its files.
         let own = format!("{at}.");
-        if self.problems[before..].iter().any(|p| p.site.as_ref().is_some_and(|s| s.path.starts_with(&own))) {
+        if self.problems[before..]
+            .iter()
+            .any(|p| p.site.as_ref().is_some_and(|s| s.path.starts_with(&own)))
+        {
             return None;
         }
         Some(ResourceConfig {
@@ -597,16 +691,25 @@ impl Ctx {
                 Some(mode) => match u32::from_str_radix(mode.value.trim_start_matches("0o"), 8) {
                     Ok(bits) if bits <= 0o777 => bits,
                     _ => {
-                        self.problem(site(mode, format!("{at}.listen_mode")), format!("\"{}\" is not an octal file mode like \"0660\"", mode.value));
+                        self.problem(
+                            site(mode, format!("{at}.listen_mode")),
+                            format!("\"{}\" is not an octal file mode like \"0660\"", mode.value),
+                        );
                         return None;
                     }
                 },
                 None => 0o600,
             };
-            return Some(ListenAddr::Unix { path: self.base.join(sock), mode });
+            return Some(ListenAddr::Unix {
+                path: self.base.join(sock),
+                mode,
+            });
         }
         if let Some(mode) = &res.listen_mode {
-            self.problem(site(mode, format!("{at}.listen_mode")), "listen_mode applies to unix: listeners only");
+            self.problem(
+                site(mode, format!("{at}.listen_mode")),
+                "listen_mode applies to unix: listeners only",
+            );
         }
         match self.socket_addr(value) {
             Ok(addr) if !addr.ip().is_loopback() && !res.allow_remote => {
@@ -636,7 +739,12 @@ impl Ctx {
         Err(format!("\"{value}\" is not an address: use IP:PORT (e.g. 127.0.0.1:6432, [::1]:6432) or unix:PATH"))
     }
 
-    fn upstream(&mut self, protocol: Protocol, value: &Spanned<String>, at: &str) -> Option<Upstream> {
+    fn upstream(
+        &mut self,
+        protocol: Protocol,
+        value: &Spanned<String>,
+        at: &str,
+    ) -> Option<Upstream> {
         let path = format!("{at}.upstream");
         let text = value.value.trim();
         if protocol == Protocol::Http {
@@ -651,27 +759,52 @@ impl Ctx {
                 Some("https") => 443,
                 Some("http") => 80,
                 _ => {
-                    self.problem(site(value, path), format!("\"{text}\" needs an https:// (or http://) scheme"));
+                    self.problem(
+                        site(value, path),
+                        format!("\"{text}\" needs an https:// (or http://) scheme"),
+                    );
                     return None;
                 }
             };
-            let Some(host) = url.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned()) else {
+            let Some(host) = url
+                .host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            else {
                 self.problem(site(value, path), format!("\"{text}\" has no host"));
                 return None;
             };
             let port = url.port_u16().unwrap_or(port);
-            return Some(Upstream { host, port, url: Some(url) });
+            return Some(Upstream {
+                host,
+                port,
+                url: Some(url),
+            });
         }
         match split_host_port(text) {
-            Some((host, port)) => Some(Upstream { host, port, url: None }),
+            Some((host, port)) => Some(Upstream {
+                host,
+                port,
+                url: None,
+            }),
             None => {
-                self.problem(site(value, path), format!("\"{text}\" is not HOST:PORT (e.g. db.internal:5432 or [2001:db8::1]:5432)"));
+                self.problem(
+                    site(value, path),
+                    format!(
+                        "\"{text}\" is not HOST:PORT (e.g. db.internal:5432 or [2001:db8::1]:5432)"
+                    ),
+                );
                 None
             }
         }
     }
 
-    fn tls(&mut self, res: &raw::Resource, defaults: Option<&raw::Tls>, upstream: Option<&Upstream>, at: &str) -> Option<TlsSettings> {
+    fn tls(
+        &mut self,
+        res: &raw::Resource,
+        defaults: Option<&raw::Tls>,
+        upstream: Option<&Upstream>,
+        at: &str,
+    ) -> Option<TlsSettings> {
         let empty = raw::Tls::default();
         let own = res.tls.as_ref().unwrap_or(&empty);
         let dflt = defaults.unwrap_or(&empty);
@@ -680,8 +813,12 @@ impl Ctx {
         let mode_pick = pick(&own.mode, p("mode"), dflt.mode.as_ref(), &d("mode"));
         let mut mode = mode_pick.as_ref().map(|(m, _)| m.value).unwrap_or_default();
         let explicit_mode = mode_pick.is_some();
-        let mode_site = mode_pick.map(|(m, path)| site(m, path)).unwrap_or_else(|| site(&res.upstream, format!("{at}.upstream")));
-        let plain_http = upstream.and_then(|u| u.url.as_ref()).is_some_and(|u| u.scheme_str() == Some("http"));
+        let mode_site = mode_pick
+            .map(|(m, path)| site(m, path))
+            .unwrap_or_else(|| site(&res.upstream, format!("{at}.upstream")));
+        let plain_http = upstream
+            .and_then(|u| u.url.as_ref())
+            .is_some_and(|u| u.scheme_str() == Some("http"));
         if plain_http {
             if explicit_mode && mode != TlsMode::Disable {
                 self.problem(mode_site.clone(), format!("the upstream is plain http://, so TLS mode \"{}\" cannot apply; use an https:// upstream or mode: disable", mode.as_str()));
@@ -689,20 +826,55 @@ impl Ctx {
             }
             mode = TlsMode::Disable;
         }
-        let ca = pick(&own.ca, p("ca"), dflt.ca.as_ref(), &d("ca")).map(|(v, path)| self.file_ref(v, path));
-        let system_roots = own.system_roots.or(dflt.system_roots).unwrap_or(ca.is_none());
-        let cert = pick(&own.client_cert, p("client_cert"), dflt.client_cert.as_ref(), &d("client_cert"));
-        let key = pick(&own.client_key, p("client_key"), dflt.client_key.as_ref(), &d("client_key"));
+        let ca = pick(&own.ca, p("ca"), dflt.ca.as_ref(), &d("ca"))
+            .map(|(v, path)| self.file_ref(v, path));
+        let system_roots = own
+            .system_roots
+            .or(dflt.system_roots)
+            .unwrap_or(ca.is_none());
+        let cert = pick(
+            &own.client_cert,
+            p("client_cert"),
+            dflt.client_cert.as_ref(),
+            &d("client_cert"),
+        );
+        let key = pick(
+            &own.client_key,
+            p("client_key"),
+            dflt.client_key.as_ref(),
+            &d("client_key"),
+        );
         let client = match (cert, key) {
-            (Some((c, cp)), Some((k, kp))) => Some(ClientIdentity { cert: self.file_ref(c, cp), key: self.file_ref(k, kp) }),
+            (Some((c, cp)), Some((k, kp))) => Some(ClientIdentity {
+                cert: self.file_ref(c, cp),
+                key: self.file_ref(k, kp),
+            }),
             (Some((v, path)), None) | (None, Some((v, path))) => {
-                self.problem(site(v, path), "client_cert and client_key must be set together");
+                self.problem(
+                    site(v, path),
+                    "client_cert and client_key must be set together",
+                );
                 return None;
             }
             (None, None) => None,
         };
-        let min_version = pick(&own.min_version, p("min_version"), dflt.min_version.as_ref(), &d("min_version")).map(|(v, _)| v.value).unwrap_or_default();
-        let server_name = match (pick(&own.server_name, p("server_name"), dflt.server_name.as_ref(), &d("server_name")), upstream) {
+        let min_version = pick(
+            &own.min_version,
+            p("min_version"),
+            dflt.min_version.as_ref(),
+            &d("min_version"),
+        )
+        .map(|(v, _)| v.value)
+        .unwrap_or_default();
+        let server_name = match (
+            pick(
+                &own.server_name,
+                p("server_name"),
+                dflt.server_name.as_ref(),
+                &d("server_name"),
+            ),
+            upstream,
+        ) {
             (Some((v, path)), _) => {
                 let name = v.value.trim();
                 if name.is_empty() {
@@ -712,14 +884,19 @@ impl Ctx {
                 match ServerName::try_from(name.to_owned()) {
                     Ok(name) => name,
                     Err(_) => {
-                        self.problem(site(v, path), format!("\"{name}\" is not a valid DNS name or IP address"));
+                        self.problem(
+                            site(v, path),
+                            format!("\"{name}\" is not a valid DNS name or IP address"),
+                        );
                         return None;
                     }
                 }
             }
             (None, Some(up)) => match ServerName::try_from(up.host.clone()) {
                 Ok(name) => name,
-                Err(_) if mode == TlsMode::Disable => ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()),
+                Err(_) if mode == TlsMode::Disable => {
+                    ServerName::IpAddress(Ipv4Addr::LOCALHOST.into())
+                }
                 Err(_) => {
                     self.problem(site(&res.upstream, format!("{at}.upstream")), format!("upstream host \"{}\" is not a valid TLS server name; set tls.server_name", up.host));
                     return None;
@@ -727,16 +904,30 @@ impl Ctx {
             },
             (None, None) => return None,
         };
-        Some(TlsSettings { mode, ca, system_roots, client, server_name, min_version, site: mode_site })
+        Some(TlsSettings {
+            mode,
+            ca,
+            system_roots,
+            client,
+            server_name,
+            min_version,
+            site: mode_site,
+        })
     }
 
     fn file_ref(&self, value: &Spanned<String>, path: String) -> FileRef {
-        FileRef { path: self.base.join(value.value.trim()), site: site(value, path) }
+        FileRef {
+            path: self.base.join(value.value.trim()),
+            site: site(value, path),
+        }
     }
 
     fn secret(&mut self, value: &Spanned<String>, path: &str) -> Option<SecretRef> {
         match SecretSource::parse(&value.value, &self.base) {
-            Ok(source) => Some(SecretRef { source, site: site(value, path) }),
+            Ok(source) => Some(SecretRef {
+                source,
+                site: site(value, path),
+            }),
             Err(msg) => {
                 self.problem(site(value, path), msg);
                 None
@@ -752,7 +943,13 @@ impl Ctx {
             }
             Ok(d) => Some(d),
             Err(e) => {
-                self.problem(site(value, path), format!("\"{}\" is not a duration ({e}); write e.g. 500ms, 5s, 10m, 1h", value.value));
+                self.problem(
+                    site(value, path),
+                    format!(
+                        "\"{}\" is not a duration ({e}); write e.g. 500ms, 5s, 10m, 1h",
+                        value.value
+                    ),
+                );
                 None
             }
         }
@@ -763,15 +960,30 @@ impl Ctx {
         let kind = auth.kind.value;
         let allowed_for_protocol: &[AuthType] = match protocol {
             Protocol::Tcp => &[T::None],
-            Protocol::Http => &[T::None, T::ApiKey, T::Basic, T::Bearer, T::Oauth2, T::AwsSigv4],
+            Protocol::Http => &[
+                T::None,
+                T::ApiKey,
+                T::Basic,
+                T::Bearer,
+                T::Oauth2,
+                T::AwsSigv4,
+            ],
             Protocol::Postgres | Protocol::Mysql => &[T::None, T::Password, T::RdsIam],
             Protocol::Redis => &[T::None, T::Password],
         };
         if !allowed_for_protocol.contains(&kind) {
-            let names: Vec<&str> = allowed_for_protocol.iter().map(|t| auth_type_name(*t)).collect();
+            let names: Vec<&str> = allowed_for_protocol
+                .iter()
+                .map(|t| auth_type_name(*t))
+                .collect();
             self.problem(
                 site(&auth.kind, format!("{at}.type")),
-                format!("auth type \"{}\" does not apply to protocol {}; use one of: {}", auth_type_name(kind), protocol_name(protocol), names.join(", ")),
+                format!(
+                    "auth type \"{}\" does not apply to protocol {}; use one of: {}",
+                    auth_type_name(kind),
+                    protocol_name(protocol),
+                    names.join(", ")
+                ),
             );
             return None;
         }
@@ -785,18 +997,39 @@ impl Ctx {
             ("value", auth.value.as_ref().map(|v| site(v, ""))),
             ("token_url", auth.token_url.as_ref().map(|v| site(v, ""))),
             ("client_id", auth.client_id.as_ref().map(|v| site(v, ""))),
-            ("client_secret", auth.client_secret.as_ref().map(|v| site(v, ""))),
-            ("refresh_token", auth.refresh_token.as_ref().map(|v| site(v, ""))),
+            (
+                "client_secret",
+                auth.client_secret.as_ref().map(|v| site(v, "")),
+            ),
+            (
+                "refresh_token",
+                auth.refresh_token.as_ref().map(|v| site(v, "")),
+            ),
             ("scopes", auth.scopes.as_ref().map(|v| site(v, ""))),
             ("audience", auth.audience.as_ref().map(|v| site(v, ""))),
             ("params", auth.params.as_ref().map(|v| site(v, ""))),
-            ("client_auth", auth.client_auth.as_ref().map(|v| site(v, ""))),
+            (
+                "client_auth",
+                auth.client_auth.as_ref().map(|v| site(v, "")),
+            ),
             ("service", auth.service.as_ref().map(|v| site(v, ""))),
             ("region", auth.region.as_ref().map(|v| site(v, ""))),
-            ("access_key_id", auth.access_key_id.as_ref().map(|v| site(v, ""))),
-            ("secret_access_key", auth.secret_access_key.as_ref().map(|v| site(v, ""))),
-            ("session_token", auth.session_token.as_ref().map(|v| site(v, ""))),
-            ("unsigned_payload", auth.unsigned_payload.as_ref().map(|v| site(v, ""))),
+            (
+                "access_key_id",
+                auth.access_key_id.as_ref().map(|v| site(v, "")),
+            ),
+            (
+                "secret_access_key",
+                auth.secret_access_key.as_ref().map(|v| site(v, "")),
+            ),
+            (
+                "session_token",
+                auth.session_token.as_ref().map(|v| site(v, "")),
+            ),
+            (
+                "unsigned_payload",
+                auth.unsigned_payload.as_ref().map(|v| site(v, "")),
+            ),
         ];
         const AWS: [&str; 3] = ["access_key_id", "secret_access_key", "session_token"];
         let allowed: Vec<&str> = match kind {
@@ -806,7 +1039,16 @@ impl Ctx {
             T::ApiKey => vec!["header", "query", "value"],
             T::Basic => vec!["username", "password"],
             T::Bearer => vec!["token"],
-            T::Oauth2 => vec!["token_url", "client_id", "client_secret", "refresh_token", "scopes", "audience", "params", "client_auth"],
+            T::Oauth2 => vec![
+                "token_url",
+                "client_id",
+                "client_secret",
+                "refresh_token",
+                "scopes",
+                "audience",
+                "params",
+                "client_auth",
+            ],
             T::AwsSigv4 => [&["service", "region", "unsigned_payload"][..], &AWS].concat(),
         };
         let before = self.problems.len();
@@ -815,25 +1057,39 @@ impl Ctx {
                 if !allowed.contains(key) {
                     let mut s = s.clone();
                     s.path = format!("{at}.{key}");
-                    self.problem(s, format!("\"{key}\" does not apply to auth type \"{}\"", auth_type_name(kind)));
+                    self.problem(
+                        s,
+                        format!(
+                            "\"{key}\" does not apply to auth type \"{}\"",
+                            auth_type_name(kind)
+                        ),
+                    );
                 }
             }
         }
         let type_site = site(&auth.kind, format!("{at}.type"));
-        let require = |ctx: &mut Self, value: &Option<Spanned<String>>, key: &str| -> Option<String> {
-            match value {
-                Some(v) if !v.value.trim().is_empty() => Some(v.value.clone()),
-                Some(v) => {
-                    ctx.problem(site(v, format!("{at}.{key}")), "must not be empty");
-                    None
+        let require =
+            |ctx: &mut Self, value: &Option<Spanned<String>>, key: &str| -> Option<String> {
+                match value {
+                    Some(v) if !v.value.trim().is_empty() => Some(v.value.clone()),
+                    Some(v) => {
+                        ctx.problem(site(v, format!("{at}.{key}")), "must not be empty");
+                        None
+                    }
+                    None => {
+                        ctx.problem(
+                            type_site.clone(),
+                            format!("auth type \"{}\" needs \"{key}\"", auth_type_name(kind)),
+                        );
+                        None
+                    }
                 }
-                None => {
-                    ctx.problem(type_site.clone(), format!("auth type \"{}\" needs \"{key}\"", auth_type_name(kind)));
-                    None
-                }
-            }
+            };
+        let secret_of = |ctx: &mut Self, value: &Option<Spanned<String>>, key: &str| {
+            value
+                .as_ref()
+                .and_then(|v| ctx.secret(v, &format!("{at}.{key}")))
         };
-        let secret_of = |ctx: &mut Self, value: &Option<Spanned<String>>, key: &str| value.as_ref().and_then(|v| ctx.secret(v, &format!("{at}.{key}")));
         let aws = |ctx: &mut Self| AwsCredentials {
             access_key_id: secret_of(ctx, &auth.access_key_id, "access_key_id"),
             secret_access_key: secret_of(ctx, &auth.secret_access_key, "secret_access_key"),
@@ -842,7 +1098,11 @@ impl Ctx {
         let result = match kind {
             T::None => Some(Auth::None),
             T::Password => {
-                let username = if protocol == Protocol::Redis { auth.username.as_ref().map(|v| v.value.clone()) } else { require(self, &auth.username, "username") };
+                let username = if protocol == Protocol::Redis {
+                    auth.username.as_ref().map(|v| v.value.clone())
+                } else {
+                    require(self, &auth.username, "username")
+                };
                 Some(Auth::Password {
                     username,
                     password: secret_of(self, &auth.password, "password"),
@@ -853,39 +1113,60 @@ impl Ctx {
                 let username = require(self, &auth.username, "username");
                 let region = require(self, &auth.region, "region");
                 let credentials = aws(self);
-                Some(Auth::RdsIam { username: username?, region: region?, database: auth.database.as_ref().map(|v| v.value.clone()), credentials })
+                Some(Auth::RdsIam {
+                    username: username?,
+                    region: region?,
+                    database: auth.database.as_ref().map(|v| v.value.clone()),
+                    credentials,
+                })
             }
             T::ApiKey => {
                 let place = match (&auth.header, &auth.query) {
                     (Some(h), None) => Some(ApiKeyPlace::Header(h.value.clone())),
                     (None, Some(q)) => Some(ApiKeyPlace::Query(q.value.clone())),
                     _ => {
-                        self.problem(type_site.clone(), "auth type \"api_key\" needs exactly one of \"header\" or \"query\"");
+                        self.problem(
+                            type_site.clone(),
+                            "auth type \"api_key\" needs exactly one of \"header\" or \"query\"",
+                        );
                         None
                     }
                 };
                 require(self, &auth.value, "value");
                 let value = secret_of(self, &auth.value, "value");
-                Some(Auth::ApiKey { place: place?, value: value? })
+                Some(Auth::ApiKey {
+                    place: place?,
+                    value: value?,
+                })
             }
             T::Basic => {
                 let username = require(self, &auth.username, "username");
                 require(self, &auth.password, "password");
                 let password = secret_of(self, &auth.password, "password");
-                Some(Auth::Basic { username: username?, password: password? })
+                Some(Auth::Basic {
+                    username: username?,
+                    password: password?,
+                })
             }
             T::Bearer => {
                 require(self, &auth.token, "token");
-                Some(Auth::Bearer { token: secret_of(self, &auth.token, "token")? })
+                Some(Auth::Bearer {
+                    token: secret_of(self, &auth.token, "token")?,
+                })
             }
             T::Oauth2 => {
-                let token_url = require(self, &auth.token_url, "token_url").and_then(|u| match u.parse::<http::Uri>() {
-                    Ok(url) if url.scheme_str().is_some() && url.host().is_some() => Some(url),
-                    _ => {
-                        if let Some(v) = &auth.token_url {
-                            self.problem(site(v, format!("{at}.token_url")), format!("\"{u}\" is not an absolute URL"));
+                let token_url = require(self, &auth.token_url, "token_url").and_then(|u| {
+                    match u.parse::<http::Uri>() {
+                        Ok(url) if url.scheme_str().is_some() && url.host().is_some() => Some(url),
+                        _ => {
+                            if let Some(v) = &auth.token_url {
+                                self.problem(
+                                    site(v, format!("{at}.token_url")),
+                                    format!("\"{u}\" is not an absolute URL"),
+                                );
+                            }
+                            None
                         }
-                        None
                     }
                 });
                 let client_id = require(self, &auth.client_id, "client_id");
@@ -897,7 +1178,10 @@ impl Ctx {
                     Some(v) if v.value == "basic" => true,
                     Some(v) if v.value == "body" => false,
                     Some(v) => {
-                        self.problem(site(v, format!("{at}.client_auth")), format!("\"{}\" is not basic or body", v.value));
+                        self.problem(
+                            site(v, format!("{at}.client_auth")),
+                            format!("\"{}\" is not basic or body", v.value),
+                        );
                         true
                     }
                 };
@@ -908,9 +1192,17 @@ impl Ctx {
                     client_id: client_id?,
                     client_secret,
                     refresh_token,
-                    scopes: auth.scopes.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
+                    scopes: auth
+                        .scopes
+                        .as_ref()
+                        .map(|s| s.value.clone())
+                        .unwrap_or_default(),
                     audience: auth.audience.as_ref().map(|v| v.value.clone()),
-                    params: auth.params.as_ref().map(|p| p.value.clone().into_iter().collect()).unwrap_or_default(),
+                    params: auth
+                        .params
+                        .as_ref()
+                        .map(|p| p.value.clone().into_iter().collect())
+                        .unwrap_or_default(),
                     client_auth_basic,
                 })))
             }
@@ -919,9 +1211,17 @@ impl Ctx {
                 let region = require(self, &auth.region, "region");
                 let credentials = aws(self);
                 if credentials.access_key_id.is_some() != credentials.secret_access_key.is_some() {
-                    self.problem(type_site.clone(), "access_key_id and secret_access_key must be set together");
+                    self.problem(
+                        type_site.clone(),
+                        "access_key_id and secret_access_key must be set together",
+                    );
                 }
-                Some(Auth::AwsSigV4 { service: service?, region: region?, credentials, unsigned_payload: auth.unsigned_payload.as_ref().is_some_and(|v| v.value) })
+                Some(Auth::AwsSigV4 {
+                    service: service?,
+                    region: region?,
+                    credentials,
+                    unsigned_payload: auth.unsigned_payload.as_ref().is_some_and(|v| v.value),
+                })
             }
         };
         if self.problems.len() > before {
@@ -947,7 +1247,9 @@ fn split_host_port(text: &str) -> Option<(String, u16)> {
     };
     let port: u16 = port.parse().ok()?;
     let valid_host = !host.is_empty()
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'));
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'));
     (valid_host && port > 0).then(|| (host.to_owned(), port))
 }
 

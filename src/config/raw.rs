@@ -155,7 +155,9 @@ impl<'de> Deserialize<'de> for TlsVersion {
                 match v {
                     "1.2" => Ok(TlsVersion::Tls12),
                     "1.3" => Ok(TlsVersion::Tls13),
-                    _ => Err(E::custom(format!("unsupported TLS version \"{v}\": use \"1.2\" or \"1.3\""))),
+                    _ => Err(E::custom(format!(
+                        "unsupported TLS version \"{v}\": use \"1.2\" or \"1.3\""
+                    ))),
                 }
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<TlsVersion, E> {

@@ -20,7 +20,11 @@ fn defaults_apply_where_a_resource_is_silent() {
     assert_eq!(r.connect_timeout, Duration::from_millis(250));
     assert_eq!(r.idle_timeout, None, "0s disables the idle timeout");
     assert_eq!(r.max_connections, 7);
-    assert_eq!(r.tls.ca.as_ref().unwrap().path, PathBuf::from("/etc/keyward/ca.pem"), "relative to the config file");
+    assert_eq!(
+        r.tls.ca.as_ref().unwrap().path,
+        PathBuf::from("/etc/keyward/ca.pem"),
+        "relative to the config file"
+    );
     assert_eq!(r.tls.ca.as_ref().unwrap().site.path, "defaults.tls.ca");
     assert_eq!(r.tls.min_version, TlsVersion::Tls13);
     assert!(!r.tls.system_roots, "system roots default off with a ca");
@@ -32,38 +36,73 @@ fn builtin_defaults_are_secure() {
     let r = &c.resources[0];
     assert_eq!(r.tls.mode, TlsMode::VerifyFull);
     assert!(r.tls.system_roots);
-    assert_eq!(r.tls.server_name, ServerName::try_from("db.internal").unwrap());
+    assert_eq!(
+        r.tls.server_name,
+        ServerName::try_from("db.internal").unwrap()
+    );
     assert_eq!(r.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
     assert_eq!(r.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
-    assert_eq!(c.admin, Some(Admin { listen: DEFAULT_ADMIN }));
+    assert_eq!(
+        c.admin,
+        Some(Admin {
+            listen: DEFAULT_ADMIN
+        })
+    );
     assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
 }
 
 #[test]
 fn admin_null_turns_the_admin_endpoint_off() {
     assert_eq!(ok(&format!("admin: null\n{ONE}")).admin, None);
-    assert_eq!(ok(&format!("admin:\n  listen: 127.0.0.1:9999\n{ONE}")).admin.unwrap().listen.port(), 9999);
+    assert_eq!(
+        ok(&format!("admin:\n  listen: 127.0.0.1:9999\n{ONE}"))
+            .admin
+            .unwrap()
+            .listen
+            .port(),
+        9999
+    );
 }
 
 #[test]
 fn ip_upstreams_verify_as_ip_addresses() {
     let c = ok(&ONE.replace("db.internal:5432", "\"[::1]:5432\""));
     assert_eq!(c.resources[0].upstream.host, "::1");
-    assert!(matches!(c.resources[0].tls.server_name, ServerName::IpAddress(_)));
+    assert!(matches!(
+        c.resources[0].tls.server_name,
+        ServerName::IpAddress(_)
+    ));
     assert_eq!(c.resources[0].upstream.to_string(), "[::1]:5432");
 }
 
 #[test]
 fn listen_accepts_localhost_ipv6_and_unix() {
-    assert_eq!(ok(&ONE.replace("127.0.0.1:6432", "localhost:6432")).resources[0].listen, ListenAddr::Tcp("127.0.0.1:6432".parse().unwrap()));
-    assert_eq!(ok(&ONE.replace("127.0.0.1:6432", "\"[::1]:0\"")).resources[0].listen, ListenAddr::Tcp("[::1]:0".parse().unwrap()));
-    let unix = ok(&format!("{}    listen_mode: \"0660\"\n", ONE.replace("127.0.0.1:6432", "unix:/run/k.sock")));
-    assert_eq!(unix.resources[0].listen, ListenAddr::Unix { path: "/run/k.sock".into(), mode: 0o660 });
+    assert_eq!(
+        ok(&ONE.replace("127.0.0.1:6432", "localhost:6432")).resources[0].listen,
+        ListenAddr::Tcp("127.0.0.1:6432".parse().unwrap())
+    );
+    assert_eq!(
+        ok(&ONE.replace("127.0.0.1:6432", "\"[::1]:0\"")).resources[0].listen,
+        ListenAddr::Tcp("[::1]:0".parse().unwrap())
+    );
+    let unix = ok(&format!(
+        "{}    listen_mode: \"0660\"\n",
+        ONE.replace("127.0.0.1:6432", "unix:/run/k.sock")
+    ));
+    assert_eq!(
+        unix.resources[0].listen,
+        ListenAddr::Unix {
+            path: "/run/k.sock".into(),
+            mode: 0o660
+        }
+    );
 }
 
 #[test]
 fn two_resources_cannot_share_a_listen_address() {
-    let yaml = format!("{ONE}  - name: s\n    protocol: tcp\n    listen: 127.0.0.1:6432\n    upstream: other:1\n");
+    let yaml = format!(
+        "{ONE}  - name: s\n    protocol: tcp\n    listen: 127.0.0.1:6432\n    upstream: other:1\n"
+    );
     assert_eq!(problems(&yaml), ["k.yaml:8:13: resources[1].listen: 127.0.0.1:6432 is already the listen address of resource \"r\""]);
 }
 
@@ -80,7 +119,13 @@ fn auth_keys_are_checked_against_the_auth_type() {
     assert!(found.contains(&"k.yaml:8:14: resources[0].auth.token: \"token\" does not apply to auth type \"password\"".to_owned()), "{found:?}");
     let yaml = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: db:5432\n    auth:\n      type: password\n      password: ${file:pw}\n";
     let found = problems(yaml);
-    assert!(found.contains(&"k.yaml:7:13: resources[0].auth.type: auth type \"password\" needs \"username\"".to_owned()), "{found:?}");
+    assert!(
+        found.contains(
+            &"k.yaml:7:13: resources[0].auth.type: auth type \"password\" needs \"username\""
+                .to_owned()
+        ),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -94,7 +139,12 @@ fn a_bad_secret_reference_is_reported_at_its_key() {
 fn a_plain_http_upstream_cannot_ask_for_verification() {
     let yaml = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: http://x\n    tls:\n      mode: verify-ca\n";
     let found = problems(yaml);
-    assert!(found.iter().any(|p| p.contains("resources[0].tls.mode: the upstream is plain http://")), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("resources[0].tls.mode: the upstream is plain http://")),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -104,19 +154,28 @@ fn min_version_takes_strings_and_yaml_floats() {
         assert_eq!(c.resources[0].tls.min_version, TlsVersion::Tls13);
     }
     let found = problems(&format!("{ONE}    tls:\n      min_version: \"1.1\"\n"));
-    assert!(found[0].contains("resources[0].tls.min_version: unsupported TLS version \"1.1\""), "{found:?}");
+    assert!(
+        found[0].contains("resources[0].tls.min_version: unsupported TLS version \"1.1\""),
+        "{found:?}"
+    );
 }
 
 #[test]
 fn names_must_be_label_safe() {
     let found = problems(&ONE.replace("name: r", "name: \"a b\""));
-    assert!(found[0].contains("resources[0].name: \"a b\" is not a valid name"), "{found:?}");
+    assert!(
+        found[0].contains("resources[0].name: \"a b\" is not a valid name"),
+        "{found:?}"
+    );
 }
 
 #[test]
 fn split_host_port_cases() {
     assert_eq!(split_host_port("db:5432"), Some(("db".into(), 5432)));
-    assert_eq!(split_host_port("[2001:db8::1]:443"), Some(("2001:db8::1".into(), 443)));
+    assert_eq!(
+        split_host_port("[2001:db8::1]:443"),
+        Some(("2001:db8::1".into(), 443))
+    );
     assert_eq!(split_host_port("2001:db8::1:443"), None);
     assert_eq!(split_host_port("db"), None);
     assert_eq!(split_host_port("db:0"), None);

@@ -18,7 +18,9 @@ use crate::config::{io_reason, FileRef, Site, TlsMode, TlsSettings, TlsVersion};
 /// The crypto provider keyward uses everywhere: rustls' ring provider (ARCHITECTURE.md).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// A resource's ready-to-use upstream TLS.
@@ -54,12 +56,19 @@ pub struct CertInfo {
 impl CertInfo {
     /// Decodes the fields keyward reports.
     pub fn parse(der: &CertificateDer<'_>) -> Result<Self, String> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
         let sans = cert
             .subject_alternative_name()
             .ok()
             .flatten()
-            .map(|ext| ext.value.general_names.iter().map(|n| n.to_string()).collect())
+            .map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Self {
             subject: cert.subject().to_string(),
@@ -119,7 +128,8 @@ pub fn build_client(settings: &TlsSettings) -> Result<Option<TlsClient>, Vec<(Si
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| fail(format!("TLS versions: {e}")))?;
-    let builder = verify::with_verifier(builder, settings.mode, roots, provider).map_err(|e| fail(format!("building the verifier: {e}")))?;
+    let builder = verify::with_verifier(builder, settings.mode, roots, provider)
+        .map_err(|e| fail(format!("building the verifier: {e}")))?;
     let (config, client_cert) = match identity {
         Some((chain, key, info, key_site)) => {
             let config = builder
@@ -129,12 +139,19 @@ pub fn build_client(settings: &TlsSettings) -> Result<Option<TlsClient>, Vec<(Si
         }
         None => (builder.with_no_client_auth(), None),
     };
-    Ok(Some(TlsClient { config: Arc::new(config), server_name: settings.server_name.clone(), mode: settings.mode, client_cert }))
+    Ok(Some(TlsClient {
+        config: Arc::new(config),
+        server_name: settings.server_name.clone(),
+        mode: settings.mode,
+        client_cert,
+    }))
 }
 
 fn key_error(err: &rustls::Error) -> String {
     match err {
-        rustls::Error::InconsistentKeys(_) => "key does not match certificate (client_key is not the key of client_cert)".to_owned(),
+        rustls::Error::InconsistentKeys(_) => {
+            "key does not match certificate (client_key is not the key of client_cert)".to_owned()
+        }
         other => format!("unusable client key: {other}"),
     }
 }
@@ -148,7 +165,13 @@ fn trust_anchors(settings: &TlsSettings) -> Result<RootCertStore, (Site, String)
         let certs = read_certs(ca)?;
         let (added, ignored) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err((ca.site.clone(), format!("{}: none of the {ignored} certificate(s) is a usable CA certificate", shown(&ca.path))));
+            return Err((
+                ca.site.clone(),
+                format!(
+                    "{}: none of the {ignored} certificate(s) is a usable CA certificate",
+                    shown(&ca.path)
+                ),
+            ));
         }
     }
     if settings.system_roots {
@@ -175,23 +198,48 @@ fn system_roots() -> &'static [rustls::pki_types::TrustAnchor<'static>] {
     })
 }
 
-type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, CertInfo, Site);
+type Identity = (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    CertInfo,
+    Site,
+);
 
 fn client_identity(cert: &FileRef, key: &FileRef) -> Result<Identity, Vec<(Site, String)>> {
     let chain = read_certs(cert).map_err(|p| vec![p])?;
     let key_der = read_key(key).map_err(|p| vec![p])?;
-    let info = CertInfo::parse(&chain[0]).map_err(|e| vec![(cert.site.clone(), format!("{}: {e}", shown(&cert.path)))])?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let info = CertInfo::parse(&chain[0])
+        .map_err(|e| vec![(cert.site.clone(), format!("{}: {e}", shown(&cert.path)))])?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     if info.not_after < now {
-        return Err(vec![(cert.site.clone(), format!("{}: certificate \"{}\" expired on {}", shown(&cert.path), info.subject, info.not_after_rfc3339()))]);
+        return Err(vec![(
+            cert.site.clone(),
+            format!(
+                "{}: certificate \"{}\" expired on {}",
+                shown(&cert.path),
+                info.subject,
+                info.not_after_rfc3339()
+            ),
+        )]);
     }
     if let Err(e) = check_chain(&chain) {
-        return Err(vec![(cert.site.clone(), format!("{}: {e}", shown(&cert.path)))]);
+        return Err(vec![(
+            cert.site.clone(),
+            format!("{}: {e}", shown(&cert.path)),
+        )]);
     }
     // rustls checks the pair when the config is built; do it here too so `check` reports it
     // against the key's own site.
-    if let Err(e) = rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider()) {
-        return Err(vec![(key.site.clone(), format!("{}: {}", shown(&key.path), key_error(&e)))]);
+    if let Err(e) =
+        rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider())
+    {
+        return Err(vec![(
+            key.site.clone(),
+            format!("{}: {}", shown(&key.path), key_error(&e)),
+        )]);
     }
     Ok((chain, key_der, info, key.site.clone()))
 }
@@ -202,8 +250,10 @@ fn check_chain(chain: &[CertificateDer<'static>]) -> Result<(), String> {
     let [leaf, middle @ .., top] = chain else {
         return Ok(());
     };
-    let anchor = webpki::anchor_from_trusted_cert(top).map_err(|e| format!("last certificate of the chain is not a CA: {e:?}"))?;
-    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("leaf certificate: {e:?}"))?;
+    let anchor = webpki::anchor_from_trusted_cert(top)
+        .map_err(|e| format!("last certificate of the chain is not a CA: {e:?}"))?;
+    let ee =
+        webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("leaf certificate: {e:?}"))?;
     ee.verify_for_usage(
         provider().signature_verification_algorithms.all,
         &[anchor],
@@ -223,26 +273,48 @@ fn shown(path: &Path) -> String {
 
 /// Reads every certificate in a PEM file.
 pub fn read_certs(file: &FileRef) -> Result<Vec<CertificateDer<'static>>, (Site, String)> {
-    let bytes = std::fs::read(&file.path).map_err(|e| (file.site.clone(), format!("reading {}: {}", shown(&file.path), io_reason(&e))))?;
+    let bytes = std::fs::read(&file.path).map_err(|e| {
+        (
+            file.site.clone(),
+            format!("reading {}: {}", shown(&file.path), io_reason(&e)),
+        )
+    })?;
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
     match certs {
-        Ok(certs) if certs.is_empty() => Err((file.site.clone(), format!("{}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)", shown(&file.path)))),
+        Ok(certs) if certs.is_empty() => Err((
+            file.site.clone(),
+            format!(
+                "{}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)",
+                shown(&file.path)
+            ),
+        )),
         Ok(certs) => {
             for cert in &certs {
-                CertInfo::parse(cert).map_err(|e| (file.site.clone(), format!("{}: {e}", shown(&file.path))))?;
+                CertInfo::parse(cert)
+                    .map_err(|e| (file.site.clone(), format!("{}: {e}", shown(&file.path))))?;
             }
             Ok(certs)
         }
-        Err(e) => Err((file.site.clone(), format!("{}: malformed PEM: {e}", shown(&file.path)))),
+        Err(e) => Err((
+            file.site.clone(),
+            format!("{}: malformed PEM: {e}", shown(&file.path)),
+        )),
     }
 }
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
 pub fn read_key(file: &FileRef) -> Result<PrivateKeyDer<'static>, (Site, String)> {
-    let bytes = std::fs::read(&file.path).map_err(|e| (file.site.clone(), format!("reading {}: {}", shown(&file.path), io_reason(&e))))?;
+    let bytes = std::fs::read(&file.path).map_err(|e| {
+        (
+            file.site.clone(),
+            format!("reading {}: {}", shown(&file.path), io_reason(&e)),
+        )
+    })?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         let why = match e {
-            rustls::pki_types::pem::Error::NoItemsFound => "no PEM private key found (expected PKCS#8, PKCS#1 or SEC1)".to_owned(),
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no PEM private key found (expected PKCS#8, PKCS#1 or SEC1)".to_owned()
+            }
             other => format!("malformed PEM key: {other}"),
         };
         (file.site.clone(), format!("{}: {why}", shown(&file.path)))

@@ -10,11 +10,14 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::WantsClientCert;
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, ConfigBuilder, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme, WantsVerifier};
+use rustls::{
+    CertificateError, ClientConfig, ConfigBuilder, DigitallySignedStruct, DistinguishedName,
+    RootCertStore, SignatureScheme, WantsVerifier,
+};
 
 use crate::config::TlsMode;
 
@@ -26,7 +29,9 @@ pub fn server_verifier(
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, rustls::client::VerifierBuilderError> {
     Ok(match mode {
-        TlsMode::VerifyFull | TlsMode::Disable => WebPkiServerVerifier::builder_with_provider(roots, provider).build()?,
+        TlsMode::VerifyFull | TlsMode::Disable => {
+            WebPkiServerVerifier::builder_with_provider(roots, provider).build()?
+        }
         TlsMode::VerifyCa => Arc::new(ChainOnly {
             inner: WebPkiServerVerifier::builder_with_provider(roots, provider).build()?,
         }),
@@ -42,12 +47,14 @@ pub(crate) fn with_verifier(
     provider: Arc<CryptoProvider>,
 ) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>, rustls::client::VerifierBuilderError> {
     match mode {
-        TlsMode::VerifyFull | TlsMode::Disable => {
-            Ok(builder.with_webpki_verifier(WebPkiServerVerifier::builder_with_provider(roots, provider).build()?))
-        }
+        TlsMode::VerifyFull | TlsMode::Disable => Ok(builder.with_webpki_verifier(
+            WebPkiServerVerifier::builder_with_provider(roots, provider).build()?,
+        )),
         TlsMode::VerifyCa | TlsMode::Insecure => {
             let verifier = server_verifier(mode, roots, provider)?;
-            Ok(builder.dangerous().with_custom_certificate_verifier(verifier))
+            Ok(builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier))
         }
     }
 }
@@ -67,7 +74,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -126,7 +139,12 @@ impl ServerCertVerifier for SignaturesOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -135,10 +153,17 @@ impl ServerCertVerifier for SignaturesOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -9,8 +9,17 @@ use keyward::pki::Usage;
 use crate::support::Pki;
 
 fn check(config: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward")).args(["check", "-c"]).arg(config).env_remove("KEYWARD_LOG").output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["check", "-c"])
+        .arg(config)
+        .env_remove("KEYWARD_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Writes `yaml` and checks it; asserts exit 64 and that `expected` (with FILE replaced by
@@ -18,9 +27,14 @@ fn check(config: &Path) -> (i32, String, String) {
 fn assert_problem(pki: &Pki, yaml: &str, expected: &str) {
     let file = pki.write("bad.yaml", yaml);
     let (code, _, stderr) = check(&file);
-    let expected = expected.replace("FILE", &file.display().to_string()).replace("DIR", &pki.dir.path().display().to_string());
+    let expected = expected
+        .replace("FILE", &file.display().to_string())
+        .replace("DIR", &pki.dir.path().display().to_string());
     assert_eq!(code, 64, "exit code for:\n{yaml}\nstderr:\n{stderr}");
-    assert!(stderr.lines().any(|l| l == expected), "expected line\n  {expected}\nin\n{stderr}");
+    assert!(
+        stderr.lines().any(|l| l == expected),
+        "expected line\n  {expected}\nin\n{stderr}"
+    );
 }
 
 const HEAD: &str = "resources:\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:7000\n";
@@ -48,7 +62,11 @@ fn reports_a_bad_duration() {
 #[test]
 fn reports_a_missing_file() {
     let pki = Pki::new();
-    assert_problem(&pki, &format!("{HEAD}    tls:\n      ca: nope.pem\n"), "FILE:7:11: resources[0].tls.ca: reading \"DIR/nope.pem\": not found");
+    assert_problem(
+        &pki,
+        &format!("{HEAD}    tls:\n      ca: nope.pem\n"),
+        "FILE:7:11: resources[0].tls.ca: reading \"DIR/nope.pem\": not found",
+    );
 }
 
 #[test]
@@ -57,7 +75,11 @@ fn reports_a_key_that_does_not_match_its_cert() {
     pki.write_ca();
     let (cert, _) = pki.write_client("a", "a");
     let (_, other_key) = pki.write_client("b", "b");
-    let yaml = format!("{HEAD}    tls:\n      ca: ca.pem\n      client_cert: {}\n      client_key: {}\n", cert.display(), other_key.display());
+    let yaml = format!(
+        "{HEAD}    tls:\n      ca: ca.pem\n      client_cert: {}\n      client_key: {}\n",
+        cert.display(),
+        other_key.display()
+    );
     assert_problem(&pki, &yaml, &format!("FILE:9:19: resources[0].tls.client_key: \"{}\": key does not match certificate (client_key is not the key of client_cert)", other_key.display()));
 }
 
@@ -72,7 +94,10 @@ fn refuses_a_non_loopback_listener_without_allow_remote() {
     let pki = Pki::new();
     let yaml = HEAD.replace("127.0.0.1:0", "0.0.0.0:6432") + "    tls:\n      mode: disable\n";
     assert_problem(&pki, &yaml, "FILE:4:13: resources[0].listen: 0.0.0.0:6432 is not a loopback address: apps on other hosts could use this resource's credentials; set allow_remote: true if that is intended");
-    let allowed = pki.write("ok.yaml", &(yaml.replace("0.0.0.0:6432", "0.0.0.0:0") + "    allow_remote: true\n"));
+    let allowed = pki.write(
+        "ok.yaml",
+        &(yaml.replace("0.0.0.0:6432", "0.0.0.0:0") + "    allow_remote: true\n"),
+    );
     assert_eq!(check(&allowed).0, 0);
 }
 
@@ -80,7 +105,11 @@ fn refuses_a_non_loopback_listener_without_allow_remote() {
 fn reports_a_duplicate_resource_name() {
     let pki = Pki::new();
     let yaml = format!("{HEAD}    tls: {{mode: disable}}\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:7001\n    tls: {{mode: disable}}\n");
-    assert_problem(&pki, &yaml, "FILE:7:11: resources[1].name: duplicate resource name \"r\"");
+    assert_problem(
+        &pki,
+        &yaml,
+        "FILE:7:11: resources[1].name: duplicate resource name \"r\"",
+    );
 }
 
 #[test]
@@ -92,7 +121,11 @@ fn reports_an_upstream_without_a_port() {
 #[test]
 fn reports_a_client_cert_without_its_key() {
     let pki = Pki::new();
-    assert_problem(&pki, &format!("{HEAD}    tls:\n      client_cert: c.pem\n"), "FILE:7:20: resources[0].tls.client_cert: client_cert and client_key must be set together");
+    assert_problem(
+        &pki,
+        &format!("{HEAD}    tls:\n      client_cert: c.pem\n"),
+        "FILE:7:20: resources[0].tls.client_cert: client_cert and client_key must be set together",
+    );
 }
 
 #[test]
@@ -103,7 +136,11 @@ fn reports_a_truncated_pem() {
     let file = pki.write("bad.yaml", &format!("{HEAD}    tls:\n      ca: cut.pem\n"));
     let (code, _, stderr) = check(&file);
     assert_eq!(code, 64);
-    let prefix = format!("{}:7:11: resources[0].tls.ca: \"{}\": ", file.display(), pki.path("cut.pem").display());
+    let prefix = format!(
+        "{}:7:11: resources[0].tls.ca: \"{}\": ",
+        file.display(),
+        pki.path("cut.pem").display()
+    );
     assert!(stderr.lines().any(|l| l.starts_with(&prefix)), "{stderr}");
 }
 
@@ -119,14 +156,21 @@ fn reports_a_yaml_syntax_error() {
     let file = pki.write("bad.yaml", "resources:\n  - name: [r\n");
     let (code, _, stderr) = check(&file);
     assert_eq!(code, 64);
-    assert!(stderr.starts_with(&format!("{}:2:11: ", file.display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:2:11: ", file.display())),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn reports_an_empty_server_name_and_zero_max_connections() {
     let pki = Pki::new();
     let yaml = format!("{HEAD}    max_connections: 0\n    tls:\n      server_name: \"\"\n");
-    assert_problem(&pki, &yaml, "FILE:6:22: resources[0].max_connections: must be at least 1");
+    assert_problem(
+        &pki,
+        &yaml,
+        "FILE:6:22: resources[0].max_connections: must be at least 1",
+    );
     assert_problem(&pki, &yaml, "FILE:8:20: resources[0].tls.server_name: server_name is empty: name the host the upstream certificate is issued for");
 }
 
@@ -134,13 +178,18 @@ fn reports_an_empty_server_name_and_zero_max_connections() {
 fn reports_an_expired_client_cert() {
     let pki = Pki::new();
     pki.write_ca();
-    let c = pki.ca.leaf_with("old", &[], Usage::Client, |p| {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }).unwrap();
+    let c = pki
+        .ca
+        .leaf_with("old", &[], Usage::Client, |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        })
+        .unwrap();
     pki.write("old.pem", &c.cert_pem);
     pki.write("old.key", &c.key_pem);
-    let yaml = format!("{HEAD}    tls:\n      ca: ca.pem\n      client_cert: old.pem\n      client_key: old.key\n");
+    let yaml = format!(
+        "{HEAD}    tls:\n      ca: ca.pem\n      client_cert: old.pem\n      client_key: old.key\n"
+    );
     assert_problem(&pki, &yaml, &format!("FILE:8:20: resources[0].tls.client_cert: \"{}\": certificate \"CN=old\" expired on 2021-01-01T00:00:00Z", pki.path("old.pem").display()));
 }
 
@@ -149,14 +198,24 @@ fn reports_a_client_chain_that_does_not_reach_its_ca() {
     let pki = Pki::new();
     let other = keyward::pki::Ca::new("unrelated").unwrap();
     let c = pki.ca.leaf("client", &[], Usage::Client).unwrap();
-    pki.write("chain.pem", &format!("{}{}", c.cert_pem, other.cert.cert_pem));
+    pki.write(
+        "chain.pem",
+        &format!("{}{}", c.cert_pem, other.cert.cert_pem),
+    );
     pki.write("chain.key", &c.key_pem);
     let file = pki.write("bad.yaml", &format!("{HEAD}    tls:\n      mode: insecure\n      client_cert: chain.pem\n      client_key: chain.key\n"));
     let (code, _, stderr) = check(&file);
     assert_eq!(code, 64);
-    assert!(stderr.contains("resources[0].tls.client_cert: ") && stderr.contains("does not chain to the CA in the same file"), "{stderr}");
+    assert!(
+        stderr.contains("resources[0].tls.client_cert: ")
+            && stderr.contains("does not chain to the CA in the same file"),
+        "{stderr}"
+    );
     // The same leaf followed by its real CA passes.
-    pki.write("chain.pem", &format!("{}{}", c.cert_pem, pki.ca.cert.cert_pem));
+    pki.write(
+        "chain.pem",
+        &format!("{}{}", c.cert_pem, pki.ca.cert.cert_pem),
+    );
     assert_eq!(check(&file).0, 0, "{}", check(&file).2);
 }
 
@@ -167,8 +226,16 @@ fn lists_every_problem_at_once() {
     let file = pki.write("bad.yaml", yaml);
     let (code, _, stderr) = check(&file);
     assert_eq!(code, 64);
-    for key in ["defaults.idle_timeout", "resources[0].listen", "resources[0].upstream", "resources[1].tls.ca"] {
-        assert!(stderr.contains(&format!(": {key}: ")), "{key} missing from:\n{stderr}");
+    for key in [
+        "defaults.idle_timeout",
+        "resources[0].listen",
+        "resources[0].upstream",
+        "resources[1].tls.ca",
+    ] {
+        assert!(
+            stderr.contains(&format!(": {key}: ")),
+            "{key} missing from:\n{stderr}"
+        );
     }
     assert!(stderr.contains("problem(s) found"), "{stderr}");
 }
@@ -177,5 +244,8 @@ fn lists_every_problem_at_once() {
 fn reports_a_missing_config_file() {
     let (code, _, stderr) = check(Path::new("/nonexistent/keyward.yaml"));
     assert_eq!(code, 64);
-    assert!(stderr.starts_with("/nonexistent/keyward.yaml: reading the config file: not found"), "{stderr}");
+    assert!(
+        stderr.starts_with("/nonexistent/keyward.yaml: reading the config file: not found"),
+        "{stderr}"
+    );
 }

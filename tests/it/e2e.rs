@@ -44,26 +44,49 @@ fn config(pki: &Pki, name: &str, port: u16, ca: &Path, f: &Files) -> PathBuf {
 }
 
 fn curl(url: &str) -> (i32, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "10", url]).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", url])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 #[test]
 fn plaintext_redis_cli_reaches_a_tls_only_redis_that_requires_a_client_cert() {
-    if !require("redis-server and redis-cli", have("redis-server") && have("redis-cli")) {
+    if !require(
+        "redis-server and redis-cli",
+        have("redis-server") && have("redis-cli"),
+    ) {
         return;
     }
     let pki = Pki::new();
     let f = files(&pki);
-    let redis = Redis::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key, &f.client_cert, &f.client_key);
+    let redis = Redis::start(
+        pki.dir.path(),
+        &f.ca,
+        &f.server_cert,
+        &f.server_key,
+        &f.client_cert,
+        &f.client_key,
+    );
     // Without keyward, a plaintext client gets nowhere.
-    let direct = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &redis.port.to_string(), "PING"]).output().unwrap();
+    let direct = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port.to_string(), "PING"])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&direct.stdout).contains("PONG"));
 
     let keyward = Keyward::start(&config(&pki, "cache", redis.port, &f.ca, &f));
     let addr = keyward.addr("cache");
     let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &addr.port().to_string()]).args(args).output().unwrap();
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert_eq!(cli(&["PING"]), "PONG", "{}", keyward.log_text());
@@ -104,10 +127,18 @@ fn a_wrong_ca_closes_the_client_connection_and_the_log_names_the_reason() {
     let addr = keyward.addr("api");
     let (code, out) = curl(&format!("http://{addr}/"));
     // 52: closed with no reply; 56: reset (the request was unread when keyward closed).
-    assert!(code == 52 || code == 56, "curl must see the connection closed with no reply: {code} {out}");
-    let line = keyward.wait_log("the failure's warn line", |v| v["level"] == "WARN" && v["reason"] == "unknown_issuer");
+    assert!(
+        code == 52 || code == 56,
+        "curl must see the connection closed with no reply: {code} {out}"
+    );
+    let line = keyward.wait_log("the failure's warn line", |v| {
+        v["level"] == "WARN" && v["reason"] == "unknown_issuer"
+    });
     assert_eq!(line["side"], "upstream");
-    assert!(line["message"].as_str().unwrap().contains("unknown issuer"), "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains("unknown issuer"),
+        "{line}"
+    );
     assert_eq!(line["span"]["resource"], "api", "{line}");
 }
 
@@ -117,33 +148,63 @@ fn sigterm_drains_and_exits_zero() {
     let cfg = pki.write("keyward.yaml", "admin: null\nshutdown_grace: 5s\nresources:\n  - name: t\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:1\n    tls:\n      mode: insecure\n");
     let mut keyward = Keyward::start(&cfg);
     keyward.addr("t");
-    keyward.wait_log("the insecure warning", |v| v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains("insecure")));
-    assert!(Command::new("kill").args(["-TERM", &keyward.pid().to_string()]).status().unwrap().success());
+    keyward.wait_log("the insecure warning", |v| {
+        v["level"] == "WARN"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("insecure"))
+    });
+    assert!(Command::new("kill")
+        .args(["-TERM", &keyward.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let start = Instant::now();
     let status = loop {
         if let Some(status) = keyward.proc.child.try_wait().unwrap() {
             break status;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "keyward did not exit after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "keyward did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0), "{}", keyward.log_text());
-    wait_until("the shutdown log line", || keyward.log_text().contains("SIGTERM received"));
+    wait_until("the shutdown log line", || {
+        keyward.log_text().contains("SIGTERM received")
+    });
 }
 
 #[test]
 fn the_demo_runs_with_nothing_else_installed() {
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward")).args(["demo", "--once"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["demo", "--once"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("HTTP 200 OK"), "{stdout}");
-    assert!(stdout.contains("client_cert_subject: CN=keyward-demo-client"), "{stdout}");
+    assert!(
+        stdout.contains("client_cert_subject: CN=keyward-demo-client"),
+        "{stdout}"
+    );
     assert!(stdout.contains("tls_version: TLSv1_3"), "{stdout}");
     assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
 }
 
 #[test]
 fn version_prints_the_package_version() {
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward")).arg("--version").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("keyward {}", env!("CARGO_PKG_VERSION")));
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("keyward {}", env!("CARGO_PKG_VERSION"))
+    );
 }

@@ -1,5 +1,8 @@
 //! keyward's one integration-test binary (link time matters on 2 cores).
 
+// Test support code panics on purpose: a failed setup step is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod check;
 mod e2e;
 mod limbo;

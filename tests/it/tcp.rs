@@ -8,7 +8,9 @@ use rustls::version::{TLS12, TLS13};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{roundtrip, server_config, tcp_config, upstream, Behavior, Pki, Proxy, DEADLINE};
+use crate::support::{
+    roundtrip, server_config, tcp_config, upstream, Behavior, Pki, Proxy, DEADLINE,
+};
 
 const BOTH: &[&rustls::SupportedProtocolVersion] = &[&TLS13, &TLS12];
 
@@ -21,7 +23,12 @@ fn tls_block(lines: &[String]) -> String {
 }
 
 /// A proxy with one resource "r" in front of an echo upstream serving `cert`.
-async fn proxy_to(pki: &Pki, cert: &pki::Issued, host: &str, tls: &[String]) -> (Proxy, crate::support::Upstream) {
+async fn proxy_to(
+    pki: &Pki,
+    cert: &pki::Issued,
+    host: &str,
+    tls: &[String],
+) -> (Proxy, crate::support::Upstream) {
     let up = upstream(server_config(cert, None, BOTH), Behavior::Echo).await;
     let yaml = tcp_config("r", &format!("{host}:{}", up.port()), &tls_block(tls));
     (Proxy::start(pki.dir.path(), &yaml).await, up)
@@ -34,7 +41,13 @@ fn ca_line(pki: &Pki) -> String {
 #[tokio::test]
 async fn verify_full_accepts_the_right_ca() {
     let pki = Pki::new();
-    let (proxy, up) = proxy_to(&pki, &pki.server(&["localhost"]), "localhost", &[ca_line(&pki)]).await;
+    let (proxy, up) = proxy_to(
+        &pki,
+        &pki.server(&["localhost"]),
+        "localhost",
+        &[ca_line(&pki)],
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"ping");
     assert_eq!(up.seen()[0].sni.as_deref(), Some("localhost"));
     assert!(proxy.state.resource("r").unwrap().last_error().is_none());
@@ -44,7 +57,9 @@ async fn verify_full_accepts_the_right_ca() {
 async fn verify_full_is_the_default_mode() {
     let pki = Pki::new();
     let other = Ca::new("other").unwrap();
-    let cert = other.leaf("upstream", &["localhost"], Usage::Server).unwrap();
+    let cert = other
+        .leaf("upstream", &["localhost"], Usage::Server)
+        .unwrap();
     // No mode written: a certificate from a CA not in tls.ca must be refused.
     let (proxy, _up) = proxy_to(&pki, &cert, "localhost", &[ca_line(&pki)]).await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
@@ -55,22 +70,48 @@ async fn verify_full_is_the_default_mode() {
 async fn rejects_upstream_cert_from_a_wrong_ca() {
     let pki = Pki::new();
     let other = Ca::new("other").unwrap();
-    let cert = other.leaf("upstream", &["localhost"], Usage::Server).unwrap();
-    let (proxy, _up) = proxy_to(&pki, &cert, "localhost", &["mode: verify-full".into(), ca_line(&pki)]).await;
-    assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"", "the client connection must be closed");
+    let cert = other
+        .leaf("upstream", &["localhost"], Usage::Server)
+        .unwrap();
+    let (proxy, _up) = proxy_to(
+        &pki,
+        &cert,
+        "localhost",
+        &["mode: verify-full".into(), ca_line(&pki)],
+    )
+    .await;
+    assert_eq!(
+        roundtrip(proxy.addr("r"), b"ping").await,
+        b"",
+        "the client connection must be closed"
+    );
     let err = proxy.error("r").await;
-    assert_eq!((err.side, err.reason), (Side::Upstream, Reason::UnknownIssuer));
+    assert_eq!(
+        (err.side, err.reason),
+        (Side::Upstream, Reason::UnknownIssuer)
+    );
     assert!(err.detail.starts_with("unknown issuer"), "{}", err.detail);
 }
 
 #[tokio::test]
 async fn rejects_upstream_cert_for_a_wrong_name() {
     let pki = Pki::new();
-    let (proxy, _up) = proxy_to(&pki, &pki.server(&["db.internal"]), "localhost", &[ca_line(&pki)]).await;
+    let (proxy, _up) = proxy_to(
+        &pki,
+        &pki.server(&["db.internal"]),
+        "localhost",
+        &[ca_line(&pki)],
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
     let err = proxy.error("r").await;
     assert_eq!(err.reason, Reason::NameMismatch);
-    assert!(err.detail.starts_with("certificate not valid for name \"localhost\""), "{}", err.detail);
+    assert!(
+        err.detail
+            .starts_with("certificate not valid for name \"localhost\""),
+        "{}",
+        err.detail
+    );
     assert!(err.detail.contains("db.internal"), "{}", err.detail);
 }
 
@@ -103,7 +144,13 @@ async fn rejects_a_self_signed_upstream_cert() {
 #[tokio::test]
 async fn verify_ca_accepts_a_wrong_name() {
     let pki = Pki::new();
-    let (proxy, _up) = proxy_to(&pki, &pki.server(&["db.internal"]), "localhost", &["mode: verify-ca".into(), ca_line(&pki)]).await;
+    let (proxy, _up) = proxy_to(
+        &pki,
+        &pki.server(&["db.internal"]),
+        "localhost",
+        &["mode: verify-ca".into(), ca_line(&pki)],
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"ping");
 }
 
@@ -111,8 +158,16 @@ async fn verify_ca_accepts_a_wrong_name() {
 async fn verify_ca_still_rejects_a_wrong_ca() {
     let pki = Pki::new();
     let other = Ca::new("other").unwrap();
-    let cert = other.leaf("upstream", &["localhost"], Usage::Server).unwrap();
-    let (proxy, _up) = proxy_to(&pki, &cert, "localhost", &["mode: verify-ca".into(), ca_line(&pki)]).await;
+    let cert = other
+        .leaf("upstream", &["localhost"], Usage::Server)
+        .unwrap();
+    let (proxy, _up) = proxy_to(
+        &pki,
+        &cert,
+        "localhost",
+        &["mode: verify-ca".into(), ca_line(&pki)],
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
     assert_eq!(proxy.error("r").await.reason, Reason::UnknownIssuer);
 }
@@ -122,9 +177,17 @@ async fn verify_ca_still_rejects_an_expired_cert() {
     let pki = Pki::new();
     let cert = pki
         .ca
-        .leaf_with("upstream", &["db.internal"], Usage::Server, |p| p.not_after = rcgen::date_time_ymd(2021, 1, 1))
+        .leaf_with("upstream", &["db.internal"], Usage::Server, |p| {
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1)
+        })
         .unwrap();
-    let (proxy, _up) = proxy_to(&pki, &cert, "localhost", &["mode: verify-ca".into(), ca_line(&pki)]).await;
+    let (proxy, _up) = proxy_to(
+        &pki,
+        &cert,
+        "localhost",
+        &["mode: verify-ca".into(), ca_line(&pki)],
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
     assert_eq!(proxy.error("r").await.reason, Reason::Expired);
 }
@@ -142,12 +205,24 @@ async fn mtls_upstream_rejects_keyward_without_a_client_cert() {
     let pki = Pki::new();
     let cert = pki.server(&["localhost"]);
     let up = upstream(server_config(&cert, Some(&pki.ca), BOTH), Behavior::Echo).await;
-    let yaml = tcp_config("r", &format!("localhost:{}", up.port()), &tls_block(&[ca_line(&pki)]));
+    let yaml = tcp_config(
+        "r",
+        &format!("localhost:{}", up.port()),
+        &tls_block(&[ca_line(&pki)]),
+    );
     let proxy = Proxy::start(pki.dir.path(), &yaml).await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
     let err = proxy.error("r").await;
-    assert_eq!((err.side, err.reason), (Side::Upstream, Reason::ClientCertRejected), "{}", err.detail);
-    assert!(up.seen().is_empty(), "the upstream must not have accepted the connection");
+    assert_eq!(
+        (err.side, err.reason),
+        (Side::Upstream, Reason::ClientCertRejected),
+        "{}",
+        err.detail
+    );
+    assert!(
+        up.seen().is_empty(),
+        "the upstream must not have accepted the connection"
+    );
 }
 
 #[tokio::test]
@@ -156,20 +231,43 @@ async fn mtls_upstream_accepts_keyward_with_its_client_cert() {
     let cert = pki.server(&["localhost"]);
     let up = upstream(server_config(&cert, Some(&pki.ca), BOTH), Behavior::Echo).await;
     let (c, k) = pki.write_client("client", "keyward-test-client");
-    let tls = tls_block(&[ca_line(&pki), format!("client_cert: {}", c.display()), format!("client_key: {}", k.display())]);
-    let proxy = Proxy::start(pki.dir.path(), &tcp_config("r", &format!("localhost:{}", up.port()), &tls)).await;
+    let tls = tls_block(&[
+        ca_line(&pki),
+        format!("client_cert: {}", c.display()),
+        format!("client_key: {}", k.display()),
+    ]);
+    let proxy = Proxy::start(
+        pki.dir.path(),
+        &tcp_config("r", &format!("localhost:{}", up.port()), &tls),
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"ping");
-    assert_eq!(up.seen()[0].client_cn.as_deref(), Some("CN=keyward-test-client"));
+    assert_eq!(
+        up.seen()[0].client_cn.as_deref(),
+        Some("CN=keyward-test-client")
+    );
 }
 
 #[tokio::test]
 async fn mtls_works_over_tls_1_2_too() {
     let pki = Pki::new();
     let cert = pki.server(&["localhost"]);
-    let up = upstream(server_config(&cert, Some(&pki.ca), &[&TLS12]), Behavior::Echo).await;
+    let up = upstream(
+        server_config(&cert, Some(&pki.ca), &[&TLS12]),
+        Behavior::Echo,
+    )
+    .await;
     let (c, k) = pki.write_client("client", "tls12-client");
-    let tls = tls_block(&[ca_line(&pki), format!("client_cert: {}", c.display()), format!("client_key: {}", k.display())]);
-    let proxy = Proxy::start(pki.dir.path(), &tcp_config("r", &format!("localhost:{}", up.port()), &tls)).await;
+    let tls = tls_block(&[
+        ca_line(&pki),
+        format!("client_cert: {}", c.display()),
+        format!("client_key: {}", k.display()),
+    ]);
+    let proxy = Proxy::start(
+        pki.dir.path(),
+        &tcp_config("r", &format!("localhost:{}", up.port()), &tls),
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"ping");
     assert_eq!(up.seen()[0].version, "TLSv1_2");
     assert_eq!(up.seen()[0].client_cn.as_deref(), Some("CN=tls12-client"));
@@ -178,9 +276,17 @@ async fn mtls_works_over_tls_1_2_too() {
 #[tokio::test]
 async fn min_version_1_3_refuses_a_tls_1_2_upstream() {
     let pki = Pki::new();
-    let up = upstream(server_config(&pki.server(&["localhost"]), None, &[&TLS12]), Behavior::Echo).await;
+    let up = upstream(
+        server_config(&pki.server(&["localhost"]), None, &[&TLS12]),
+        Behavior::Echo,
+    )
+    .await;
     let tls = tls_block(&[ca_line(&pki), "min_version: \"1.3\"".into()]);
-    let proxy = Proxy::start(pki.dir.path(), &tcp_config("r", &format!("localhost:{}", up.port()), &tls)).await;
+    let proxy = Proxy::start(
+        pki.dir.path(),
+        &tcp_config("r", &format!("localhost:{}", up.port()), &tls),
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
     assert_eq!(proxy.error("r").await.reason, Reason::Tls);
 }
@@ -197,7 +303,13 @@ async fn server_name_overrides_the_name_sent_and_verified() {
 #[tokio::test]
 async fn ip_upstream_verifies_against_ip_sans_and_sends_no_sni() {
     let pki = Pki::new();
-    let (proxy, up) = proxy_to(&pki, &pki.server(&["127.0.0.1"]), "127.0.0.1", &[ca_line(&pki)]).await;
+    let (proxy, up) = proxy_to(
+        &pki,
+        &pki.server(&["127.0.0.1"]),
+        "127.0.0.1",
+        &[ca_line(&pki)],
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"ping");
     assert_eq!(up.seen()[0].sni, None);
 }
@@ -205,7 +317,13 @@ async fn ip_upstream_verifies_against_ip_sans_and_sends_no_sni() {
 #[tokio::test]
 async fn ip_upstream_rejects_a_cert_with_only_a_dns_name() {
     let pki = Pki::new();
-    let (proxy, _up) = proxy_to(&pki, &pki.server(&["localhost"]), "127.0.0.1", &[ca_line(&pki)]).await;
+    let (proxy, _up) = proxy_to(
+        &pki,
+        &pki.server(&["localhost"]),
+        "127.0.0.1",
+        &[ca_line(&pki)],
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
     let err = proxy.error("r").await;
     assert_eq!(err.reason, Reason::NameMismatch);
@@ -215,10 +333,19 @@ async fn ip_upstream_rejects_a_cert_with_only_a_dns_name() {
 #[tokio::test]
 async fn client_half_close_reaches_the_upstream_as_close_notify() {
     let pki = Pki::new();
-    let (proxy, up) = proxy_to(&pki, &pki.server(&["localhost"]), "localhost", &[ca_line(&pki)]).await;
+    let (proxy, up) = proxy_to(
+        &pki,
+        &pki.server(&["localhost"]),
+        "localhost",
+        &[ca_line(&pki)],
+    )
+    .await;
     // The echo upstream only answers fully once it read a clean EOF (close_notify; a bare FIN is
     // an error in rustls) and then closes; the client still reads the echo after its shutdown.
-    assert_eq!(roundtrip(proxy.addr("r"), b"half-closed request").await, b"half-closed request");
+    assert_eq!(
+        roundtrip(proxy.addr("r"), b"half-closed request").await,
+        b"half-closed request"
+    );
     assert_eq!(up.seen()[0].received, b"half-closed request");
 }
 
@@ -226,18 +353,36 @@ async fn client_half_close_reaches_the_upstream_as_close_notify() {
 async fn upstream_half_close_reaches_the_client_and_the_client_can_still_send() {
     let pki = Pki::new();
     let cert = pki.server(&["localhost"]);
-    let up = upstream(server_config(&cert, None, BOTH), Behavior::GreetThenHalfClose).await;
-    let yaml = tcp_config("r", &format!("localhost:{}", up.port()), &tls_block(&[ca_line(&pki)]));
+    let up = upstream(
+        server_config(&cert, None, BOTH),
+        Behavior::GreetThenHalfClose,
+    )
+    .await;
+    let yaml = tcp_config(
+        "r",
+        &format!("localhost:{}", up.port()),
+        &tls_block(&[ca_line(&pki)]),
+    );
     let proxy = Proxy::start(pki.dir.path(), &yaml).await;
     let mut conn = TcpStream::connect(proxy.addr("r")).await.unwrap();
     let mut greeting = Vec::new();
-    tokio::time::timeout(DEADLINE, conn.read_to_end(&mut greeting)).await.unwrap().unwrap();
-    assert_eq!(greeting, b"hello from upstream", "the upstream's close_notify must reach the client as EOF");
+    tokio::time::timeout(DEADLINE, conn.read_to_end(&mut greeting))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        greeting, b"hello from upstream",
+        "the upstream's close_notify must reach the client as EOF"
+    );
     conn.write_all(b"after your EOF").await.unwrap();
     conn.shutdown().await.unwrap();
     tokio::time::timeout(DEADLINE, async {
         loop {
-            if up.seen().first().is_some_and(|s| s.received == b"after your EOF") {
+            if up
+                .seen()
+                .first()
+                .is_some_and(|s| s.received == b"after your EOF")
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -250,8 +395,16 @@ async fn upstream_half_close_reaches_the_client_and_the_client_can_still_send() 
 #[tokio::test]
 async fn one_mebibyte_each_way_arrives_intact() {
     let pki = Pki::new();
-    let (proxy, _up) = proxy_to(&pki, &pki.server(&["localhost"]), "localhost", &[ca_line(&pki)]).await;
-    let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let (proxy, _up) = proxy_to(
+        &pki,
+        &pki.server(&["localhost"]),
+        "localhost",
+        &[ca_line(&pki)],
+    )
+    .await;
+    let data: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let conn = TcpStream::connect(proxy.addr("r")).await.unwrap();
     let (mut rd, mut wr) = conn.into_split();
     let sent = data.clone();
@@ -260,7 +413,10 @@ async fn one_mebibyte_each_way_arrives_intact() {
         wr.shutdown().await.unwrap();
     });
     let mut got = Vec::new();
-    tokio::time::timeout(DEADLINE, rd.read_to_end(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(DEADLINE, rd.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     writer.await.unwrap();
     assert_eq!(got.len(), data.len());
     assert!(got == data, "the echoed mebibyte differs");
@@ -269,9 +425,20 @@ async fn one_mebibyte_each_way_arrives_intact() {
 #[tokio::test]
 async fn max_connections_closes_excess_connections_at_once() {
     let pki = Pki::new();
-    let up = upstream(server_config(&pki.server(&["localhost"]), None, BOTH), Behavior::Echo).await;
-    let mut yaml = tcp_config("r", &format!("localhost:{}", up.port()), &tls_block(&[ca_line(&pki)]));
-    yaml = yaml.replace("    handshake_timeout: 5s\n", "    handshake_timeout: 5s\n    max_connections: 2\n");
+    let up = upstream(
+        server_config(&pki.server(&["localhost"]), None, BOTH),
+        Behavior::Echo,
+    )
+    .await;
+    let mut yaml = tcp_config(
+        "r",
+        &format!("localhost:{}", up.port()),
+        &tls_block(&[ca_line(&pki)]),
+    );
+    yaml = yaml.replace(
+        "    handshake_timeout: 5s\n",
+        "    handshake_timeout: 5s\n    max_connections: 2\n",
+    );
     let proxy = Proxy::start(pki.dir.path(), &yaml).await;
     let addr = proxy.addr("r");
     let mut held = Vec::new();
@@ -284,7 +451,9 @@ async fn max_connections_closes_excess_connections_at_once() {
     }
     let mut third = TcpStream::connect(addr).await.unwrap();
     let mut b = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut b)).await.expect("excess connection must be closed at once, not queued");
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut b))
+        .await
+        .expect("excess connection must be closed at once, not queued");
     assert!(matches!(n, Ok(0) | Err(_)));
     assert_eq!(proxy.error("r").await.reason, Reason::MaxConnections);
     drop(held.pop());
@@ -305,11 +474,26 @@ async fn connection_refused_is_classified() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port();
     drop(free);
-    let proxy = Proxy::start(pki.dir.path(), &tcp_config("r", &format!("127.0.0.1:{port}"), &tls_block(&[ca_line(&pki)]))).await;
+    let proxy = Proxy::start(
+        pki.dir.path(),
+        &tcp_config(
+            "r",
+            &format!("127.0.0.1:{port}"),
+            &tls_block(&[ca_line(&pki)]),
+        ),
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
     let err = proxy.error("r").await;
-    assert_eq!((err.side, err.reason), (Side::Upstream, Reason::ConnectRefused));
-    assert!(err.detail.starts_with("connection refused"), "{}", err.detail);
+    assert_eq!(
+        (err.side, err.reason),
+        (Side::Upstream, Reason::ConnectRefused)
+    );
+    assert!(
+        err.detail.starts_with("connection refused"),
+        "{}",
+        err.detail
+    );
 }
 
 #[tokio::test]
@@ -324,12 +508,21 @@ async fn handshake_timeout_is_classified() {
             held.push(s);
         }
     });
-    let yaml = tcp_config("r", &format!("localhost:{port}"), &tls_block(&[ca_line(&pki)])).replace("handshake_timeout: 5s", "handshake_timeout: 200ms");
+    let yaml = tcp_config(
+        "r",
+        &format!("localhost:{port}"),
+        &tls_block(&[ca_line(&pki)]),
+    )
+    .replace("handshake_timeout: 5s", "handshake_timeout: 200ms");
     let proxy = Proxy::start(pki.dir.path(), &yaml).await;
     assert_eq!(roundtrip(proxy.addr("r"), b"ping").await, b"");
     let err = proxy.error("r").await;
     assert_eq!(err.reason, Reason::HandshakeTimeout);
-    assert!(err.detail.starts_with("handshake timeout"), "{}", err.detail);
+    assert!(
+        err.detail.starts_with("handshake timeout"),
+        "{}",
+        err.detail
+    );
 }
 
 #[tokio::test]
@@ -343,7 +536,15 @@ async fn disable_mode_relays_plaintext() {
         s.read_to_end(&mut buf).await.unwrap();
         s.write_all(&buf).await.unwrap();
     });
-    let proxy = Proxy::start(pki.dir.path(), &tcp_config("r", &format!("127.0.0.1:{port}"), "    tls:\n      mode: disable\n")).await;
+    let proxy = Proxy::start(
+        pki.dir.path(),
+        &tcp_config(
+            "r",
+            &format!("127.0.0.1:{port}"),
+            "    tls:\n      mode: disable\n",
+        ),
+    )
+    .await;
     assert_eq!(roundtrip(proxy.addr("r"), b"plain").await, b"plain");
 }
 
@@ -351,12 +552,24 @@ async fn disable_mode_relays_plaintext() {
 async fn unix_listener_serves_with_mode_0600_and_replaces_a_stale_socket() {
     use std::os::unix::fs::PermissionsExt;
     let pki = Pki::new();
-    let up = upstream(server_config(&pki.server(&["localhost"]), None, BOTH), Behavior::Echo).await;
+    let up = upstream(
+        server_config(&pki.server(&["localhost"]), None, BOTH),
+        Behavior::Echo,
+    )
+    .await;
     let sock = pki.path("app.sock");
     // A stale socket file from a previous run: bound once, listener dropped.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
-    let yaml = tcp_config("r", &format!("localhost:{}", up.port()), &tls_block(&[ca_line(&pki)])).replace("listen: 127.0.0.1:0", &format!("listen: unix:{}", sock.display()));
+    let yaml = tcp_config(
+        "r",
+        &format!("localhost:{}", up.port()),
+        &tls_block(&[ca_line(&pki)]),
+    )
+    .replace(
+        "listen: 127.0.0.1:0",
+        &format!("listen: unix:{}", sock.display()),
+    );
     let proxy = Proxy::start(pki.dir.path(), &yaml).await;
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -364,7 +577,10 @@ async fn unix_listener_serves_with_mode_0600_and_replaces_a_stale_socket() {
     conn.write_all(b"over unix").await.unwrap();
     conn.shutdown().await.unwrap();
     let mut got = Vec::new();
-    tokio::time::timeout(DEADLINE, conn.read_to_end(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(DEADLINE, conn.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, b"over unix");
     proxy.stop().await;
     assert!(!sock.exists(), "the socket file is removed at shutdown");
@@ -375,18 +591,33 @@ async fn a_port_in_use_is_a_startup_error_naming_the_resource() {
     let pki = Pki::new();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let yaml = tcp_config("billing-db", "localhost:1", "").replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    let yaml = tcp_config("billing-db", "localhost:1", "")
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
     let path = pki.write("keyward.yaml", &yaml);
     let config = keyward::config::load(&path).unwrap();
     let runtime = keyward::Runtime::build(&config, &keyward::secret::ProcessEnv).unwrap();
-    let err = keyward::Listeners::bind(&runtime).await.unwrap_err().to_string();
-    assert!(err.starts_with(&format!("resource \"billing-db\": cannot listen on 127.0.0.1:{port}: address already in use")), "{err}");
+    let err = keyward::Listeners::bind(&runtime)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "resource \"billing-db\": cannot listen on 127.0.0.1:{port}: address already in use"
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn shutdown_lets_a_live_connection_finish_and_refuses_new_ones() {
     let pki = Pki::new();
-    let (proxy, _up) = proxy_to(&pki, &pki.server(&["localhost"]), "localhost", &[ca_line(&pki)]).await;
+    let (proxy, _up) = proxy_to(
+        &pki,
+        &pki.server(&["localhost"]),
+        "localhost",
+        &[ca_line(&pki)],
+    )
+    .await;
     let addr = proxy.addr("r");
     let mut live = TcpStream::connect(addr).await.unwrap();
     live.write_all(b"1").await.unwrap();
@@ -417,8 +648,17 @@ async fn shutdown_lets_a_live_connection_finish_and_refuses_new_ones() {
 #[tokio::test]
 async fn grace_period_end_closes_what_is_left() {
     let pki = Pki::new();
-    let up = upstream(server_config(&pki.server(&["localhost"]), None, BOTH), Behavior::Echo).await;
-    let yaml = tcp_config("r", &format!("localhost:{}", up.port()), &tls_block(&[ca_line(&pki)])).replace("shutdown_grace: 5s", "shutdown_grace: 200ms");
+    let up = upstream(
+        server_config(&pki.server(&["localhost"]), None, BOTH),
+        Behavior::Echo,
+    )
+    .await;
+    let yaml = tcp_config(
+        "r",
+        &format!("localhost:{}", up.port()),
+        &tls_block(&[ca_line(&pki)]),
+    )
+    .replace("shutdown_grace: 5s", "shutdown_grace: 200ms");
     let proxy = Proxy::start(pki.dir.path(), &yaml).await;
     let mut live = TcpStream::connect(proxy.addr("r")).await.unwrap();
     live.write_all(b"1").await.unwrap();
@@ -426,6 +666,8 @@ async fn grace_period_end_closes_what_is_left() {
     live.read_exact(&mut b).await.unwrap();
     let outcome = proxy.stop().await;
     assert_eq!(outcome.cut, 1);
-    let n = tokio::time::timeout(DEADLINE, live.read(&mut b)).await.unwrap();
+    let n = tokio::time::timeout(DEADLINE, live.read(&mut b))
+        .await
+        .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "the cut connection is closed");
 }

@@ -30,7 +30,10 @@ pub struct Pki {
 impl Pki {
     pub fn new() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Self { dir: tempfile::tempdir().unwrap(), ca: Ca::new("keyward test CA").unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            ca: Ca::new("keyward test CA").unwrap(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -55,7 +58,10 @@ impl Pki {
     /// Writes a client certificate (CN = `cn`) as `NAME.pem` / `NAME.key`.
     pub fn write_client(&self, name: &str, cn: &str) -> (PathBuf, PathBuf) {
         let c = self.ca.leaf(cn, &[], Usage::Client).unwrap();
-        (self.write(&format!("{name}.pem"), &c.cert_pem), self.write(&format!("{name}.key"), &c.key_pem))
+        (
+            self.write(&format!("{name}.pem"), &c.cert_pem),
+            self.write(&format!("{name}.key"), &c.key_pem),
+        )
     }
 }
 
@@ -92,18 +98,30 @@ impl Upstream {
 }
 
 /// A rustls server config for `cert`; with `client_ca`, client certificates are required.
-pub fn server_config(cert: &Issued, client_ca: Option<&Ca>, versions: &[&'static rustls::SupportedProtocolVersion]) -> ServerConfig {
+pub fn server_config(
+    cert: &Issued,
+    client_ca: Option<&Ca>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> ServerConfig {
     let provider = keyward::tls::provider();
-    let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions).unwrap();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .unwrap();
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             roots.add(ca.cert.cert_der.clone()).unwrap();
-            builder.with_client_cert_verifier(WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap())
+            builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap(),
+            )
         }
         None => builder.with_no_client_auth(),
     };
-    builder.with_single_cert(vec![cert.cert_der.clone()], cert.key_der()).unwrap()
+    builder
+        .with_single_cert(vec![cert.cert_der.clone()], cert.key_der())
+        .unwrap()
 }
 
 /// A TLS upstream on 127.0.0.1:0.
@@ -118,7 +136,9 @@ pub async fn upstream(config: ServerConfig, behavior: Behavior) -> Upstream {
             let acceptor = acceptor.clone();
             let record = record.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let (_, session) = tls.get_ref();
                 let mut seen = Seen {
                     version: format!("{:?}", session.protocol_version().unwrap()),
@@ -177,16 +197,25 @@ impl Proxy {
         let path = dir.join("keyward.yaml");
         std::fs::write(&path, yaml).unwrap();
         let config = keyward::config::load(&path).unwrap_or_else(|p| panic!("config: {p}"));
-        let runtime = Runtime::build(&config, &keyward::secret::ProcessEnv).unwrap_or_else(|p| panic!("runtime: {p}"));
+        let runtime = Runtime::build(&config, &keyward::secret::ProcessEnv)
+            .unwrap_or_else(|p| panic!("runtime: {p}"));
         let listeners = Listeners::bind(&runtime).await.unwrap();
-        let bound = listeners.addrs().map(|(n, a)| (n.to_string(), a.clone())).collect();
+        let bound = listeners
+            .addrs()
+            .map(|(n, a)| (n.to_string(), a.clone()))
+            .collect();
         let server = Server::new(runtime, listeners).unwrap();
         let state = server.state();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        Self { state, listeners: bound, stop: Some(tx), task: Some(task) }
+        Self {
+            state,
+            listeners: bound,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// The TCP address of resource `name`.
@@ -215,7 +244,10 @@ impl Proxy {
     /// Signals shutdown and returns how it ended.
     pub async fn stop(mut self) -> Outcome {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task.take().unwrap()).await.unwrap().unwrap()
+        tokio::time::timeout(Duration::from_secs(60), self.task.take().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
     }
 }
 

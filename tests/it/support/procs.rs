@@ -12,7 +12,11 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// A free loopback port (bind 0, read, close: small race, acceptable in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Whether `program` is on PATH (or an absolute path that exists).
@@ -20,7 +24,8 @@ pub fn have(program: &str) -> bool {
     if program.starts_with('/') {
         return Path::new(program).exists();
     }
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 /// Polls `ready` until it is true or the deadline passes.
@@ -71,14 +76,27 @@ impl Keyward {
                 sink.lock().unwrap().push(line);
             }
         });
-        Self { proc: Proc { child }, log }
+        Self {
+            proc: Proc { child },
+            log,
+        }
     }
 
     /// The first log line (JSON) matching `pred`, waiting for it.
-    pub fn wait_log(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_log(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let mut found = None;
         wait_until(what, || {
-            found = self.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).find(|v| pred(v));
+            found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .find(|v| pred(v));
             found.is_some()
         });
         found.unwrap()
@@ -86,7 +104,9 @@ impl Keyward {
 
     /// The bound address of `resource`, from its "listening" log line.
     pub fn addr(&self, resource: &str) -> SocketAddr {
-        let line = self.wait_log(&format!("keyward listening for {resource}"), |v| v["message"] == "listening" && v["resource"] == resource);
+        let line = self.wait_log(&format!("keyward listening for {resource}"), |v| {
+            v["message"] == "listening" && v["resource"] == resource
+        });
         line["addr"].as_str().unwrap().parse().unwrap()
     }
 
@@ -106,7 +126,14 @@ pub struct Redis {
 }
 
 impl Redis {
-    pub fn start(dir: &Path, ca: &Path, cert: &Path, key: &Path, client_cert: &Path, client_key: &Path) -> Self {
+    pub fn start(
+        dir: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        client_cert: &Path,
+        client_key: &Path,
+    ) -> Self {
         let port = free_port();
         let conf = dir.join("redis.conf");
         std::fs::write(
@@ -121,7 +148,12 @@ impl Redis {
             ),
         )
         .unwrap();
-        let child = Command::new("redis-server").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let proc = Proc { child };
         wait_until("redis", || {
             Command::new("redis-cli")
@@ -192,14 +224,20 @@ http {{
             .spawn()
             .unwrap();
         let proc = Proc { child };
-        wait_until("nginx", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        wait_until("nginx", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         Self { port, _proc: proc }
     }
 }
 
 /// nginx lives in /usr/sbin, which may not be on a test's PATH.
 pub fn nginx_bin() -> &'static str {
-    if have("/usr/sbin/nginx") { "/usr/sbin/nginx" } else { "nginx" }
+    if have("/usr/sbin/nginx") {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
 }
 
 /// Whether nginx can be run.
