@@ -128,6 +128,11 @@ impl Runtime {
                     info!(resource = %res.name, upstream = %res.upstream, tls = mode.as_str(), "resource loaded")
                 }
             }
+            if let ListenAddr::Tcp(addr) = &res.listen {
+                if !addr.ip().is_loopback() {
+                    warn!(resource = %res.name, listen = %addr, "listening on a non-loopback address (allow_remote: true): any host that can reach it can use this resource's credentials");
+                }
+            }
             if mode == TlsMode::Insecure {
                 warn!(resource = %res.name, "tls.mode is insecure: the upstream certificate is NOT verified; anyone on the path can impersonate {}", res.upstream);
             }

@@ -208,3 +208,18 @@ fn version_prints_the_package_version() {
         format!("keyward {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn allow_remote_listener_is_bound_with_a_warning() {
+    let pki = Pki::new();
+    let cfg = pki.write("keyward.yaml", "admin: null\nresources:\n  - name: wide\n    protocol: tcp\n    listen: 0.0.0.0:0\n    allow_remote: true\n    upstream: localhost:1\n");
+    let keyward = Keyward::start(&cfg);
+    assert!(keyward.addr("wide").ip().is_unspecified());
+    let line = keyward.wait_log("the allow_remote warning", |v| {
+        v["level"] == "WARN" && v["resource"] == "wide"
+    });
+    assert!(
+        line["message"].as_str().unwrap().contains("non-loopback"),
+        "{line}"
+    );
+}

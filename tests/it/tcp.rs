@@ -671,3 +671,23 @@ async fn grace_period_end_closes_what_is_left() {
         .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "the cut connection is closed");
 }
+
+#[tokio::test]
+async fn connections_of_a_resource_share_one_config_so_tls_sessions_resume() {
+    let pki = Pki::new();
+    let (proxy, up) = proxy_to(
+        &pki,
+        &pki.server(&["localhost"]),
+        "localhost",
+        &[ca_line(&pki)],
+    )
+    .await;
+    assert_eq!(roundtrip(proxy.addr("r"), b"first").await, b"first");
+    assert_eq!(roundtrip(proxy.addr("r"), b"second").await, b"second");
+    let seen = up.seen();
+    assert!(!seen[0].resumed, "the first handshake is a full one");
+    assert!(
+        seen[1].resumed,
+        "the second connection must resume the first one's session"
+    );
+}

@@ -71,6 +71,7 @@ pub struct Seen {
     pub version: String,
     pub sni: Option<String>,
     pub client_cn: Option<String>,
+    pub resumed: bool,
     pub received: Vec<u8>,
 }
 
@@ -147,6 +148,7 @@ pub async fn upstream(config: ServerConfig, behavior: Behavior) -> Upstream {
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| keyward::tls::CertInfo::parse(c).unwrap().subject),
+                    resumed: session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
                     received: Vec::new(),
                 };
                 let index = {
