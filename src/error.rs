@@ -67,6 +67,16 @@ pub enum Reason {
     Truncated,
     /// Another I/O error.
     Io,
+    /// The upstream did not send response headers within `response_timeout`.
+    ResponseTimeout,
+    /// The peer broke the HTTP protocol (or closed mid-message).
+    Protocol,
+    /// The OAuth2 token endpoint failed.
+    TokenEndpoint,
+    /// Request signing failed.
+    Signing,
+    /// A body too large to buffer for signing.
+    BodyTooLarge,
 }
 
 impl Reason {
@@ -90,6 +100,11 @@ impl Reason {
             Self::Reset => "reset",
             Self::Truncated => "truncated",
             Self::Io => "io",
+            Self::ResponseTimeout => "response_timeout",
+            Self::Protocol => "protocol",
+            Self::TokenEndpoint => "token_endpoint",
+            Self::Signing => "signing",
+            Self::BodyTooLarge => "body_too_large",
         }
     }
 }

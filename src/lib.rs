@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod error;
+pub mod http;
 pub mod listener;
 pub mod pki;
 pub mod relay;

@@ -44,6 +44,8 @@ pub struct ResourceRuntime {
     pub idle_timeout: Option<Duration>,
     /// Connection limit.
     pub max_connections: usize,
+    /// For `protocol: http`: pools and credentials.
+    pub http: Option<Arc<crate::http::HttpUpstream>>,
 }
 
 impl Runtime {
@@ -74,7 +76,11 @@ impl Runtime {
         };
         let mut resources = Vec::new();
         for res in &config.resources {
-            let tls = match tls::build_client(&res.tls) {
+            let alpn = match res.protocol {
+                Protocol::Http => crate::http::alpn(res.http.http2),
+                _ => &[],
+            };
+            let tls = match tls::build_client(&res.tls, alpn) {
                 Ok(tls) => tls,
                 Err(found) => {
                     for (site, message) in found {
@@ -83,12 +89,24 @@ impl Runtime {
                     None
                 }
             };
-            for secret in secrets(&res.auth)
-                .into_iter()
-                .chain(res.headers.iter().map(|(_, s)| s))
-            {
-                if let Err(message) = secret.source.resolve(env) {
-                    push(secret.site.clone(), message);
+            let mut http = None;
+            if res.protocol == Protocol::Http {
+                match crate::http::HttpUpstream::build(res, tls.as_ref(), env) {
+                    Ok(upstream) => http = Some(Arc::new(upstream)),
+                    Err(found) => {
+                        for (site, message) in found {
+                            push(site, message);
+                        }
+                    }
+                }
+            } else {
+                for secret in secrets(&res.auth)
+                    .into_iter()
+                    .chain(res.headers.iter().map(|(_, s)| s))
+                {
+                    if let Err(message) = secret.source.resolve(env) {
+                        push(secret.site.clone(), message);
+                    }
                 }
             }
             resources.push(Arc::new(ResourceRuntime {
@@ -101,6 +119,7 @@ impl Runtime {
                 handshake_timeout: res.handshake_timeout,
                 idle_timeout: res.idle_timeout,
                 max_connections: res.max_connections,
+                http,
             }));
         }
         if problems.is_empty() {

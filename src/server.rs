@@ -18,6 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::config::ResourceName;
 use crate::error::{ConnError, Reason, Side};
 use crate::listener::{BoundAddr, Listener, Listeners};
+use crate::relay::Relayed;
 use crate::runtime::{ResourceRuntime, Runtime};
 use crate::tcp::{self, Failure};
 
@@ -43,6 +44,7 @@ pub struct ResourceState {
     total: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<LastError>>,
+    requests: Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 impl ResourceState {
@@ -71,7 +73,18 @@ impl ResourceState {
         self.runtime.load_full()
     }
 
-    fn record(&self, error: ConnError) {
+    /// HTTP responses sent to apps, by status code.
+    pub fn requests(&self) -> std::collections::BTreeMap<u16, u64> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn count_request(&self, status: http::StatusCode) {
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry(status.as_u16()).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn record(&self, error: ConnError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(LastError {
@@ -139,6 +152,7 @@ impl Server {
                 total: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 last_error: Mutex::new(None),
+                requests: Mutex::new(Default::default()),
             });
             slots.push((state, b.listener));
         }
@@ -240,8 +254,17 @@ async fn accept_loop(
                 let _permit = permit;
                 state.open.fetch_add(1, Ordering::Relaxed);
                 debug!("accepted");
+                let serving = async {
+                    match runtime.http.clone() {
+                        Some(http) => crate::http::serve(client, http, state.clone())
+                            .await
+                            .map(|()| Relayed::default())
+                            .map_err(Failure::Relay),
+                        None => tcp::serve(client, runtime).await,
+                    }
+                };
                 let result = tokio::select! {
-                    r = tcp::serve(client, runtime) => Some(r),
+                    r = serving => Some(r),
                     () = kill.cancelled() => None,
                 };
                 state.open.fetch_sub(1, Ordering::Relaxed);
@@ -256,7 +279,7 @@ async fn accept_loop(
 }
 
 /// Lifecycle phase **record**: one classification, one log line.
-fn record(state: &ResourceState, result: Option<Result<crate::relay::Relayed, Failure>>) {
+fn record(state: &ResourceState, result: Option<Result<Relayed, Failure>>) {
     match result {
         None => debug!("closed at the end of the shutdown grace period"),
         Some(Ok(done)) => debug!(sent = done.sent, received = done.received, "closed"),

@@ -2,8 +2,10 @@
 //!
 //! A throwaway CA issues a server certificate for an in-process HTTPS upstream that *requires*
 //! a client certificate, and a client certificate for keyward. keyward runs in front of it as
-//! a `tcp` resource loaded from a real config file (verify-full + mTLS). One request goes
-//! through keyward in plain HTTP; the upstream answers with what it saw of the TLS session.
+//! an `http` resource loaded from a real config file (verify-full + mTLS + a bearer token read
+//! from a secret file). One request goes through keyward in plain HTTP without credentials; the
+//! upstream answers with what it saw: TLS version, client certificate, and whether the request
+//! carried the token keyward holds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,16 +36,19 @@ pub async fn run(listen: SocketAddr, once: bool) -> anyhow::Result<()> {
     let server = ca.leaf("demo-upstream", &["localhost", "127.0.0.1"], Usage::Server)?;
     let client = ca.leaf("keyward-demo-client", &[], Usage::Client)?;
 
-    let upstream = start_upstream(&ca, &server).await?;
+    let token = format!("demo-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let upstream = start_upstream(&ca, &server, token.clone()).await?;
+    let token_file = format!("{token}\n");
     for (name, text) in [
         ("ca.pem", &ca.cert.cert_pem),
         ("client.pem", &client.cert_pem),
         ("client.key", &client.key_pem),
+        ("token", &token_file),
     ] {
         std::fs::write(dir.path().join(name), text).with_context(|| format!("writing {name}"))?;
     }
     let yaml = format!(
-        "# written by `keyward demo`\nadmin: null\nresources:\n  - name: demo\n    protocol: tcp\n    listen: {listen}\n    upstream: localhost:{port}\n    tls:\n      mode: verify-full\n      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n",
+        "# written by `keyward demo`\nadmin: null\nresources:\n  - name: demo\n    protocol: http\n    listen: {listen}\n    upstream: https://localhost:{port}/api\n    tls:\n      mode: verify-full\n      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n    auth:\n      type: bearer\n      token: ${{file:token}}\n",
         port = upstream.port()
     );
     let config_path = dir.path().join("keyward.yaml");
@@ -65,19 +70,20 @@ pub async fn run(listen: SocketAddr, once: bool) -> anyhow::Result<()> {
     println!("keyward demo");
     println!("  upstream  https://localhost:{} (in-process; requires a client certificate from the demo CA)", upstream.port());
     println!(
-        "  keyward   {addr} → verify-full TLS + mTLS → localhost:{}",
+        "  keyward   http://{addr} → verify-full TLS + mTLS + bearer token → https://localhost:{}/api",
         upstream.port()
     );
     println!("  config    {}", config_path.display());
     println!();
-    println!("One plain-HTTP request to keyward; what the upstream saw:");
+    println!("One plain-HTTP request to keyward, with no credentials; what the upstream saw:");
     let body = get(addr).await.context("request through keyward")?;
+    drop(token);
     for line in body.lines() {
         println!("  {line}");
     }
     println!();
-    println!("Try it yourself (plain HTTP to keyward; keyward holds the client certificate):");
-    println!("  curl -s http://{addr}/");
+    println!("Try it yourself (plain HTTP to keyward; keyward holds the client certificate and the token):");
+    println!("  curl -s http://{addr}/hello");
     if once {
         let _ = stop_tx.send(());
         serving.await.context("keyward task")?;
@@ -93,7 +99,11 @@ pub async fn run(listen: SocketAddr, once: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_upstream(ca: &Ca, server: &crate::pki::Issued) -> anyhow::Result<SocketAddr> {
+async fn start_upstream(
+    ca: &Ca,
+    server: &crate::pki::Issued,
+    token: String,
+) -> anyhow::Result<SocketAddr> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.cert.cert_der.clone())?;
     let verifier =
@@ -108,6 +118,7 @@ async fn start_upstream(ca: &Ca, server: &crate::pki::Issued) -> anyhow::Result<
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let expected = format!("Bearer {token}");
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -128,8 +139,15 @@ async fn start_upstream(ca: &Ca, server: &crate::pki::Issued) -> anyhow::Result<
                     .map(|c| c.subject)
                     .unwrap_or_else(|| "(none)".to_owned());
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let auth = match req.headers().get(hyper::header::AUTHORIZATION) {
+                        Some(v) if v.as_bytes() == expected.as_bytes() => {
+                            "Bearer <the demo token keyward holds> (your request had none)"
+                        }
+                        Some(_) => "present, but NOT the demo token",
+                        None => "(none)",
+                    };
                     let text = format!(
-                        "hello from the demo upstream\nrequest: {} {}\ntls_version: {version}\ncipher: {cipher}\nclient_cert_subject: {subject}\nclient_cert_verified: yes, by the demo CA\n",
+                        "hello from the demo upstream\nrequest: {} {}\nauthorization: {auth}\ntls_version: {version}\ncipher: {cipher}\nclient_cert_subject: {subject}\nclient_cert_verified: yes, by the demo CA\n",
                         req.method(),
                         req.uri()
                     );
@@ -152,7 +170,7 @@ async fn get(addr: SocketAddr) -> anyhow::Result<String> {
     let tcp = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get("/")
+    let req = hyper::Request::get("/hello")
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))?;
     let resp = sender.send_request(req).await?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use serde_saphyr::Spanned;
 
-pub use raw::{AuthType, LogFormat, Protocol, TlsMode, TlsVersion};
+pub use raw::{AuthType, Http2, LogFormat, Protocol, TlsMode, TlsVersion};
 
 use crate::secret::SecretSource;
 
@@ -157,8 +157,40 @@ pub struct ResourceConfig {
     pub idle_timeout: Option<Duration>,
     /// Connections beyond this many are closed at once.
     pub max_connections: usize,
+    /// HTTP options (used by `protocol: http`).
+    pub http: HttpOptions,
     /// Where the resource starts in the file.
     pub site: Site,
+}
+
+/// Options of `protocol: http` resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// HTTP/2 upstream: auto (ALPN), always, never.
+    pub http2: Http2,
+    /// Send the app's `Host` instead of the upstream's.
+    pub preserve_host: bool,
+    /// Keep the app's own `Authorization` (or API-key header/parameter) instead of replacing it.
+    pub pass_client_auth: bool,
+    /// How long to wait for the upstream's response headers.
+    pub response_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Largest body buffered to compute a SigV4 payload hash.
+    pub max_signed_body: u64,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            http2: Http2::Auto,
+            preserve_host: false,
+            pass_client_auth: false,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            max_signed_body: DEFAULT_MAX_SIGNED_BODY,
+        }
+    }
 }
 
 /// A listening address.
@@ -349,6 +381,8 @@ pub struct OAuth2 {
     pub params: Vec<(String, String)>,
     /// Client authentication: HTTP Basic (true) or in the body.
     pub client_auth_basic: bool,
+    /// TLS to the token endpoint (its own rules; default verify-full).
+    pub tls: TlsSettings,
 }
 
 const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
@@ -357,6 +391,9 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const DEFAULT_MAX_SIGNED_BODY: u64 = 10 * 1024 * 1024;
 
 /// Reads and validates a config file.
 pub fn load(file: &Path) -> Result<Config, Problems> {
@@ -573,17 +610,17 @@ impl Ctx {
             );
         }
         let protocol = res.protocol.value;
-        if protocol != Protocol::Tcp {
+        if !matches!(protocol, Protocol::Tcp | Protocol::Http) {
             self.problem(
                 site(&res.protocol, format!("{at}.protocol")),
                 format!(
-                    "protocol \"{}\" is not available in this version of keyward yet; only \"tcp\" is",
+                    "protocol \"{}\" is not available in this version of keyward yet; only \"tcp\" and \"http\" are",
                     protocol_name(protocol)
                 ),
             );
         }
         let listen = self.listen(res, at);
-        let upstream = self.upstream(protocol, &res.upstream, at);
+        let upstream = self.upstream(protocol, &res.upstream, &format!("{at}.upstream"));
         let timeout = |ctx: &mut Self,
                        own: &Option<Spanned<String>>,
                        key: &str,
@@ -633,7 +670,15 @@ impl Ctx {
             }
             None => DEFAULT_MAX_CONNECTIONS,
         };
-        let tls = self.tls(res, defaults.tls.as_ref(), upstream.as_ref(), at);
+        let tls = self.tls(
+            res.tls.as_ref(),
+            defaults.tls.as_ref(),
+            upstream.as_ref(),
+            &res.upstream,
+            at,
+            &format!("{at}.tls"),
+        );
+        let http = self.http_options(res, protocol, at);
         let auth = match &res.auth {
             Some(auth) => self.auth(protocol, auth, &format!("{at}.auth")),
             None => Some(Auth::None),
@@ -675,8 +720,49 @@ impl Ctx {
             handshake_timeout,
             idle_timeout,
             max_connections,
+            http,
             site: site(&res.name, at),
         })
+    }
+
+    fn http_options(&mut self, res: &raw::Resource, protocol: Protocol, at: &str) -> HttpOptions {
+        let mut opts = HttpOptions::default();
+        let http_only: [(&str, bool); 6] = [
+            ("http2", res.http2.is_some()),
+            ("preserve_host", res.preserve_host.is_some()),
+            ("pass_client_auth", res.pass_client_auth.is_some()),
+            ("response_timeout", res.response_timeout.is_some()),
+            ("pool_idle_timeout", res.pool_idle_timeout.is_some()),
+            ("max_signed_body", res.max_signed_body.is_some()),
+        ];
+        if protocol != Protocol::Http {
+            for (key, set) in http_only {
+                if set {
+                    self.problem(
+                        site(&res.protocol, format!("{at}.{key}")),
+                        format!("{key} applies to protocol http only"),
+                    );
+                }
+            }
+            return opts;
+        }
+        opts.http2 = res.http2.unwrap_or_default();
+        opts.preserve_host = res.preserve_host.unwrap_or(false);
+        opts.pass_client_auth = res.pass_client_auth.unwrap_or(false);
+        if let Some(v) = &res.response_timeout {
+            opts.response_timeout = self
+                .duration(v, &format!("{at}.response_timeout"), false)
+                .unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+        }
+        if let Some(v) = &res.pool_idle_timeout {
+            opts.pool_idle_timeout = self
+                .duration(v, &format!("{at}.pool_idle_timeout"), true)
+                .unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT);
+        }
+        if let Some(v) = &res.max_signed_body {
+            opts.max_signed_body = v.value;
+        }
+        opts
     }
 
     fn listen(&mut self, res: &raw::Resource, at: &str) -> Option<ListenAddr> {
@@ -743,9 +829,9 @@ impl Ctx {
         &mut self,
         protocol: Protocol,
         value: &Spanned<String>,
-        at: &str,
+        path: &str,
     ) -> Option<Upstream> {
-        let path = format!("{at}.upstream");
+        let path = path.to_owned();
         let text = value.value.trim();
         if protocol == Protocol::Http {
             let url: http::Uri = match text.parse() {
@@ -798,24 +884,28 @@ impl Ctx {
         }
     }
 
+    /// `upstream_at` is the key path of the upstream value (for errors about the name);
+    /// `tls_at` the path of the tls block.
     fn tls(
         &mut self,
-        res: &raw::Resource,
+        own: Option<&raw::Tls>,
         defaults: Option<&raw::Tls>,
         upstream: Option<&Upstream>,
-        at: &str,
+        upstream_value: &Spanned<String>,
+        upstream_at: &str,
+        tls_at: &str,
     ) -> Option<TlsSettings> {
         let empty = raw::Tls::default();
-        let own = res.tls.as_ref().unwrap_or(&empty);
+        let own = own.unwrap_or(&empty);
         let dflt = defaults.unwrap_or(&empty);
-        let p = |key: &str| format!("{at}.tls.{key}");
+        let p = |key: &str| format!("{tls_at}.{key}");
         let d = |key: &str| format!("defaults.tls.{key}");
         let mode_pick = pick(&own.mode, p("mode"), dflt.mode.as_ref(), &d("mode"));
         let mut mode = mode_pick.as_ref().map(|(m, _)| m.value).unwrap_or_default();
         let explicit_mode = mode_pick.is_some();
         let mode_site = mode_pick
             .map(|(m, path)| site(m, path))
-            .unwrap_or_else(|| site(&res.upstream, format!("{at}.upstream")));
+            .unwrap_or_else(|| site(upstream_value, upstream_at));
         let plain_http = upstream
             .and_then(|u| u.url.as_ref())
             .is_some_and(|u| u.scheme_str() == Some("http"));
@@ -898,7 +988,7 @@ impl Ctx {
                     ServerName::IpAddress(Ipv4Addr::LOCALHOST.into())
                 }
                 Err(_) => {
-                    self.problem(site(&res.upstream, format!("{at}.upstream")), format!("upstream host \"{}\" is not a valid TLS server name; set tls.server_name", up.host));
+                    self.problem(site(upstream_value, upstream_at), format!("upstream host \"{}\" is not a valid TLS server name; set tls.server_name", up.host));
                     return None;
                 }
             },
@@ -1068,6 +1158,9 @@ impl Ctx {
             }
         }
         let type_site = site(&auth.kind, format!("{at}.type"));
+        if auth.tls.is_some() && kind != T::Oauth2 {
+            self.problem(type_site.clone(), format!("\"tls\" in auth applies to the oauth2 token endpoint only, not to auth type \"{}\"", auth_type_name(kind)));
+        }
         let require =
             |ctx: &mut Self, value: &Option<Spanned<String>>, key: &str| -> Option<String> {
                 match value {
@@ -1155,20 +1248,25 @@ impl Ctx {
                 })
             }
             T::Oauth2 => {
-                let token_url = require(self, &auth.token_url, "token_url").and_then(|u| {
-                    match u.parse::<http::Uri>() {
-                        Ok(url) if url.scheme_str().is_some() && url.host().is_some() => Some(url),
-                        _ => {
-                            if let Some(v) = &auth.token_url {
-                                self.problem(
-                                    site(v, format!("{at}.token_url")),
-                                    format!("\"{u}\" is not an absolute URL"),
-                                );
-                            }
-                            None
+                require(self, &auth.token_url, "token_url");
+                let (token_url, tls) = match &auth.token_url {
+                    Some(v) => match self.upstream(Protocol::Http, v, &format!("{at}.token_url")) {
+                        Some(up) => {
+                            let path = format!("{at}.token_url");
+                            let tls = self.tls(
+                                auth.tls.as_ref(),
+                                None,
+                                Some(&up),
+                                v,
+                                &path,
+                                &format!("{at}.tls"),
+                            );
+                            (up.url, tls)
                         }
-                    }
-                });
+                        None => (None, None),
+                    },
+                    None => (None, None),
+                };
                 let client_id = require(self, &auth.client_id, "client_id");
                 if auth.client_secret.is_none() && auth.refresh_token.is_none() {
                     self.problem(type_site.clone(), "auth type \"oauth2\" needs \"client_secret\" (client_credentials grant) or \"refresh_token\"");
@@ -1204,6 +1302,7 @@ impl Ctx {
                         .map(|p| p.value.clone().into_iter().collect())
                         .unwrap_or_default(),
                     client_auth_basic,
+                    tls: tls?,
                 })))
             }
             T::AwsSigv4 => {

@@ -76,6 +76,25 @@ pub struct Resource {
     pub handshake_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u32>>,
+    pub http2: Option<Http2>,
+    pub preserve_host: Option<bool>,
+    pub pass_client_auth: Option<bool>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub pool_idle_timeout: Option<Spanned<String>>,
+    pub max_signed_body: Option<Spanned<u64>>,
+}
+
+/// `resources[].http2`: whether the upstream connection may or must use HTTP/2.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http2 {
+    /// Offer h2 and http/1.1 by ALPN; use what the upstream picks.
+    #[default]
+    Auto,
+    /// Offer only h2.
+    Always,
+    /// Offer only http/1.1.
+    Never,
 }
 
 /// `resources[].protocol`.
@@ -196,6 +215,7 @@ pub struct Auth {
     pub secret_access_key: Option<Spanned<String>>,
     pub session_token: Option<Spanned<String>>,
     pub unsigned_payload: Option<Spanned<bool>>,
+    pub tls: Option<Tls>,
 }
 
 /// `auth.type`.

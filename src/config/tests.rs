@@ -107,9 +107,28 @@ fn two_resources_cannot_share_a_listen_address() {
 }
 
 #[test]
-fn protocols_beyond_tcp_are_parsed_but_not_served_yet() {
-    let yaml = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:8081\n    upstream: https://api.example.com/v1\n    auth:\n      type: bearer\n      token: ${env:TOKEN}\n    headers:\n      X-Tenant: acme\n";
-    assert_eq!(problems(yaml), ["k.yaml:3:15: resources[0].protocol: protocol \"http\" is not available in this version of keyward yet; only \"tcp\" is"]);
+fn database_protocols_are_parsed_but_not_served_yet() {
+    let yaml = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n    auth:\n      type: password\n      username: app\n      password: ${env:PW}\n";
+    assert_eq!(problems(yaml), ["k.yaml:3:15: resources[0].protocol: protocol \"postgres\" is not available in this version of keyward yet; only \"tcp\" and \"http\" are"]);
+}
+
+#[test]
+fn http_resources_parse_with_options_and_oauth2_tls() {
+    let yaml = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:8081\n    upstream: https://api.example.com/v1\n    http2: never\n    response_timeout: 5s\n    auth:\n      type: oauth2\n      token_url: https://auth.example.com/token\n      client_id: kw\n      client_secret: ${env:S}\n      scopes: [a, b]\n      tls:\n        mode: verify-ca\n    headers:\n      X-Tenant: acme\n";
+    let c = ok(yaml);
+    let r = &c.resources[0];
+    assert_eq!(r.http.http2, Http2::Never);
+    assert_eq!(r.http.response_timeout, Duration::from_secs(5));
+    let Auth::OAuth2(o) = &r.auth else {
+        panic!("not oauth2")
+    };
+    assert_eq!(o.tls.mode, TlsMode::VerifyCa);
+    assert_eq!(
+        o.tls.server_name,
+        ServerName::try_from("auth.example.com").unwrap()
+    );
+    assert_eq!(o.scopes, ["a", "b"]);
+    assert_eq!(r.upstream.url.as_ref().unwrap().path(), "/v1");
 }
 
 #[test]

@@ -92,9 +92,13 @@ pub fn rfc3339(secs: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Builds the upstream TLS client for `settings`; `None` for `mode: disable`. Problems are
-/// returned with the site of the key that named the bad file.
-pub fn build_client(settings: &TlsSettings) -> Result<Option<TlsClient>, Vec<(Site, String)>> {
+/// Builds the upstream TLS client for `settings`, offering `alpn` protocols (none for raw TCP);
+/// `None` for `mode: disable`. Problems are returned with the site of the key that named the
+/// bad file.
+pub fn build_client(
+    settings: &TlsSettings,
+    alpn: &[&[u8]],
+) -> Result<Option<TlsClient>, Vec<(Site, String)>> {
     if settings.mode == TlsMode::Disable {
         return Ok(None);
     }
@@ -130,7 +134,7 @@ pub fn build_client(settings: &TlsSettings) -> Result<Option<TlsClient>, Vec<(Si
         .map_err(|e| fail(format!("TLS versions: {e}")))?;
     let builder = verify::with_verifier(builder, settings.mode, roots, provider)
         .map_err(|e| fail(format!("building the verifier: {e}")))?;
-    let (config, client_cert) = match identity {
+    let (mut config, client_cert) = match identity {
         Some((chain, key, info, key_site)) => {
             let config = builder
                 .with_client_auth_cert(chain, key)
@@ -139,6 +143,7 @@ pub fn build_client(settings: &TlsSettings) -> Result<Option<TlsClient>, Vec<(Si
         }
         None => (builder.with_no_client_auth(), None),
     };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Some(TlsClient {
         config: Arc::new(config),
         server_name: settings.server_name.clone(),

@@ -194,6 +194,11 @@ fn the_demo_runs_with_nothing_else_installed() {
         "{stdout}"
     );
     assert!(stdout.contains("tls_version: TLSv1_3"), "{stdout}");
+    assert!(stdout.contains("request: GET /api/hello"), "{stdout}");
+    assert!(
+        stdout.contains("authorization: Bearer <the demo token keyward holds>"),
+        "{stdout}"
+    );
     assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
 }
 

@@ -1,0 +1,766 @@
+//! `protocol: http`: the app sends plain HTTP/1.1 with no credentials; keyward forwards each
+//! request to the resource's upstream URL over its verified TLS (HTTP/1.1 or HTTP/2 by ALPN)
+//! with the credentials added, and streams bodies both ways.
+//!
+//! Per request: strip hop-by-hop headers (RFC 9110 §7.6.1) and the app's own credentials →
+//! rewrite the target (base path, `Host`) → add configured headers → inject auth → sign
+//! (SigV4, last) → send with a response-header timeout → on failure, a 502/504 the app can read
+//! (`x-keyward-error: <reason>`, a body naming the resource and the reason).
+
+pub mod connector;
+pub mod oauth2;
+pub mod sigv4;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::{debug, warn};
+
+use crate::config::{ApiKeyPlace, Auth, Http2, HttpOptions, ResourceConfig, ResourceName, Site};
+use crate::error::{ConnError, Reason, Side};
+use crate::listener::ClientStream;
+use crate::secret::{Env, Secret};
+use crate::server::ResourceState;
+use crate::tls::TlsClient;
+use connector::Connector;
+
+/// Boxed error of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type keyward sends both ways.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// OAuth2: bodies up to this size are buffered so a 401 can be retried with a fresh token.
+const RETRY_BUFFER: u64 = 64 * 1024;
+
+/// ALPN offered upstream for an `http2` setting.
+pub fn alpn(http2: Http2) -> &'static [&'static [u8]] {
+    match http2 {
+        Http2::Auto => &[b"h2", b"http/1.1"],
+        Http2::Always => &[b"h2"],
+        Http2::Never => &[b"http/1.1"],
+    }
+}
+
+/// What keyward adds to each request.
+#[derive(Debug)]
+enum Injector {
+    None,
+    Header(HeaderName, HeaderValue),
+    Query(String, Secret),
+    OAuth2(Arc<oauth2::TokenSource>),
+    SigV4(sigv4::Signer),
+}
+
+/// A resource's HTTP upstream: its pools (owned by its TLS config), target and credentials.
+#[derive(Debug)]
+pub struct HttpUpstream {
+    name: ResourceName,
+    client: Client<Connector, ProxyBody>,
+    upgrade_client: Client<Connector, ProxyBody>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    injector: Injector,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    opts: HttpOptions,
+}
+
+impl HttpUpstream {
+    /// Builds pools and credentials for `res`; `tls` is its upstream TLS (with ALPN).
+    pub fn build(
+        res: &ResourceConfig,
+        tls: Option<&TlsClient>,
+        env: &dyn Env,
+    ) -> Result<Self, Vec<(Site, String)>> {
+        let url =
+            res.upstream.url.clone().ok_or_else(|| {
+                vec![(res.site.clone(), "http upstream without a URL".to_owned())]
+            })?;
+        let connector = Connector {
+            upstream: res.upstream.clone(),
+            tls: tls.cloned(),
+            connect_timeout: res.connect_timeout,
+            handshake_timeout: res.handshake_timeout,
+        };
+        let mut upgrade_connector = connector.clone();
+        if let Some(tls) = &mut upgrade_connector.tls {
+            // Upgrades (WebSocket) exist in HTTP/1.1 only.
+            let mut config = (*tls.config).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tls.config = Arc::new(config);
+        }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(res.http.pool_idle_timeout)
+            .http2_only(res.http.http2 == Http2::Always)
+            .build(connector);
+        let upgrade_client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(upgrade_connector);
+        let problems = std::cell::RefCell::new(Vec::new());
+        let secret = |s: &crate::config::SecretRef| match s.source.resolve(env) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                problems.borrow_mut().push((s.site.clone(), e));
+                None
+            }
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &res.headers {
+            if let (Ok(name), Some(v)) = (HeaderName::try_from(name.as_str()), secret(value)) {
+                match sensitive_value(v.expose()) {
+                    Some(v) => headers.push((name, v)),
+                    None => problems.borrow_mut().push((
+                        value.site.clone(),
+                        "not a valid HTTP header value".to_owned(),
+                    )),
+                }
+            }
+        }
+        let injector = match &res.auth {
+            Auth::None => Injector::None,
+            Auth::ApiKey {
+                place: ApiKeyPlace::Header(h),
+                value,
+            } => match (HeaderName::try_from(h.as_str()), secret(value)) {
+                (Ok(name), Some(v)) => match sensitive_value(v.expose()) {
+                    Some(v) => Injector::Header(name, v),
+                    None => {
+                        return Err(vec![(
+                            value.site.clone(),
+                            "not a valid HTTP header value".to_owned(),
+                        )])
+                    }
+                },
+                (Err(_), _) => {
+                    return Err(vec![(
+                        value.site.clone(),
+                        format!("\"{h}\" is not a valid header name"),
+                    )])
+                }
+                _ => Injector::None,
+            },
+            Auth::ApiKey {
+                place: ApiKeyPlace::Query(q),
+                value,
+            } => match secret(value) {
+                Some(v) => Injector::Query(q.clone(), v),
+                None => Injector::None,
+            },
+            Auth::Basic { username, password } => match secret(password) {
+                Some(p) => {
+                    let creds = zeroize::Zeroizing::new(format!("{username}:{}", p.expose()));
+                    let encoded =
+                        base64::engine::general_purpose::STANDARD.encode(creds.as_bytes());
+                    match sensitive_value(&format!("Basic {encoded}")) {
+                        Some(v) => Injector::Header(header::AUTHORIZATION, v),
+                        None => Injector::None,
+                    }
+                }
+                None => Injector::None,
+            },
+            Auth::Bearer { token } => match secret(token) {
+                Some(t) => match sensitive_value(&format!("Bearer {}", t.expose())) {
+                    Some(v) => Injector::Header(header::AUTHORIZATION, v),
+                    None => {
+                        return Err(vec![(
+                            token.site.clone(),
+                            "the token is not a valid HTTP header value".to_owned(),
+                        )])
+                    }
+                },
+                None => Injector::None,
+            },
+            Auth::OAuth2(o) => {
+                let client_secret = o.client_secret.as_ref().and_then(secret);
+                let refresh_token = o.refresh_token.as_ref().and_then(secret);
+                let token_tls = match crate::tls::build_client(&o.tls, &[b"http/1.1"]) {
+                    Ok(tls) => tls,
+                    Err(mut p) => {
+                        problems.borrow_mut().append(&mut p);
+                        None
+                    }
+                };
+                let token_upstream = crate::config::Upstream {
+                    host: o
+                        .token_url
+                        .host()
+                        .unwrap_or_default()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                    port: o.token_url.port_u16().unwrap_or(
+                        if o.token_url.scheme_str() == Some("http") {
+                            80
+                        } else {
+                            443
+                        },
+                    ),
+                    url: Some(o.token_url.clone()),
+                };
+                let connector = Connector {
+                    upstream: token_upstream,
+                    tls: token_tls,
+                    connect_timeout: res.connect_timeout,
+                    handshake_timeout: res.handshake_timeout,
+                };
+                let settings = oauth2::Settings {
+                    token_url: o.token_url.clone(),
+                    client_id: o.client_id.clone(),
+                    client_secret,
+                    refresh_token,
+                    scopes: o.scopes.clone(),
+                    audience: o.audience.clone(),
+                    params: o.params.clone(),
+                    client_auth_basic: o.client_auth_basic,
+                };
+                Injector::OAuth2(Arc::new(oauth2::TokenSource::new(settings, connector)))
+            }
+            Auth::AwsSigV4 {
+                service,
+                region,
+                credentials,
+                unsigned_payload,
+            } => match sigv4::resolve_credentials(credentials, env) {
+                Ok(creds) => Injector::SigV4(sigv4::Signer::new(
+                    service,
+                    region,
+                    creds,
+                    *unsigned_payload,
+                    res.http.max_signed_body,
+                )),
+                Err(e) => {
+                    problems
+                        .borrow_mut()
+                        .push((res.site.clone(), format!("auth (aws_sigv4): {e}")));
+                    Injector::None
+                }
+            },
+            Auth::Password { .. } | Auth::RdsIam { .. } => Injector::None,
+        };
+        let problems = problems.into_inner();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let scheme = url.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS);
+        let authority = url
+            .authority()
+            .cloned()
+            .ok_or_else(|| vec![(res.site.clone(), "upstream URL without a host".to_owned())])?;
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            name: res.name.clone(),
+            client,
+            upgrade_client,
+            scheme,
+            authority,
+            base_path,
+            injector,
+            headers,
+            opts: res.http.clone(),
+        })
+    }
+}
+
+fn sensitive_value(text: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(text).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+/// Serves one application connection: HTTP/1.1 with keep-alive and upgrades.
+pub async fn serve(
+    client: ClientStream,
+    upstream: Arc<HttpUpstream>,
+    state: Arc<ResourceState>,
+) -> Result<(), ConnError> {
+    let service = service_fn(move |req| {
+        let upstream = upstream.clone();
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(proxy(req, &upstream, &state).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(client), service)
+        .with_upgrades()
+        .await
+        .map_err(|e| {
+            ConnError::new(
+                Side::Client,
+                Reason::Protocol,
+                format!("client HTTP connection: {e}"),
+            )
+        })
+}
+
+async fn proxy(
+    mut req: Request<Incoming>,
+    up: &HttpUpstream,
+    state: &ResourceState,
+) -> Response<ProxyBody> {
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let method = req.method().clone();
+    match forward(req, up, upgrade).await {
+        Ok(response) => {
+            debug!(%method, status = response.status().as_u16(), "forwarded");
+            state.count_request(response.status());
+            response
+        }
+        Err(e) => {
+            let status = match e.reason {
+                Reason::ConnectTimeout | Reason::HandshakeTimeout | Reason::ResponseTimeout => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+                Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            warn!(
+                side = e.side.as_str(),
+                reason = e.reason.as_str(),
+                status = status.as_u16(),
+                "upstream {}: {}",
+                up.authority,
+                e.detail
+            );
+            state.count_request(status);
+            state.record(e.clone());
+            error_response(&up.name, status, &e)
+        }
+    }
+}
+
+/// The response for a request keyward could not forward.
+pub fn error_response(
+    name: &ResourceName,
+    status: StatusCode,
+    e: &ConnError,
+) -> Response<ProxyBody> {
+    let body = format!("keyward: upstream \"{name}\": {}\n", e.detail);
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        HeaderName::from_static("x-keyward-error"),
+        HeaderValue::from_static(e.reason.as_str()),
+    );
+    response
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// Classifies a hyper-util client error: keyward's own connect/TLS error where there is one.
+pub fn describe_client_error(err: &hyper_util::client::legacy::Error) -> ConnError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(conn) = e.downcast_ref::<ConnError>() {
+            return conn.clone();
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return ConnError::from_io(Side::Upstream, io);
+        }
+        source = e.source();
+    }
+    let detail = match std::error::Error::source(err) {
+        Some(inner) => format!("upstream HTTP error: {inner}"),
+        None => format!("upstream HTTP error: {err}"),
+    };
+    ConnError::new(Side::Upstream, Reason::Protocol, detail)
+}
+
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header the
+/// `Connection` header names. For an upgrade, `Connection: upgrade` and `Upgrade` are kept.
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// `base` + the app's path; the query is kept (minus `drop_param`, plus `add`).
+pub fn target_path(
+    base: &str,
+    pq: Option<&http::uri::PathAndQuery>,
+    drop_param: Option<&str>,
+    add: Option<(&str, &str)>,
+) -> String {
+    let path = pq.map(|p| p.path()).unwrap_or("/");
+    let mut out = format!(
+        "{base}{}",
+        if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        }
+    );
+    let mut query: Vec<String> = pq
+        .and_then(|p| p.query())
+        .map(|q| {
+            q.split('&')
+                .filter(|pair| !pair.is_empty())
+                .filter(|pair| {
+                    drop_param
+                        .is_none_or(|d| pair.split('=').next().map(decode) != Some(d.to_owned()))
+                })
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some((k, v)) = add {
+        query.push(
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair(k, v)
+                .finish(),
+        );
+    }
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(&query.join("&"));
+    }
+    out
+}
+
+fn decode(s: &str) -> String {
+    form_urlencoded::parse(s.as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_default()
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    up: &HttpUpstream,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ProxyBody>, ConnError> {
+    let (mut parts, body) = req.into_parts();
+    let upgrading = client_upgrade.is_some();
+    strip_hop_by_hop(&mut parts.headers, upgrading);
+    // keyward answers `Expect: 100-continue` itself (hyper does, when the body is first read).
+    parts.headers.remove(header::EXPECT);
+    let (drop_param, add_param) = match &up.injector {
+        Injector::Query(name, value) => (
+            if up.opts.pass_client_auth {
+                None
+            } else {
+                Some(name.as_str())
+            },
+            Some((name.as_str(), value.expose())),
+        ),
+        _ => (None, None),
+    };
+    if !up.opts.pass_client_auth {
+        match &up.injector {
+            Injector::Header(name, _) => {
+                parts.headers.remove(name);
+            }
+            Injector::Query(..) | Injector::None => {}
+            Injector::OAuth2(_) | Injector::SigV4(_) => {
+                parts.headers.remove(header::AUTHORIZATION);
+            }
+        }
+        if !matches!(up.injector, Injector::None | Injector::Query(..)) {
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+    }
+    let path = target_path(
+        &up.base_path,
+        parts.uri.path_and_query(),
+        drop_param,
+        add_param,
+    );
+    parts.uri = Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| {
+            ConnError::new(
+                Side::Client,
+                Reason::Protocol,
+                format!("cannot build the upstream URI: {e}"),
+            )
+        })?;
+    parts.version = Version::HTTP_11;
+    if !up.opts.preserve_host {
+        let host = HeaderValue::from_str(up.authority.as_str()).map_err(|_| {
+            ConnError::new(Side::Internal, Reason::Protocol, "bad upstream authority")
+        })?;
+        parts.headers.insert(header::HOST, host);
+    }
+    for (name, value) in &up.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    if let Injector::Header(name, value) = &up.injector {
+        if !(up.opts.pass_client_auth && parts.headers.contains_key(name)) {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    // Bodies stream unless signing needs the bytes or an OAuth2 401 may need a retry.
+    let declared = body
+        .size_hint()
+        .exact()
+        .or_else(|| body.is_end_stream().then_some(0));
+    let buffered: Option<Bytes> = match &up.injector {
+        Injector::SigV4(signer) if !signer.unsigned_payload => {
+            if declared.is_some_and(|n| n > signer.max_body) {
+                return Err(too_large(signer.max_body));
+            }
+            let limited =
+                Limited::new(body, usize::try_from(signer.max_body).unwrap_or(usize::MAX));
+            let collected = limited.collect().await.map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    too_large(signer.max_body)
+                } else {
+                    ConnError::new(
+                        Side::Client,
+                        Reason::Protocol,
+                        format!("reading the request body: {e}"),
+                    )
+                }
+            })?;
+            Some(collected.to_bytes())
+        }
+        Injector::OAuth2(_) if declared.is_some_and(|n| n <= RETRY_BUFFER) => {
+            let collected = body.collect().await.map_err(|e| {
+                ConnError::new(
+                    Side::Client,
+                    Reason::Protocol,
+                    format!("reading the request body: {e}"),
+                )
+            })?;
+            Some(collected.to_bytes())
+        }
+        _ => {
+            let streamed: ProxyBody = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+            let request = finish(Request::from_parts(parts, streamed), up, None).await?;
+            return send(request, up, client_upgrade).await;
+        }
+    };
+    let bytes = buffered.unwrap_or_default();
+    let make = |parts: &http::request::Parts| {
+        let mut r = Request::new(full(bytes.clone()));
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = parts.uri.clone();
+        *r.version_mut() = parts.version;
+        *r.headers_mut() = parts.headers.clone();
+        r
+    };
+    let request = finish(make(&parts), up, Some(&bytes)).await?;
+    let used_token = request.headers().get(header::AUTHORIZATION).cloned();
+    let response = send(request, up, None).await?;
+    if let (Injector::OAuth2(source), StatusCode::UNAUTHORIZED) = (&up.injector, response.status())
+    {
+        if let Some(stale) = used_token
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            debug!("upstream answered 401: refreshing the token and retrying once");
+            let fresh = source.replace(&Secret::new(stale)).await?;
+            let mut retry = make(&parts);
+            retry
+                .headers_mut()
+                .insert(header::AUTHORIZATION, bearer(&fresh)?);
+            return send(retry, up, None).await;
+        }
+    }
+    Ok(response)
+}
+
+fn too_large(limit: u64) -> ConnError {
+    ConnError::new(
+        Side::Client,
+        Reason::BodyTooLarge,
+        format!("request body larger than max_signed_body ({limit} bytes) cannot be hashed for SigV4; set auth.unsigned_payload: true for streaming uploads (or raise max_signed_body)"),
+    )
+}
+
+fn bearer(token: &Secret) -> Result<HeaderValue, ConnError> {
+    sensitive_value(&format!("Bearer {}", token.expose())).ok_or_else(|| {
+        ConnError::new(
+            Side::Upstream,
+            Reason::TokenEndpoint,
+            "oauth2 token endpoint: the token is not a valid header value",
+        )
+    })
+}
+
+/// Adds what needs the final request: an OAuth2 token, then the SigV4 signature (last).
+async fn finish(
+    mut request: Request<ProxyBody>,
+    up: &HttpUpstream,
+    body: Option<&Bytes>,
+) -> Result<Request<ProxyBody>, ConnError> {
+    let keep_apps =
+        up.opts.pass_client_auth && request.headers().contains_key(header::AUTHORIZATION);
+    match &up.injector {
+        Injector::OAuth2(source) if !keep_apps => {
+            let token = source.token().await?;
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, bearer(&token)?);
+        }
+        Injector::SigV4(signer) => {
+            let payload = if signer.unsigned_payload {
+                None
+            } else {
+                Some(body.map(|b| b.as_ref()).unwrap_or_default())
+            };
+            signer.sign(&mut request, payload, SystemTime::now())?;
+        }
+        _ => {}
+    }
+    Ok(request)
+}
+
+async fn send(
+    request: Request<ProxyBody>,
+    up: &HttpUpstream,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ProxyBody>, ConnError> {
+    let client = if client_upgrade.is_some() {
+        &up.upgrade_client
+    } else {
+        &up.client
+    };
+    let timeout = up.opts.response_timeout;
+    let mut response = match tokio::time::timeout(timeout, client.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(describe_client_error(&e)),
+        Err(_) => {
+            return Err(ConnError::new(
+                Side::Upstream,
+                Reason::ResponseTimeout,
+                format!(
+                    "response timeout: no response headers within {}",
+                    humantime::format_duration(timeout)
+                ),
+            ))
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = client_upgrade {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_side, upstream_side) {
+                    Ok((c, u)) => {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            debug!("upgraded connection ended: {e}");
+                        }
+                    }
+                    Err(e) => debug!("upgrade failed: {e}"),
+                }
+            });
+        }
+    } else {
+        strip_hop_by_hop(response.headers_mut(), false);
+    }
+    Ok(response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "x"),
+            ("x-kept", "yes"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_connection() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn paths_join_the_base_and_keep_the_query() {
+        let pq = |s: &str| s.parse::<http::uri::PathAndQuery>().unwrap();
+        assert_eq!(
+            target_path("/v1", Some(&pq("/items?a=1&b=2")), None, None),
+            "/v1/items?a=1&b=2"
+        );
+        assert_eq!(target_path("", Some(&pq("/")), None, None), "/");
+        assert_eq!(target_path("/v1", None, None, None), "/v1/");
+        assert_eq!(
+            target_path(
+                "",
+                Some(&pq("/x?api_key=app&z=1")),
+                Some("api_key"),
+                Some(("api_key", "s e"))
+            ),
+            "/x?z=1&api_key=s+e"
+        );
+    }
+}
