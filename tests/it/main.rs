@@ -5,6 +5,7 @@
 
 mod check;
 mod e2e;
+mod http;
 mod limbo;
 mod support;
 mod tcp;

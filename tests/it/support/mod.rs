@@ -1,6 +1,7 @@
 //! Test support: a throwaway PKI per test, a real TLS upstream on port 0, keyward run
 //! in-process on port 0, and helpers with deadlines instead of sleeps.
 
+pub mod httpd;
 pub mod procs;
 
 use std::net::SocketAddr;

@@ -1,0 +1,494 @@
+//! HTTP resources in-process: keyward in front of a real HTTPS upstream that records what it
+//! received, driven by a real HTTP client in plain HTTP.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use keyward::pki::{Ca, Usage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::httpd::{always_ok, httpd, Handler, Httpd, Reply};
+use crate::support::{Pki, Proxy, DEADLINE};
+
+const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
+const H1: &[&[u8]] = &[b"http/1.1"];
+
+struct Setup {
+    pki: Pki,
+    up: Httpd,
+    proxy: Proxy,
+}
+
+/// An upstream for localhost with `alpn` and `handler`, and keyward in front of it: resource
+/// "api", upstream `https://localhost:PORT{base}`, plus `extra` YAML lines for the resource.
+async fn setup(alpn: &[&[u8]], handler: Handler, base: &str, extra: &str) -> Setup {
+    let pki = Pki::new();
+    let up = httpd(&pki.server(&["localhost"]), None, alpn, handler).await;
+    let ca = pki.write_ca();
+    let yaml = format!(
+        "admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}{base}\n    tls:\n      ca: {}\n{extra}",
+        up.port(),
+        ca.display()
+    );
+    let proxy = Proxy::start(pki.dir.path(), &yaml).await;
+    Setup { pki, up, proxy }
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+fn get(proxy: &Proxy, path: &str) -> http::request::Builder {
+    Request::get(format!("http://{}{path}", proxy.addr("api")))
+}
+
+async fn fetch(_proxy: &Proxy, req: http::request::Builder) -> Answer {
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    fetch_req(req).await
+}
+
+async fn fetch_req(req: Request<Full<Bytes>>) -> Answer {
+    let resp = tokio::time::timeout(DEADLINE, client().request(req))
+        .await
+        .expect("deadline")
+        .expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn bearer_token_replaces_the_apps_authorization() {
+    let s = setup(
+        BOTH,
+        always_ok(),
+        "",
+        "    auth:\n      type: bearer\n      token: kw-bearer-secret\n",
+    )
+    .await;
+    let a = fetch(
+        &s.proxy,
+        get(&s.proxy, "/x").header("authorization", "Bearer app-made-this-up"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let seen = s.up.last();
+    assert_eq!(seen.header_count("authorization"), 1);
+    assert_eq!(
+        seen.header("authorization").unwrap(),
+        "Bearer kw-bearer-secret"
+    );
+}
+
+#[tokio::test]
+async fn pass_client_auth_keeps_the_apps_authorization() {
+    let s = setup(
+        BOTH,
+        always_ok(),
+        "",
+        "    pass_client_auth: true\n    auth:\n      type: bearer\n      token: kw\n",
+    )
+    .await;
+    fetch(
+        &s.proxy,
+        get(&s.proxy, "/").header("authorization", "Bearer app"),
+    )
+    .await;
+    assert_eq!(s.up.last().header("authorization").unwrap(), "Bearer app");
+}
+
+#[tokio::test]
+async fn api_key_goes_in_the_configured_header() {
+    let s = setup(
+        BOTH,
+        always_ok(),
+        "",
+        "    auth:\n      type: api_key\n      header: X-API-Key\n      value: k-123\n",
+    )
+    .await;
+    fetch(&s.proxy, get(&s.proxy, "/").header("x-api-key", "app-key")).await;
+    let seen = s.up.last();
+    assert_eq!(seen.header_count("x-api-key"), 1);
+    assert_eq!(seen.header("x-api-key").unwrap(), "k-123");
+}
+
+#[tokio::test]
+async fn api_key_goes_in_the_query_and_replaces_the_apps() {
+    let s = setup(
+        BOTH,
+        always_ok(),
+        "",
+        "    auth:\n      type: api_key\n      query: api_key\n      value: \"k 1&2\"\n",
+    )
+    .await;
+    fetch(&s.proxy, get(&s.proxy, "/search?q=rust&api_key=app")).await;
+    let uri = s.up.last().uri;
+    assert!(uri.ends_with("/search?q=rust&api_key=k+1%262"), "{uri}");
+}
+
+#[tokio::test]
+async fn basic_auth_is_base64_of_user_and_password() {
+    let s = setup(
+        BOTH,
+        always_ok(),
+        "",
+        "    auth:\n      type: basic\n      username: svc\n      password: p@ss:w0rd\n",
+    )
+    .await;
+    fetch(&s.proxy, get(&s.proxy, "/")).await;
+    assert_eq!(
+        s.up.last().header("authorization").unwrap(),
+        "Basic c3ZjOnBAc3M6dzByZA=="
+    );
+}
+
+#[tokio::test]
+async fn resource_headers_are_set_and_may_be_secrets() {
+    let pki_dir_secret = "    headers:\n      X-Tenant: acme\n      X-Signature: ${file:sig}\n";
+    let pki = Pki::new();
+    pki.write("sig", "from-a-file\n");
+    let up = httpd(&pki.server(&["localhost"]), None, BOTH, always_ok()).await;
+    let yaml = format!(
+        "admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: {}\n{pki_dir_secret}",
+        up.port(),
+        pki.write_ca().display()
+    );
+    let proxy = Proxy::start(pki.dir.path(), &yaml).await;
+    fetch(&proxy, get(&proxy, "/").header("x-tenant", "app-chosen")).await;
+    let seen = up.last();
+    assert_eq!(seen.header("x-tenant").unwrap(), "acme");
+    assert_eq!(seen.header("x-signature").unwrap(), "from-a-file");
+}
+
+#[tokio::test]
+async fn base_path_joins_and_the_query_is_kept_and_host_is_the_upstreams() {
+    let s = setup(H1, always_ok(), "/v1", "").await;
+    fetch(
+        &s.proxy,
+        get(&s.proxy, "/items/7?expand=a&x=%2F").header("host", "app.local"),
+    )
+    .await;
+    let seen = s.up.last();
+    assert_eq!(seen.uri, "/v1/items/7?expand=a&x=%2F");
+    assert_eq!(
+        seen.header("host").unwrap(),
+        format!("localhost:{}", s.up.port())
+    );
+}
+
+#[tokio::test]
+async fn preserve_host_keeps_the_apps_host() {
+    let s = setup(H1, always_ok(), "", "    preserve_host: true\n").await;
+    fetch(&s.proxy, get(&s.proxy, "/").header("host", "app.local")).await;
+    assert_eq!(s.up.last().header("host").unwrap(), "app.local");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed() {
+    let s = setup(H1, always_ok(), "", "").await;
+    let req = get(&s.proxy, "/")
+        .header("connection", "x-private-hop")
+        .header("x-private-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("x-end-to-end", "kept");
+    fetch(&s.proxy, req).await;
+    let seen = s.up.last();
+    for gone in ["x-private-hop", "keep-alive", "proxy-connection"] {
+        assert!(seen.header(gone).is_none(), "{gone} reached the upstream");
+    }
+    assert_eq!(seen.header("x-end-to-end").unwrap(), "kept");
+}
+
+#[tokio::test]
+async fn h2_upstream_carries_many_concurrent_requests_on_one_connection() {
+    let s = setup(&[b"h2"], always_ok(), "", "    http2: always\n").await;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let req = Request::get(format!("http://{}/r/{i}", s.proxy.addr("api")))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tasks.push(tokio::spawn(fetch_req(req)));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    let seen = s.up.seen();
+    assert_eq!(seen.len(), 64);
+    assert!(seen.iter().all(|r| r.version == http::Version::HTTP_2));
+    assert_eq!(
+        s.up.conns.load(Ordering::SeqCst),
+        1,
+        "all requests must share one h2 connection"
+    );
+}
+
+#[tokio::test]
+async fn auto_mode_uses_h2_when_the_upstream_offers_it() {
+    let s = setup(BOTH, always_ok(), "", "").await;
+    fetch(&s.proxy, get(&s.proxy, "/")).await;
+    assert_eq!(s.up.last().version, http::Version::HTTP_2);
+    let s = setup(H1, always_ok(), "", "").await;
+    fetch(&s.proxy, get(&s.proxy, "/")).await;
+    assert_eq!(s.up.last().version, http::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn a_100_mib_upload_streams_with_bounded_memory() {
+    let s = setup(BOTH, always_ok(), "", "").await;
+    const TOTAL: usize = 100 << 20;
+    const CHUNK: usize = 64 << 10;
+    let chunks = futures_stream(TOTAL / CHUNK, CHUNK);
+    let body = StreamBody::new(chunks);
+    let req = Request::post(format!("http://{}/upload", s.proxy.addr("api")))
+        .body(body)
+        .unwrap();
+    let baseline = rss_kib();
+    let peak = Arc::new(AtomicUsize::new(baseline));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let c: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(60), c.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    sampler.abort();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(s.up.last().body_len, TOTAL);
+    let grew_mib = (peak.load(Ordering::Relaxed).saturating_sub(baseline)) / 1024;
+    assert!(
+        grew_mib < 48,
+        "memory grew by {grew_mib} MiB while streaming 100 MiB"
+    );
+}
+
+fn futures_stream(
+    n: usize,
+    size: usize,
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> {
+    let chunk = Bytes::from(vec![7u8; size]);
+    tokio_stream_iter((0..n).map(move |_| Ok(hyper::body::Frame::data(chunk.clone()))))
+}
+
+/// A stream over an iterator (no extra crates).
+fn tokio_stream_iter<I: Iterator + Unpin>(iter: I) -> IterStream<I> {
+    IterStream(iter)
+}
+
+struct IterStream<I>(I);
+
+impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
+    type Item = I::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+fn rss_kib() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn wrong_ca_is_a_502_naming_the_reason() {
+    let pki = Pki::new();
+    let other = Ca::new("other").unwrap();
+    let up = httpd(
+        &other.leaf("u", &["localhost"], Usage::Server).unwrap(),
+        None,
+        BOTH,
+        always_ok(),
+    )
+    .await;
+    let yaml = format!("admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: {}\n", up.port(), pki.write_ca().display());
+    let proxy = Proxy::start(pki.dir.path(), &yaml).await;
+    let a = fetch(&proxy, get(&proxy, "/")).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(a.headers["x-keyward-error"], "unknown_issuer");
+    assert!(
+        a.body
+            .starts_with("keyward: upstream \"api\": unknown issuer"),
+        "{}",
+        a.body
+    );
+}
+
+#[tokio::test]
+async fn wrong_name_is_a_502_naming_the_name() {
+    let pki = Pki::new();
+    let up = httpd(&pki.server(&["api.internal"]), None, BOTH, always_ok()).await;
+    let yaml = format!("admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: {}\n", up.port(), pki.write_ca().display());
+    let proxy = Proxy::start(pki.dir.path(), &yaml).await;
+    let a = fetch(&proxy, get(&proxy, "/")).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(a.headers["x-keyward-error"], "name_mismatch");
+    assert!(
+        a.body
+            .contains("certificate not valid for name \"localhost\""),
+        "{}",
+        a.body
+    );
+}
+
+#[tokio::test]
+async fn refused_is_a_502() {
+    let pki = Pki::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!("admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{port}\n    tls:\n      ca: {}\n", pki.write_ca().display());
+    let proxy = Proxy::start(pki.dir.path(), &yaml).await;
+    let a = fetch(&proxy, get(&proxy, "/")).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(a.headers["x-keyward-error"], "connect_refused");
+    assert!(a.body.contains("connection refused"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_a_504() {
+    let slow: Handler = Arc::new(|_| Reply {
+        status: StatusCode::OK,
+        body: "late".into(),
+        delay: Duration::from_secs(5),
+    });
+    let s = setup(BOTH, slow, "", "    response_timeout: 200ms\n").await;
+    let started = Instant::now();
+    let a = fetch(&s.proxy, get(&s.proxy, "/")).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(a.headers["x-keyward-error"], "response_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn mtls_client_cert_is_presented_to_the_http_upstream() {
+    let pki = Pki::new();
+    let up = httpd(
+        &pki.server(&["localhost"]),
+        Some(&pki.ca),
+        BOTH,
+        always_ok(),
+    )
+    .await;
+    let (c, k) = pki.write_client("client", "kw-http-client");
+    let yaml = format!("admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n", up.port(), pki.write_ca().display(), c.display(), k.display());
+    let proxy = Proxy::start(pki.dir.path(), &yaml).await;
+    assert_eq!(fetch(&proxy, get(&proxy, "/")).await.status, StatusCode::OK);
+    assert_eq!(up.last().client_cn.as_deref(), Some("CN=kw-http-client"));
+}
+
+#[tokio::test]
+async fn upgrade_is_passed_through_on_http_1_1() {
+    let s = setup(BOTH, always_ok(), "", "").await;
+    let mut conn = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+    conn.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(DEADLINE, conn.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    conn.write_all(b"frames both ways").await.unwrap();
+    let mut echo = [0u8; 16];
+    tokio::time::timeout(DEADLINE, conn.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"frames both ways");
+    assert_eq!(s.up.last().version, http::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn expect_100_continue_works() {
+    let s = setup(BOTH, always_ok(), "", "").await;
+    let mut conn = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+    conn.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut first = [0u8; 25];
+    tokio::time::timeout(DEADLINE, conn.read_exact(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.starts_with(b"HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    conn.write_all(b"hello").await.unwrap();
+    let mut rest = vec![0u8; 12];
+    tokio::time::timeout(DEADLINE, conn.read_exact(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&first).into_owned();
+    text.push_str(&String::from_utf8_lossy(&rest));
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+    assert_eq!(s.up.last().body, b"hello");
+}
+
+#[tokio::test]
+async fn keep_alive_serves_many_requests_on_one_app_connection() {
+    let s = setup(H1, always_ok(), "", "").await;
+    let c = client();
+    for i in 0..5 {
+        let req = Request::get(format!("http://{}/k/{i}", s.proxy.addr("api")))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(c.request(req).await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        s.proxy.state.resource("api").unwrap().total(),
+        1,
+        "one app connection for five requests"
+    );
+    assert_eq!(
+        s.up.conns.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+    let _ = &s.pki;
+}
