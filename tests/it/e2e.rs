@@ -228,3 +228,121 @@ fn allow_remote_listener_is_bound_with_a_warning() {
         "{line}"
     );
 }
+
+fn http_config(pki: &Pki, port: u16, f: &Files, auth: &str) -> PathBuf {
+    pki.write(
+        "keyward.yaml",
+        &format!(
+            "admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{port}/v2\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n{auth}",
+            f.ca.display(),
+            f.client_cert.display(),
+            f.client_key.display()
+        ),
+    )
+}
+
+fn curl_with(args: &[&str]) -> (i32, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn curl_through_an_http_resource_gets_the_bearer_token_injected_into_mtls_nginx() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    pki.write("token", "kw-e2e-token\n");
+    let cfg = http_config(&pki, nginx.port, &f, "    auth:\n      type: bearer\n      token: ${file:token}\n    headers:\n      X-Tenant: acme\n");
+    let keyward = Keyward::start(&cfg);
+    let addr = keyward.addr("api");
+    // The app sends its own Authorization: two Authorization headers would make nginx answer
+    // 400, so a 200 proves keyward replaced it.
+    let (code, body) = curl_with(&[
+        "-H",
+        "Authorization: Bearer app-token",
+        "-w",
+        "\nstatus=%{http_code}\n",
+        &format!("http://{addr}/items?x=1"),
+    ]);
+    assert_eq!(code, 0, "{body}");
+    assert!(
+        body.contains("status=200"),
+        "{body}\n{}",
+        keyward.log_text()
+    );
+    assert!(
+        body.contains("authorization=Bearer kw-e2e-token\n"),
+        "{body}"
+    );
+    assert!(body.contains("client_dn=CN=keyward-e2e\n"), "{body}");
+    assert!(body.contains("uri=/v2/items?x=1\n"), "{body}");
+    assert!(body.contains("x-tenant=acme\n"), "{body}");
+    assert!(
+        body.contains(&format!("host=localhost:{}\n", nginx.port)),
+        "{body}"
+    );
+    assert!(body.contains("tls=TLSv1.3\n"), "{body}");
+}
+
+#[test]
+fn curl_through_an_http_resource_gets_the_api_key_injected() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let cfg = http_config(
+        &pki,
+        nginx.port,
+        &f,
+        "    auth:\n      type: api_key\n      header: X-API-Key\n      value: ${file:key}\n",
+    );
+    pki.write("key", "k-live-123");
+    let keyward = Keyward::start(&cfg);
+    let (code, body) = curl_with(&[
+        "-H",
+        "X-API-Key: app-key",
+        &format!("http://{}/", keyward.addr("api")),
+    ]);
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("x-api-key=k-live-123\n"), "{body}");
+    assert!(body.contains("authorization=\n"), "{body}");
+}
+
+#[test]
+fn curl_sees_a_502_with_the_reason_when_the_http_upstream_has_the_wrong_ca() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let wrong = Ca::new("some other CA").unwrap();
+    let mut f2 = files(&pki);
+    f2.ca = pki.write("wrong-ca.pem", &wrong.cert.cert_pem);
+    let _ = &f;
+    let keyward = Keyward::start(&http_config(&pki, nginx.port, &f2, ""));
+    let (code, out) = curl_with(&["-i", &format!("http://{}/", keyward.addr("api"))]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("x-keyward-error: unknown_issuer"),
+        "{out}"
+    );
+    assert!(
+        out.contains("keyward: upstream \"api\": unknown issuer"),
+        "{out}"
+    );
+}

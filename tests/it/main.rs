@@ -7,5 +7,7 @@ mod check;
 mod e2e;
 mod http;
 mod limbo;
+mod oauth2;
+mod sigv4;
 mod support;
 mod tcp;

@@ -27,7 +27,6 @@ pub struct Recorded {
     pub body_len: usize,
     /// The first MiB of the body.
     pub body: Vec<u8>,
-    pub conn: usize,
     pub client_cn: Option<String>,
 }
 
@@ -66,6 +65,11 @@ impl Reply {
             delay: Duration::ZERO,
         }
     }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
 }
 
 pub type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
@@ -95,11 +99,6 @@ impl Httpd {
             .last()
             .cloned()
             .expect("the upstream saw no request")
-    }
-
-    /// Stops accepting (the port then refuses connections).
-    pub fn stop(&self) {
-        self.task.abort();
     }
 }
 
@@ -141,7 +140,7 @@ pub fn serve_on(
     let task = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let (acceptor, seen, handler) = (acceptor.clone(), seen2.clone(), handler.clone());
-            let conn = conns2.fetch_add(1, Ordering::SeqCst);
+            conns2.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -157,7 +156,7 @@ pub fn serve_on(
                         (seen.clone(), handler.clone(), client_cn.clone());
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            handle(req, conn, client_cn, &seen, &handler).await,
+                            handle(req, client_cn, &seen, &handler).await,
                         )
                     }
                 });
@@ -177,7 +176,6 @@ pub fn serve_on(
 
 async fn handle(
     mut req: Request<Incoming>,
-    conn: usize,
     client_cn: Option<String>,
     seen: &Mutex<Vec<Recorded>>,
     handler: &Handler,
@@ -205,7 +203,6 @@ async fn handle(
         headers: parts.headers.clone(),
         body_len: len,
         body: kept,
-        conn,
         client_cn,
     };
     seen.lock().unwrap().push(recorded.clone());

@@ -203,7 +203,7 @@ http {{
     ssl_protocols TLSv1.2 TLSv1.3;
     default_type text/plain;
     location / {{
-      return 200 "client_dn=$ssl_client_s_dn\nclient_verify=$ssl_client_verify\ntls=$ssl_protocol\nsni=$ssl_server_name\nuri=$request_uri\n";
+      return 200 "client_dn=$ssl_client_s_dn\nclient_verify=$ssl_client_verify\ntls=$ssl_protocol\nsni=$ssl_server_name\nuri=$request_uri\nauthorization=$http_authorization\nx-api-key=$http_x_api_key\nx-tenant=$http_x_tenant\nhost=$http_host\n";
     }}
   }}
 }}

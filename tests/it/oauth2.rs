@@ -1,0 +1,325 @@
+//! OAuth2 in-process: a real HTTPS token endpoint that counts its calls, a real HTTPS API that
+//! checks the tokens, keyward in between.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::support::httpd::{always_ok, httpd, serve_on, Handler, Httpd, Recorded, Reply};
+use crate::support::{Pki, Proxy, DEADLINE};
+
+const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A token request as received: the form body and the Authorization header.
+type Form = (String, Option<String>);
+
+/// A token endpoint issuing `tok-1`, `tok-2`, … with `expires_in`; remembers when each was issued.
+#[derive(Clone, Default)]
+struct Issuer {
+    calls: Arc<AtomicUsize>,
+    issued: Arc<Mutex<HashMap<String, Instant>>>,
+    forms: Arc<Mutex<Vec<Form>>>,
+}
+
+impl Issuer {
+    fn handler(&self, expires_in: u64, delay: Duration) -> Handler {
+        let this = self.clone();
+        Arc::new(move |r: &Recorded| {
+            let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let token = format!("tok-{n}");
+            this.issued
+                .lock()
+                .unwrap()
+                .insert(token.clone(), Instant::now());
+            this.forms.lock().unwrap().push((
+                String::from_utf8_lossy(&r.body).into_owned(),
+                r.header("authorization"),
+            ));
+            Reply::ok(format!("{{\"access_token\":\"{token}\",\"token_type\":\"Bearer\",\"expires_in\":{expires_in}}}")).after(delay)
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn token_of(r: &Recorded) -> String {
+    r.header("authorization")
+        .unwrap_or_default()
+        .trim_start_matches("Bearer ")
+        .to_owned()
+}
+
+struct World {
+    pki: Pki,
+    token_ep: Httpd,
+    api: Httpd,
+    proxy: Proxy,
+}
+
+async fn world(token_handler: Handler, api_handler: Handler, extra_auth: &str) -> World {
+    let pki = Pki::new();
+    let token_ep = httpd(
+        &pki.server(&["localhost"]),
+        None,
+        &[b"http/1.1"],
+        token_handler,
+    )
+    .await;
+    let api = httpd(&pki.server(&["localhost"]), None, BOTH, api_handler).await;
+    let proxy = start(&pki, token_ep.port(), api.port(), extra_auth).await;
+    World {
+        pki,
+        token_ep,
+        api,
+        proxy,
+    }
+}
+
+async fn start(pki: &Pki, token_port: u16, api_port: u16, extra_auth: &str) -> Proxy {
+    let ca = pki.write_ca();
+    let yaml = format!(
+        "admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{api_port}\n    tls:\n      ca: {ca}\n    auth:\n      type: oauth2\n      token_url: https://localhost:{token_port}/oauth/token\n      client_id: keyward\n      client_secret: \"s3cr:et\"\n      scopes: [orders.read, orders.write]\n      audience: https://api.example\n      tls:\n        ca: {ca}\n{extra_auth}",
+        ca = ca.display()
+    );
+    Proxy::start(pki.dir.path(), &yaml).await
+}
+
+async fn call(
+    proxy: &Proxy,
+    method: &str,
+    body: &'static [u8],
+) -> (StatusCode, String, Option<String>) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}/orders", proxy.addr("api")))
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, client.request(req))
+        .await
+        .expect("deadline")
+        .expect("request");
+    let status = resp.status();
+    let reason = resp
+        .headers()
+        .get("x-keyward-error")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    (status, body, reason)
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_cause_exactly_one_token_request() {
+    let issuer = Issuer::default();
+    let w = world(
+        issuer.handler(3600, Duration::from_millis(300)),
+        always_ok(),
+        "",
+    )
+    .await;
+    let proxy = Arc::new(w.proxy);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(
+            async move { call(&proxy, "GET", b"").await.0 },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        issuer.calls(),
+        1,
+        "single-flight: one token request for 200 waiting app requests"
+    );
+    assert!(w.api.seen().iter().all(|r| token_of(r) == "tok-1"));
+    // The token request itself: client_credentials grant, scopes, audience, Basic client auth.
+    let (form, auth) = issuer.forms.lock().unwrap()[0].clone();
+    assert!(form.contains("grant_type=client_credentials"), "{form}");
+    assert!(form.contains("scope=orders.read+orders.write"), "{form}");
+    assert!(
+        form.contains("audience=https%3A%2F%2Fapi.example"),
+        "{form}"
+    );
+    assert!(
+        !form.contains("client_secret"),
+        "with Basic client auth the secret is not in the body: {form}"
+    );
+    // RFC 6749 §2.3.1: "keyward:s3cr%3Aet" in base64.
+    assert_eq!(auth.as_deref(), Some("Basic a2V5d2FyZDpzM2NyJTNBZXQ="));
+    assert_eq!(w.token_ep.last().uri, "/oauth/token");
+    let _ = &w.pki;
+}
+
+#[tokio::test]
+async fn client_auth_body_sends_the_credentials_in_the_form() {
+    let issuer = Issuer::default();
+    let w = world(
+        issuer.handler(3600, Duration::ZERO),
+        always_ok(),
+        "      client_auth: body\n",
+    )
+    .await;
+    assert_eq!(call(&w.proxy, "GET", b"").await.0, StatusCode::OK);
+    let (form, auth) = issuer.forms.lock().unwrap()[0].clone();
+    assert!(
+        form.contains("client_id=keyward") && form.contains("client_secret=s3cr%3Aet"),
+        "{form}"
+    );
+    assert_eq!(auth, None);
+}
+
+#[tokio::test]
+async fn a_short_lived_token_is_refreshed_before_it_expires_while_requests_keep_succeeding() {
+    let issuer = Issuer::default();
+    let expired_uses = Arc::new(AtomicUsize::new(0));
+    let api: Handler = {
+        let (issued, expired_uses) = (issuer.issued.clone(), expired_uses.clone());
+        Arc::new(move |r: &Recorded| {
+            let age = issued
+                .lock()
+                .unwrap()
+                .get(&token_of(r))
+                .map(|t| t.elapsed());
+            match age {
+                Some(age) if age < Duration::from_secs(2) => Reply::ok("ok"),
+                _ => {
+                    expired_uses.fetch_add(1, Ordering::SeqCst);
+                    Reply::status(StatusCode::UNAUTHORIZED, "expired")
+                }
+            }
+        })
+    };
+    let w = world(issuer.handler(2, Duration::ZERO), api, "").await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(4500) {
+        assert_eq!(call(&w.proxy, "GET", b"").await.0, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        issuer.calls() >= 3,
+        "a 2 s token must be refreshed during 4.5 s of traffic (got {} token requests)",
+        issuer.calls()
+    );
+    assert_eq!(
+        expired_uses.load(Ordering::SeqCst),
+        0,
+        "no request may reach the API with an expired token"
+    );
+}
+
+#[tokio::test]
+async fn a_401_drops_the_token_and_retries_once_with_a_fresh_one() {
+    let issuer = Issuer::default();
+    let api: Handler = Arc::new(|r: &Recorded| {
+        if token_of(r) == "tok-1" {
+            Reply::status(StatusCode::UNAUTHORIZED, "revoked")
+        } else {
+            Reply::ok(format!("ok with {}", token_of(r)))
+        }
+    });
+    let w = world(issuer.handler(3600, Duration::ZERO), api, "").await;
+    let (status, body, _) = call(&w.proxy, "POST", b"{\"order\":1}").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok with tok-2"));
+    assert_eq!(issuer.calls(), 2);
+    let seen = w.api.seen();
+    assert_eq!(seen.len(), 2, "exactly one retry");
+    assert_eq!(
+        seen[1].body, b"{\"order\":1}",
+        "the retry carries the same (buffered) body"
+    );
+    // A 401 with a fresh token goes to the app as it is: no retry loop.
+    let always_401: Handler = Arc::new(|_| Reply::status(StatusCode::UNAUTHORIZED, "no"));
+    let issuer = Issuer::default();
+    let w = world(issuer.handler(3600, Duration::ZERO), always_401, "").await;
+    assert_eq!(call(&w.proxy, "GET", b"").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(w.api.seen().len(), 2);
+    assert_eq!(issuer.calls(), 2);
+}
+
+#[tokio::test]
+async fn token_endpoint_down_is_a_502_with_the_reason_then_recovers() {
+    let pki = Pki::new();
+    let issuer = Issuer::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_addr = listener.local_addr().unwrap();
+    drop(listener);
+    let api = httpd(&pki.server(&["localhost"]), None, BOTH, always_ok()).await;
+    let proxy = start(&pki, token_addr.port(), api.port(), "").await;
+    let (status, body, reason) = call(&proxy, "GET", b"").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reason.as_deref(), Some("token_endpoint"));
+    assert!(
+        body.starts_with("keyward: upstream \"api\": oauth2 token endpoint: connection refused"),
+        "{body}"
+    );
+    assert!(
+        api.seen().is_empty(),
+        "no request may reach the API without a token"
+    );
+    // The endpoint comes back on the same port: the next request succeeds.
+    let listener = tokio::net::TcpListener::bind(token_addr).await.unwrap();
+    let _token_ep = serve_on(
+        listener,
+        &pki.server(&["localhost"]),
+        None,
+        &[b"http/1.1"],
+        issuer.handler(3600, Duration::ZERO),
+    );
+    assert_eq!(call(&proxy, "GET", b"").await.0, StatusCode::OK);
+    assert_eq!(token_of(&api.last()), "tok-1");
+}
+
+#[tokio::test]
+async fn an_error_from_the_token_endpoint_is_reported_with_its_oauth_error() {
+    let refusing: Handler = Arc::new(|_| {
+        Reply::status(
+            StatusCode::UNAUTHORIZED,
+            "{\"error\":\"invalid_client\",\"error_description\":\"bad secret\"}",
+        )
+    });
+    let w = world(refusing, always_ok(), "").await;
+    let (status, body, _) = call(&w.proxy, "GET", b"").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        body.contains("oauth2 token endpoint: HTTP 401 Unauthorized: invalid_client: bad secret"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("s3cr"),
+        "the client secret must not appear: {body}"
+    );
+    assert_eq!(
+        w.token_ep.seen().len(),
+        3,
+        "retried with backoff: 3 attempts"
+    );
+}
+
+#[tokio::test]
+async fn refresh_token_grant_is_used_when_configured() {
+    let issuer = Issuer::default();
+    let w = world(
+        issuer.handler(3600, Duration::ZERO),
+        always_ok(),
+        "      refresh_token: rt-abc\n",
+    )
+    .await;
+    assert_eq!(call(&w.proxy, "GET", b"").await.0, StatusCode::OK);
+    let (form, _) = issuer.forms.lock().unwrap()[0].clone();
+    assert!(
+        form.contains("grant_type=refresh_token") && form.contains("refresh_token=rt-abc"),
+        "{form}"
+    );
+}
