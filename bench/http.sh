@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Benchmark: an HTTPS API (nginx, TLS 1.3) reached three ways, same machine, one run,
+# interleaved repetitions:
+#   direct   wrk → https://upstream                                     (wrk does TLS itself)
+#   nginx    wrk → http://nginx → proxy_pass https (verify on, keepalive, Authorization set)
+#   keyward  wrk → http://keyward (protocol: http, verify-full, bearer injected)
+# Prints req/s, p50, p99 and proxy CPU µs per request for each, and the ratios.
+#
+#   bash bench/http.sh     # needs nginx, wrk, openssl (Debian: nginx wrk openssl)
+#   REPS=5 DURATION=10 CONNS=32 THREADS=2 bash bench/http.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-2}
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+T=$(mktemp -d /tmp/keyward-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+cargo build --release --locked --quiet
+openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$T/ca.key" -out "$T/ca.pem" \
+  -days 2 -subj "/CN=bench-ca" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$T/server.key" -out "$T/server.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$T/server.ext"
+openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 -extfile "$T/server.ext" -out "$T/server.pem" 2>/dev/null
+
+UP=$(free_port); NP=$(free_port); KP=$(free_port)
+nginx_conf() { # $1 dir, $2 server block, $3 worker_processes
+  mkdir -p "$1/tmp"
+  cat > "$1/nginx.conf" <<CONF
+daemon off; worker_processes $3; pid $1/nginx.pid; error_log $1/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $1/tmp/body; proxy_temp_path $1/tmp/proxy; fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi; scgi_temp_path $1/tmp/scgi;
+  $2
+}
+CONF
+}
+mkdir -p "$T/up" "$T/px"
+nginx_conf "$T/up" "server { listen 127.0.0.1:$UP ssl; ssl_certificate $T/server.pem; ssl_certificate_key $T/server.key; ssl_protocols TLSv1.3; keepalive_requests 1000000; location / { return 200 'ok\n'; } }" 1
+nginx_conf "$T/px" "upstream api { server 127.0.0.1:$UP; keepalive 64; }
+  server { listen 127.0.0.1:$NP; keepalive_requests 1000000; location / {
+    proxy_pass https://api; proxy_http_version 1.1; proxy_set_header Connection '';
+    proxy_ssl_verify on; proxy_ssl_trusted_certificate $T/ca.pem; proxy_ssl_name localhost; proxy_ssl_server_name on;
+    proxy_ssl_session_reuse on; proxy_set_header Authorization 'Bearer bench-token'; } }" auto
+"$NGINX" -e stderr -p "$T/up" -c "$T/up/nginx.conf" & pids+=($!)
+"$NGINX" -e stderr -p "$T/px" -c "$T/px/nginx.conf" & pids+=($!)
+NGINX_PROXY_PID=$!
+cat > "$T/keyward.yaml" <<YAML
+admin: null
+log: { level: warn }
+resources:
+  - name: api
+    protocol: http
+    listen: 127.0.0.1:$KP
+    upstream: https://localhost:$UP
+    tls: { ca: $T/ca.pem }
+    auth: { type: bearer, token: bench-token }
+YAML
+./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" & pids+=($!)
+KEYWARD_PID=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && break; sleep 0.05; done
+
+# CPU ticks (user + system) of the given PIDs.
+cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo "$t"; }
+# nginx's proxy work happens in its workers: the master's children.
+NGINX_WORKER=$(pgrep -P "$NGINX_PROXY_PID" | tr '\n' ' ')
+HZ=$(getconf CLK_TCK)
+run() { # $1 name, $2 url, $3 pid to charge CPU to (or empty)
+  local before after out
+  before=$(cpu_ticks "$3")
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$2")
+  after=$(cpu_ticks "$3")
+  echo "$out" | awk -v name="$1" -v ticks=$((after - before)) -v hz="$HZ" '
+    /Requests\/sec/ { rps = $2 }
+    /^ +50%/ { p50 = $2 } /^ +99%/ { p99 = $2 }
+    /requests in/ { n = $1 }
+    END { cpu = (n > 0 && ticks > 0) ? ticks * 1e6 / hz / n : 0; printf "%s %s %s %s %.1f\n", name, rps, p50, p99, cpu }'
+}
+results=()
+for r in $(seq "$REPS"); do
+  results+=("$(run direct "https://127.0.0.1:$UP/" "")")
+  results+=("$(run nginx "http://127.0.0.1:$NP/" "$NGINX_WORKER")")
+  results+=("$(run keyward "http://127.0.0.1:$KP/" "$KEYWARD_PID")")
+done
+printf '%s\n' "${results[@]}" | python3 -c '
+import statistics, sys
+rows = {}
+for line in sys.stdin:
+    name, rps, p50, p99, cpu = line.split()
+    rows.setdefault(name, []).append((float(rps), p50, p99, float(cpu)))
+def ms(v):
+    v = v.strip()
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit): return float(v[: -len(unit)]) * f
+    return float(v)
+print(f"wrk -t'"$THREADS"' -c'"$CONNS"' -d'"$DURATION"'s, medians of '"$REPS"' interleaved runs")
+print("%-10s %10s %8s %8s %17s" % ("path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req"))
+med = {}
+for name in ("direct", "nginx", "keyward"):
+    r = rows[name]
+    med[name] = (statistics.median(x[0] for x in r), statistics.median(ms(x[1]) for x in r), statistics.median(ms(x[2]) for x in r), statistics.median(x[3] for x in r))
+    m = med[name]
+    cpu = f"{m[3]:.1f}" if name != "direct" else "-"
+    print(f"{name:10} {m[0]:>10.0f} {m[1]:>8.3f} {m[2]:>8.3f} {cpu:>17}")
+k, n, d = med["keyward"], med["nginx"], med["direct"]
+print(f"keyward/nginx req/s {k[0]/n[0]:.2f}x, p99 {k[2]/n[2]:.2f}x, CPU/req {k[3]/n[3]:.2f}x; keyward/direct req/s {k[0]/d[0]:.2f}x")
+'
