@@ -232,10 +232,10 @@ impl HttpUpstream {
                 credentials,
                 unsigned_payload,
             } => match sigv4::resolve_credentials(credentials, env) {
-                Ok(creds) => Injector::SigV4(sigv4::Signer::new(
+                Ok(resolved) => Injector::SigV4(sigv4::Signer::new(
                     service,
                     region,
-                    creds,
+                    resolved,
                     *unsigned_payload,
                     res.http.max_signed_body,
                 )),

@@ -3,6 +3,7 @@
 //! standard environment variables, else the shared credentials file (`AWS_PROFILE`).
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
@@ -12,6 +13,7 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
+use tracing::{info, warn};
 
 use crate::config::AwsCredentials;
 use crate::error::{ConnError, Reason, Side};
@@ -22,7 +24,9 @@ use crate::secret::Env;
 pub struct Signer {
     service: String,
     region: String,
-    identity: Identity,
+    identity: Mutex<Identity>,
+    /// Set when the credentials came from the shared credentials file: re-read when it changes.
+    shared_file: Option<SharedFile>,
     /// Sign `UNSIGNED-PAYLOAD` and stream the body.
     pub unsigned_payload: bool,
     /// Largest body buffered for hashing.
@@ -30,20 +34,51 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// A signer; `credentials` are already resolved.
+    /// A signer for resolved credentials.
     pub fn new(
         service: &str,
         region: &str,
-        credentials: Credentials,
+        resolved: Resolved,
         unsigned_payload: bool,
         max_body: u64,
     ) -> Self {
         Self {
             service: service.to_owned(),
             region: region.to_owned(),
-            identity: credentials.into(),
+            identity: Mutex::new(resolved.credentials.into()),
+            shared_file: resolved.shared_file,
             unsigned_payload,
             max_body,
+        }
+    }
+
+    /// The identity to sign with; from the shared credentials file, re-read when its
+    /// modification time changed (a broken file keeps the previous credentials, with a warning).
+    fn identity(&self) -> Identity {
+        if let Some(file) = &self.shared_file {
+            let mtime = std::fs::metadata(&file.path)
+                .and_then(|m| m.modified())
+                .ok();
+            let changed = file.mtime.lock().map(|mut seen| {
+                let changed = *seen != mtime;
+                *seen = mtime;
+                changed
+            });
+            if changed.unwrap_or(false) {
+                match from_shared_file(&file.path, &file.profile) {
+                    Ok(creds) => {
+                        info!(file = %file.path.display(), profile = %file.profile, "AWS credentials re-read");
+                        if let Ok(mut id) = self.identity.lock() {
+                            *id = creds.into();
+                        }
+                    }
+                    Err(e) => warn!("keeping the previous AWS credentials: {e}"),
+                }
+            }
+        }
+        match self.identity.lock() {
+            Ok(id) => id.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -68,8 +103,9 @@ impl Signer {
             settings.percent_encoding_mode = PercentEncodingMode::Single;
             settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
         }
+        let identity = self.identity();
         let params = v4::SigningParams::builder()
-            .identity(&self.identity)
+            .identity(&identity)
             .region(&self.region)
             .name(&self.service)
             .time(time)
@@ -107,9 +143,32 @@ impl Signer {
     }
 }
 
+/// Where signing credentials came from.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The credentials now.
+    pub credentials: Credentials,
+    /// The shared credentials file they were read from, if so.
+    pub shared_file: Option<SharedFile>,
+}
+
+/// A shared credentials file and profile, with the modification time last read.
+#[derive(Debug)]
+pub struct SharedFile {
+    path: PathBuf,
+    profile: String,
+    mtime: Mutex<Option<SystemTime>>,
+}
+
 /// Credentials from the config, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/
 /// `AWS_SESSION_TOKEN`, else the shared credentials file's `AWS_PROFILE` (or `default`).
-pub fn resolve_credentials(config: &AwsCredentials, env: &dyn Env) -> Result<Credentials, String> {
+pub fn resolve_credentials(config: &AwsCredentials, env: &dyn Env) -> Result<Resolved, String> {
+    let fixed = |credentials| {
+        Ok(Resolved {
+            credentials,
+            shared_file: None,
+        })
+    };
     if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
         let token = match &config.session_token {
             Some(t) => Some(t.source.resolve(env)?.expose().to_owned()),
@@ -117,7 +176,7 @@ pub fn resolve_credentials(config: &AwsCredentials, env: &dyn Env) -> Result<Cre
         };
         let id = id.source.resolve(env)?;
         let secret = secret.source.resolve(env)?;
-        return Ok(Credentials::new(
+        return fixed(Credentials::new(
             id.expose(),
             secret.expose(),
             token,
@@ -129,7 +188,7 @@ pub fn resolve_credentials(config: &AwsCredentials, env: &dyn Env) -> Result<Cre
         env.var("AWS_ACCESS_KEY_ID"),
         env.var("AWS_SECRET_ACCESS_KEY"),
     ) {
-        return Ok(Credentials::new(
+        return fixed(Credentials::new(
             id,
             secret,
             env.var("AWS_SESSION_TOKEN"),
@@ -137,27 +196,32 @@ pub fn resolve_credentials(config: &AwsCredentials, env: &dyn Env) -> Result<Cre
             "environment",
         ));
     }
-    let file = env
+    let path = env
         .var("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
-        .or_else(|| {
-            env.var("HOME")
-                .map(|h| PathBuf::from(h).join(".aws/credentials"))
-        });
+        .or_else(|| env.var("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))
+        .ok_or_else(|| "no AWS credentials: set access_key_id/secret_access_key, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a shared credentials file".to_owned())?;
     let profile = env
         .var("AWS_PROFILE")
         .unwrap_or_else(|| "default".to_owned());
-    let Some(file) = file else {
-        return Err("no AWS credentials: set access_key_id/secret_access_key, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or a shared credentials file".to_owned());
-    };
-    let text = std::fs::read_to_string(&file).map_err(|e| {
-        format!(
-            "no AWS credentials in the config or environment, and the shared credentials file {:?} cannot be read: {}",
-            file.display().to_string(),
-            crate::config::io_reason(&e)
-        )
+    let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let credentials = from_shared_file(&path, &profile)?;
+    Ok(Resolved {
+        credentials,
+        shared_file: Some(SharedFile {
+            path,
+            profile,
+            mtime: Mutex::new(mtime),
+        }),
+    })
+}
+
+fn from_shared_file(path: &std::path::Path, profile: &str) -> Result<Credentials, String> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!("no AWS credentials in the config or environment, and the shared credentials file {shown:?} cannot be read: {}", crate::config::io_reason(&e))
     })?;
-    let values = ini_section(&text, &profile);
+    let values = ini_section(&text, profile);
     let get = |k: &str| {
         values
             .iter()
@@ -173,8 +237,7 @@ pub fn resolve_credentials(config: &AwsCredentials, env: &dyn Env) -> Result<Cre
             "shared-credentials-file",
         )),
         _ => Err(format!(
-            "profile [{profile}] in {:?} has no aws_access_key_id/aws_secret_access_key",
-            file.display().to_string()
+            "profile [{profile}] in {shown:?} has no aws_access_key_id/aws_secret_access_key"
         )),
     }
 }
@@ -222,13 +285,13 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.access_key_id(), "AKIDENV");
+        assert_eq!(c.credentials.access_key_id(), "AKIDENV");
         let c = resolve_credentials(
             &none,
             &env_with(vec![("AWS_SHARED_CREDENTIALS_FILE", path.clone())]),
         )
         .unwrap();
-        assert_eq!(c.access_key_id(), "AKIDDEFAULT");
+        assert_eq!(c.credentials.access_key_id(), "AKIDDEFAULT");
         let c = resolve_credentials(
             &none,
             &env_with(vec![
@@ -238,7 +301,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (c.access_key_id(), c.session_token()),
+            (c.credentials.access_key_id(), c.credentials.session_token()),
             ("AKIDPROD", Some("tok"))
         );
         let err = resolve_credentials(
@@ -250,5 +313,63 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("profile [nope]"), "{err}");
+    }
+
+    #[test]
+    fn a_changed_shared_credentials_file_is_re_read_for_the_next_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        std::fs::write(
+            &file,
+            "[default]\naws_access_key_id = AKIDOLD\naws_secret_access_key = s1\n",
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let env = move |k: &str| (k == "AWS_SHARED_CREDENTIALS_FILE").then(|| path.clone());
+        let signer = Signer::new(
+            "execute-api",
+            "eu-west-1",
+            resolve_credentials(&AwsCredentials::default(), &env).unwrap(),
+            false,
+            1024,
+        );
+        let credential_of = |signer: &Signer| {
+            let mut req = http::Request::get("https://api.example/x")
+                .body(())
+                .unwrap();
+            signer.sign(&mut req, Some(b""), SystemTime::now()).unwrap();
+            let auth = req.headers()["authorization"].to_str().unwrap().to_owned();
+            auth.split("Credential=")
+                .nth(1)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(credential_of(&signer), "AKIDOLD");
+        // Rotated (a different size, so the change is seen even within one mtime tick).
+        std::fs::write(
+            &file,
+            "[default]\naws_access_key_id = AKIDNEWER\naws_secret_access_key = s2\n",
+        )
+        .unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(2);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(credential_of(&signer), "AKIDNEWER");
+        // A broken rewrite keeps the previous credentials.
+        std::fs::write(&file, "garbage").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later + std::time::Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(credential_of(&signer), "AKIDNEWER");
     }
 }
