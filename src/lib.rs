@@ -10,6 +10,7 @@ pub mod connect;
 pub mod error;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod pki;
 pub mod relay;
 pub mod runtime;

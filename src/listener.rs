@@ -112,6 +112,36 @@ impl Listeners {
     }
 }
 
+/// Binds the listener of one resource.
+pub(crate) async fn bind_one(
+    resource: &ResourceName,
+    listen: &ListenAddr,
+) -> Result<Bound, BindError> {
+    let fail = |reason: String| BindError {
+        resource: resource.clone(),
+        addr: listen.clone(),
+        reason,
+    };
+    let (listener, addr) = match listen {
+        ListenAddr::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| fail(bind_reason(&e)))?;
+            let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+            (Listener::Tcp(listener), BoundAddr::Tcp(local))
+        }
+        ListenAddr::Unix { path, mode } => {
+            let listener = bind_unix(path, *mode).map_err(fail)?;
+            (Listener::Unix(listener), BoundAddr::Unix(path.clone()))
+        }
+    };
+    Ok(Bound {
+        resource: resource.clone(),
+        addr,
+        listener,
+    })
+}
+
 fn bind_reason(err: &io::Error) -> String {
     match err.kind() {
         io::ErrorKind::AddrInUse => {

@@ -21,6 +21,8 @@ pub struct Runtime {
     pub resources: Vec<Arc<ResourceRuntime>>,
     /// Grace period for live connections at shutdown.
     pub shutdown_grace: Duration,
+    /// How long listeners keep accepting after a shutdown signal.
+    pub shutdown_delay: Duration,
 }
 
 /// One resource, ready to serve. Connections take an `Arc` of it at accept and keep it.
@@ -126,6 +128,7 @@ impl Runtime {
             Ok(Self {
                 resources,
                 shutdown_grace: config.shutdown_grace,
+                shutdown_delay: config.shutdown_delay,
             })
         } else {
             Err(Problems(problems))

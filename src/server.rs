@@ -1,23 +1,27 @@
-//! The server: one accept loop per resource, connection tasks, and graceful shutdown.
+//! The server: one accept loop per resource, connection tasks, reload publication and graceful
+//! shutdown.
 //!
 //! Lifecycle (ARCHITECTURE.md): **accept** (span with resource, client, conn) → connect →
-//! secure → (authenticate) → relay → **record** (one classification, one log line, state).
+//! secure → (authenticate) → relay → **record** (one classification, one log line, metrics).
+//! A connection takes its resource's runtime snapshot at accept and keeps it: a reload never
+//! changes a live connection.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::config::ResourceName;
+use crate::config::{protocol_name, ResourceName};
 use crate::error::{ConnError, Reason, Side};
-use crate::listener::{BoundAddr, Listener, Listeners};
+use crate::listener::{bind_one, BindError, BoundAddr, Listener, Listeners};
+use crate::metrics::metrics;
 use crate::relay::Relayed;
 use crate::runtime::{ResourceRuntime, Runtime};
 use crate::tcp::{self, Failure};
@@ -39,15 +43,29 @@ pub struct ResourceState {
     /// Where it listens.
     pub addr: BoundAddr,
     runtime: ArcSwap<ResourceRuntime>,
-    limit: Arc<Semaphore>,
+    limit: ArcSwap<Semaphore>,
     open: AtomicU64,
     total: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<LastError>>,
-    requests: Mutex<std::collections::BTreeMap<u16, u64>>,
+    requests: Mutex<BTreeMap<u16, u64>>,
 }
 
 impl ResourceState {
+    fn new(runtime: Arc<ResourceRuntime>, addr: BoundAddr) -> Self {
+        Self {
+            name: runtime.name.clone(),
+            addr,
+            limit: ArcSwap::from_pointee(Semaphore::new(runtime.max_connections)),
+            runtime: ArcSwap::new(runtime),
+            open: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            requests: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     /// Connections open now.
     pub fn open(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
@@ -58,7 +76,7 @@ impl ResourceState {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Connections that ended in an error.
+    /// Connections (and HTTP requests) that ended in an error.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
@@ -74,11 +92,25 @@ impl ResourceState {
     }
 
     /// HTTP responses sent to apps, by status code.
-    pub fn requests(&self) -> std::collections::BTreeMap<u16, u64> {
+    pub fn requests(&self) -> BTreeMap<u16, u64> {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// Publishes a new snapshot for new connections (reload).
+    fn publish(&self, runtime: Arc<ResourceRuntime>) {
+        if runtime.max_connections != self.runtime().max_connections {
+            // Live connections keep their permits of the old semaphore.
+            self.limit
+                .store(Arc::new(Semaphore::new(runtime.max_connections)));
+        }
+        self.runtime.store(runtime);
+    }
+
     pub(crate) fn count_request(&self, status: http::StatusCode) {
+        metrics()
+            .http_requests
+            .with_label_values(&[self.name.as_str(), status.as_str()])
+            .inc();
         if let Ok(mut r) = self.requests.lock() {
             *r.entry(status.as_u16()).or_default() += 1;
         }
@@ -86,30 +118,20 @@ impl ResourceState {
 
     pub(crate) fn record(&self, error: ConnError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        metrics()
+            .errors
+            .with_label_values(&[
+                self.name.as_str(),
+                error.side.as_str(),
+                error.reason.as_str(),
+            ])
+            .inc();
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(LastError {
                 at: SystemTime::now(),
                 error,
             });
         }
-    }
-}
-
-/// Shared view of all resources' state.
-#[derive(Debug, Clone, Default)]
-pub struct State {
-    resources: Vec<Arc<ResourceState>>,
-}
-
-impl State {
-    /// The state of one resource.
-    pub fn resource(&self, name: &str) -> Option<&Arc<ResourceState>> {
-        self.resources.iter().find(|r| r.name.as_str() == name)
-    }
-
-    /// All resources.
-    pub fn resources(&self) -> &[Arc<ResourceState>] {
-        &self.resources
     }
 }
 
@@ -120,12 +142,204 @@ pub struct Outcome {
     pub cut: usize,
 }
 
+struct Slot {
+    state: Arc<ResourceState>,
+    /// Stops the accept loop.
+    stop: CancellationToken,
+    /// Closes the resource's live connections (end of a drain).
+    kill: CancellationToken,
+}
+
+struct Inner {
+    slots: Mutex<BTreeMap<ResourceName, Slot>>,
+    connections: TaskTracker,
+    accept_loops: TaskTracker,
+    kill: CancellationToken,
+    shutdown: CancellationToken,
+    ids: AtomicU64,
+    grace: Mutex<Duration>,
+    delay: Mutex<Duration>,
+    started: AtomicBool,
+    draining: AtomicBool,
+}
+
+/// A handle on the live server: state for the admin endpoint and tests, reload publication,
+/// shutdown requests. Cheap to clone.
+#[derive(Clone)]
+pub struct State {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("resources", &self.resources().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// The state of one resource.
+    pub fn resource(&self, name: &str) -> Option<Arc<ResourceState>> {
+        let slots = self.inner.slots.lock().ok()?;
+        slots
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, s)| s.state.clone())
+    }
+
+    /// All resources, by name.
+    pub fn resources(&self) -> Vec<Arc<ResourceState>> {
+        self.inner
+            .slots
+            .lock()
+            .map(|s| s.values().map(|slot| slot.state.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether every listener is bound (the server is running).
+    pub fn started(&self) -> bool {
+        self.inner.started.load(Ordering::Relaxed)
+    }
+
+    /// Ready for traffic: started, not draining, every resource with a usable TLS config.
+    /// Otherwise the reasons.
+    pub fn ready(&self) -> Result<(), Vec<String>> {
+        let mut not = Vec::new();
+        if !self.started() {
+            not.push("listeners are not bound yet".to_owned());
+        }
+        if self.inner.draining.load(Ordering::Relaxed) {
+            not.push("shutting down".to_owned());
+        }
+        if not.is_empty() {
+            Err(not)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Asks for a graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Publishes a new runtime (reload): binds listeners of new resources and of resources
+    /// whose address changed first — if any bind fails, nothing changes; then swaps snapshots,
+    /// starts and retires accept loops. Removed or moved resources' live connections drain for
+    /// the grace period. Resources that did not change are untouched.
+    pub async fn apply(&self, runtime: Runtime) -> Result<(), BindError> {
+        let needs_bind: Vec<Arc<ResourceRuntime>> = {
+            let slots = self.inner.slots.lock().map_err(|_| poisoned())?;
+            runtime
+                .resources
+                .iter()
+                .filter(|res| {
+                    slots
+                        .get(&res.name)
+                        .is_none_or(|slot| slot.state.runtime().listen != res.listen)
+                })
+                .cloned()
+                .collect()
+        };
+        let mut bound = BTreeMap::new();
+        for res in &needs_bind {
+            bound.insert(res.name.clone(), bind_one(&res.name, &res.listen).await?);
+        }
+        if let Ok(mut grace) = self.inner.grace.lock() {
+            *grace = runtime.shutdown_grace;
+        }
+        if let Ok(mut delay) = self.inner.delay.lock() {
+            *delay = runtime.shutdown_delay;
+        }
+        let grace = runtime.shutdown_grace;
+        let mut slots = self.inner.slots.lock().map_err(|_| poisoned())?;
+        let keep: Vec<ResourceName> = runtime.resources.iter().map(|r| r.name.clone()).collect();
+        let removed: Vec<ResourceName> = slots
+            .keys()
+            .filter(|n| !keep.contains(n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(slot) = slots.remove(&name) {
+                info!(resource = %name, "resource removed: listener closed, live connections drain");
+                metrics().forget(name.as_str());
+                retire(slot, grace);
+            }
+        }
+        for res in runtime.resources {
+            match bound.remove(&res.name) {
+                Some(b) => {
+                    if let Some(old) = slots.remove(&res.name) {
+                        info!(resource = %res.name, from = %old.state.addr, to = %b.addr, "resource moved: old listener closed, its live connections drain");
+                        retire(old, grace);
+                    } else {
+                        info!(resource = %res.name, addr = %b.addr, "resource added");
+                    }
+                    let slot = self.spawn_slot(res, b.addr, b.listener);
+                    slots.insert(slot.state.name.clone(), slot);
+                }
+                None => {
+                    if let Some(slot) = slots.get(&res.name) {
+                        slot.state.publish(res);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_slot(
+        &self,
+        runtime: Arc<ResourceRuntime>,
+        addr: BoundAddr,
+        listener: Listener,
+    ) -> Slot {
+        let state = Arc::new(ResourceState::new(runtime, addr));
+        let stop = CancellationToken::new();
+        let kill = self.inner.kill.child_token();
+        info!(resource = %state.name, addr = %state.addr, upstream = %state.runtime().upstream, "listening");
+        self.inner.accept_loops.spawn(accept_loop(
+            state.clone(),
+            listener,
+            stop.clone(),
+            kill.clone(),
+            self.inner.clone(),
+        ));
+        Slot { state, stop, kill }
+    }
+}
+
+fn poisoned() -> BindError {
+    BindError {
+        resource: ResourceName::internal(),
+        addr: crate::config::ListenAddr::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        reason: "internal state lock poisoned".to_owned(),
+    }
+}
+
+/// Stops a slot's accept loop now and closes its connections after `grace`.
+fn retire(slot: Slot, grace: Duration) {
+    slot.stop.cancel();
+    let kill = slot.kill;
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(grace) => kill.cancel(),
+            () = kill.cancelled() => {}
+        }
+    });
+}
+
 /// A runtime and its bound listeners, ready to serve.
-#[derive(Debug)]
 pub struct Server {
-    slots: Vec<(Arc<ResourceState>, Listener)>,
     state: State,
-    grace: Duration,
+    pending: Vec<(Arc<ResourceRuntime>, BoundAddr, Listener)>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
 }
 
 /// The runtime and the listeners do not describe the same resources.
@@ -137,32 +351,29 @@ impl Server {
     /// Pairs each resource with its listener.
     pub fn new(runtime: Runtime, listeners: Listeners) -> Result<Self, MissingListener> {
         let mut bound = listeners.0;
-        let mut slots = Vec::new();
+        let mut pending = Vec::new();
         for res in runtime.resources {
             let Some(i) = bound.iter().position(|b| b.resource == res.name) else {
                 return Err(MissingListener(res.name.clone()));
             };
             let b = bound.swap_remove(i);
-            let state = Arc::new(ResourceState {
-                name: res.name.clone(),
-                addr: b.addr,
-                limit: Arc::new(Semaphore::new(res.max_connections)),
-                runtime: ArcSwap::new(res),
-                open: AtomicU64::new(0),
-                total: AtomicU64::new(0),
-                errors: AtomicU64::new(0),
-                last_error: Mutex::new(None),
-                requests: Mutex::new(Default::default()),
-            });
-            slots.push((state, b.listener));
+            pending.push((res, b.addr, b.listener));
         }
-        let state = State {
-            resources: slots.iter().map(|(s, _)| s.clone()).collect(),
-        };
+        let inner = Arc::new(Inner {
+            slots: Mutex::new(BTreeMap::new()),
+            connections: TaskTracker::new(),
+            accept_loops: TaskTracker::new(),
+            kill: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            ids: AtomicU64::new(0),
+            grace: Mutex::new(runtime.shutdown_grace),
+            delay: Mutex::new(runtime.shutdown_delay),
+            started: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        });
         Ok(Self {
-            slots,
-            state,
-            grace: runtime.shutdown_grace,
+            state: State { inner },
+            pending,
         })
     }
 
@@ -171,41 +382,54 @@ impl Server {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` completes; then stops accepting, lets live connections finish
-    /// for the grace period, and closes what is left.
+    /// Serves until `shutdown` completes or [`State::shutdown`] is called; then: not ready at
+    /// once, keeps accepting for `shutdown_delay`, stops accepting, lets live connections finish
+    /// for `shutdown_grace`, and closes what is left.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Outcome {
-        let stop = CancellationToken::new();
-        let kill = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let ids = Arc::new(AtomicU64::new(0));
-        let mut loops = JoinSet::new();
-        for (state, listener) in self.slots {
-            info!(resource = %state.name, addr = %state.addr, upstream = %state.runtime().upstream, "listening");
-            loops.spawn(accept_loop(
-                state,
-                listener,
-                stop.clone(),
-                kill.clone(),
-                tracker.clone(),
-                ids.clone(),
-            ));
+        let state = self.state;
+        {
+            let mut slots = match state.inner.slots.lock() {
+                Ok(slots) => slots,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for (runtime, addr, listener) in self.pending {
+                let slot = state.spawn_slot(runtime, addr, listener);
+                slots.insert(slot.state.name.clone(), slot);
+            }
         }
-        shutdown.await;
-        info!(live = tracker.len(), grace = %humantime::format_duration(self.grace), "shutting down: no new connections, waiting for live ones");
-        stop.cancel();
-        while loops.join_next().await.is_some() {}
-        tracker.close();
-        if tokio::time::timeout(self.grace, tracker.wait())
+        state.inner.started.store(true, Ordering::Relaxed);
+        tokio::select! {
+            () = shutdown => {}
+            () = state.inner.shutdown.cancelled() => info!("shutdown requested"),
+        }
+        state.inner.draining.store(true, Ordering::Relaxed);
+        let delay = state.inner.delay.lock().map(|d| *d).unwrap_or_default();
+        if !delay.is_zero() {
+            info!(delay = %humantime::format_duration(delay), "not ready; still accepting during shutdown_delay");
+            tokio::time::sleep(delay).await;
+        }
+        let grace = state.inner.grace.lock().map(|g| *g).unwrap_or_default();
+        let inner = &state.inner;
+        info!(live = inner.connections.len(), grace = %humantime::format_duration(grace), "shutting down: no new connections, waiting for live ones");
+        if let Ok(slots) = inner.slots.lock() {
+            for slot in slots.values() {
+                slot.stop.cancel();
+            }
+        }
+        inner.accept_loops.close();
+        inner.accept_loops.wait().await;
+        inner.connections.close();
+        if tokio::time::timeout(grace, inner.connections.wait())
             .await
             .is_ok()
         {
             info!("all connections finished");
             return Outcome { cut: 0 };
         }
-        let cut = tracker.len();
+        let cut = inner.connections.len();
         warn!(cut, "grace period over: closing the remaining connections");
-        kill.cancel();
-        tracker.wait().await;
+        inner.kill.cancel();
+        inner.connections.wait().await;
         Outcome { cut }
     }
 }
@@ -215,8 +439,7 @@ async fn accept_loop(
     listener: Listener,
     stop: CancellationToken,
     kill: CancellationToken,
-    tracker: TaskTracker,
-    ids: Arc<AtomicU64>,
+    inner: Arc<Inner>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -232,10 +455,15 @@ async fn accept_loop(
                 continue;
             }
         };
+        let runtime = state.runtime();
         state.total.fetch_add(1, Ordering::Relaxed);
-        let conn = ids.fetch_add(1, Ordering::Relaxed);
-        let Ok(permit) = state.limit.clone().try_acquire_owned() else {
-            let limit = state.runtime().max_connections;
+        metrics()
+            .connections
+            .with_label_values(&[state.name.as_str(), protocol_name(runtime.protocol)])
+            .inc();
+        let conn = inner.ids.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = state.limit.load_full().try_acquire_owned() else {
+            let limit = runtime.max_connections;
             warn!(resource = %state.name, client = %peer, conn, limit, "closing new connection: max_connections reached");
             state.record(ConnError::new(
                 Side::Internal,
@@ -245,14 +473,15 @@ async fn accept_loop(
             drop(client);
             continue;
         };
-        let runtime = state.runtime();
         let state = state.clone();
         let kill = kill.clone();
         let span = info_span!("conn", resource = %state.name, client = %peer, conn);
-        tracker.spawn(
+        inner.connections.spawn(
             async move {
                 let _permit = permit;
+                let open = metrics().open.with_label_values(&[state.name.as_str()]);
                 state.open.fetch_add(1, Ordering::Relaxed);
+                open.inc();
                 debug!("accepted");
                 let serving = async {
                     match runtime.http.clone() {
@@ -268,6 +497,7 @@ async fn accept_loop(
                     () = kill.cancelled() => None,
                 };
                 state.open.fetch_sub(1, Ordering::Relaxed);
+                open.dec();
                 record(&state, result);
             }
             .instrument(span),
@@ -278,11 +508,20 @@ async fn accept_loop(
     }
 }
 
-/// Lifecycle phase **record**: one classification, one log line.
+/// Lifecycle phase **record**: one classification, one log line, the metrics.
 fn record(state: &ResourceState, result: Option<Result<Relayed, Failure>>) {
     match result {
-        None => debug!("closed at the end of the shutdown grace period"),
-        Some(Ok(done)) => debug!(sent = done.sent, received = done.received, "closed"),
+        None => debug!("closed at the end of the grace period"),
+        Some(Ok(done)) => {
+            let bytes = &metrics().bytes;
+            bytes
+                .with_label_values(&[state.name.as_str(), "client_to_upstream"])
+                .inc_by(done.sent);
+            bytes
+                .with_label_values(&[state.name.as_str(), "upstream_to_client"])
+                .inc_by(done.received);
+            debug!(sent = done.sent, received = done.received, "closed");
+        }
         Some(Err(Failure::Open(e))) => {
             warn!(
                 side = e.side.as_str(),

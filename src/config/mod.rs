@@ -89,6 +89,11 @@ impl std::error::Error for Problems {}
 pub struct ResourceName(String);
 
 impl ResourceName {
+    /// A name for keyward's own (non-resource) errors.
+    pub(crate) fn internal() -> Self {
+        Self("keyward".to_owned())
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -112,6 +117,8 @@ pub struct Config {
     pub log: LogSettings,
     /// How long live connections may finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long listeners keep accepting (not ready) after a shutdown signal.
+    pub shutdown_delay: Duration,
     /// The resources, in file order.
     pub resources: Vec<ResourceConfig>,
 }
@@ -556,6 +563,11 @@ impl Ctx {
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE)
             })
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        let shutdown_delay = raw
+            .shutdown_delay
+            .as_ref()
+            .and_then(|v| self.duration(v, "shutdown_delay", true))
+            .unwrap_or_default();
 
         let mut resources = Vec::new();
         let mut names = HashSet::new();
@@ -587,6 +599,7 @@ impl Ctx {
             admin,
             log,
             shutdown_grace,
+            shutdown_delay,
             resources,
         }
     }

@@ -17,6 +17,7 @@ pub struct File {
     #[serde(default)]
     pub defaults: Defaults,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub shutdown_delay: Option<Spanned<String>>,
     pub resources: Vec<Resource>,
 }
 
