@@ -4,6 +4,7 @@
 //! TLS it verifies as configured (optionally with a client certificate) and relays. The entry
 //! points: [`config::load`] → [`Runtime::build`] → [`Listeners::bind`] → [`run`].
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connect;
@@ -13,6 +14,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pki;
 pub mod relay;
+pub mod reload;
 pub mod runtime;
 pub mod secret;
 pub mod server;

@@ -166,21 +166,5 @@ impl Runtime {
 }
 
 fn secrets(auth: &Auth) -> Vec<&SecretRef> {
-    match auth {
-        Auth::None => vec![],
-        Auth::Password { password, .. } => password.iter().collect(),
-        Auth::RdsIam { credentials: c, .. } | Auth::AwsSigV4 { credentials: c, .. } => {
-            [&c.access_key_id, &c.secret_access_key, &c.session_token]
-                .into_iter()
-                .flatten()
-                .collect()
-        }
-        Auth::ApiKey { value, .. } => vec![value],
-        Auth::Basic { password, .. } => vec![password],
-        Auth::Bearer { token } => vec![token],
-        Auth::OAuth2(o) => [&o.client_secret, &o.refresh_token]
-            .into_iter()
-            .flatten()
-            .collect(),
-    }
+    crate::reload::auth_secrets_of(auth)
 }

@@ -1,0 +1,312 @@
+//! Hot reload: file changes and SIGHUP only *ask*; one function reloads: read → resolve →
+//! build everything → only if all of it succeeded, publish (ARCHITECTURE.md "Reload").
+//!
+//! The watcher watches **directories** (ARCHITECTURE.md: editors and Kubernetes replace files
+//! by rename and by swapping a `..data` symlink; a watch on the file itself goes deaf after the
+//! first swap). Events are debounced; a change that leaves a certificate and its key mismatched
+//! or a PEM half-written is retried once after the debounce before it counts as an error.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Auth, Config, Problems, SecretRef, TlsSettings};
+use crate::metrics::metrics;
+use crate::runtime::Runtime;
+use crate::secret::Env;
+use crate::server::State;
+
+/// How long events are collected before one reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Reloads one config file into a running server.
+pub struct Reloader {
+    path: PathBuf,
+    env: Arc<dyn Env>,
+    state: State,
+}
+
+/// Why a reload did not publish.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The config or a file it names is wrong.
+    Invalid(Problems),
+    /// A new or moved listener could not be bound.
+    Bind(crate::listener::BindError),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(p) => write!(f, "{p}"),
+            Self::Bind(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl ReloadError {
+    /// Looks like material caught mid-rotation (a pair changing together, a file half-written).
+    fn transient(&self) -> bool {
+        match self {
+            Self::Invalid(p) => p.0.iter().any(|p| {
+                let m = &p.message;
+                m.contains("key does not match certificate")
+                    || m.contains("malformed PEM")
+                    || m.contains("no PEM")
+                    || m.contains("not found")
+            }),
+            Self::Bind(_) => false,
+        }
+    }
+}
+
+/// Records a successful (re)load in the metrics.
+pub fn count_success() {
+    metrics().reloads.with_label_values(&["success"]).inc();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    metrics().last_reload_success.set(now);
+}
+
+impl Reloader {
+    /// A reloader for the config at `path`.
+    pub fn new(path: PathBuf, env: Arc<dyn Env>, state: State) -> Self {
+        Self { path, env, state }
+    }
+
+    /// One reload attempt; logs and counts the outcome. On failure the running configuration
+    /// stays entirely as it was.
+    pub async fn reload(&self) -> Result<Config, ReloadError> {
+        let result = self.try_reload().await;
+        match &result {
+            Ok(config) => {
+                count_success();
+                info!(resources = config.resources.len(), "configuration reloaded");
+            }
+            Err(e) => self.report(e),
+        }
+        result
+    }
+
+    fn report(&self, e: &ReloadError) {
+        metrics().reloads.with_label_values(&["error"]).inc();
+        match e {
+            ReloadError::Invalid(problems) => {
+                for p in &problems.0 {
+                    warn!("reload failed, keeping the running configuration: {p}");
+                }
+            }
+            ReloadError::Bind(b) => warn!("reload failed, keeping the running configuration: {b}"),
+        }
+    }
+
+    async fn try_reload(&self) -> Result<Config, ReloadError> {
+        let (config, runtime) =
+            Runtime::load(&self.path, self.env.as_ref()).map_err(ReloadError::Invalid)?;
+        runtime.log_summary();
+        self.state.apply(runtime).await.map_err(ReloadError::Bind)?;
+        Ok(config)
+    }
+
+    /// Watches the config and every file it references; reloads on change or SIGHUP until
+    /// `stop` is cancelled.
+    pub async fn watch(self, config: Config, stop: CancellationToken) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+        let mut watcher = match notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot watch files, hot reload on file change is off (SIGHUP still works): {e}");
+                return self.sighup_only(stop).await;
+            }
+        };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        let mut watched = WatchSet::default();
+        watched.update(&mut watcher, &self.path, &config);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                Some(event) = rx.recv() => {
+                    if !watched.relevant(&event) {
+                        continue;
+                    }
+                    debug!(?event, "watched file changed");
+                }
+                Some(()) = recv_hup(&mut hup) => info!("SIGHUP received: reloading"),
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            let mut result = self.try_reload().await;
+            if let Err(e) = &result {
+                if e.transient() {
+                    debug!(
+                        "reload found material mid-rotation; retrying once after the debounce: {e}"
+                    );
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                    result = self.try_reload().await;
+                }
+            }
+            match result {
+                Ok(config) => {
+                    count_success();
+                    info!(resources = config.resources.len(), "configuration reloaded");
+                    watched.update(&mut watcher, &self.path, &config);
+                }
+                Err(e) => self.report(&e),
+            }
+        }
+    }
+
+    async fn sighup_only(self, stop: CancellationToken) {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = hup.recv() => { let _ = self.reload().await; }
+            }
+        }
+    }
+}
+
+async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The files a config depends on and the directories watched for them.
+#[derive(Default)]
+struct WatchSet {
+    files: BTreeSet<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl WatchSet {
+    fn update(
+        &mut self,
+        watcher: &mut notify::RecommendedWatcher,
+        config_path: &Path,
+        config: &Config,
+    ) {
+        let files = referenced_files(config_path, config);
+        let mut dirs = BTreeSet::new();
+        for file in &files {
+            let Some(dir) = file.parent() else { continue };
+            // A directory that does not exist yet: watch the nearest existing ancestor.
+            let mut dir = dir.to_path_buf();
+            while !dir.exists() {
+                match dir.parent() {
+                    Some(p) => dir = p.to_path_buf(),
+                    None => break,
+                }
+            }
+            dirs.insert(if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            });
+        }
+        for gone in self.dirs.difference(&dirs) {
+            let _ = watcher.unwatch(gone);
+        }
+        for new in dirs.difference(&self.dirs) {
+            if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
+                warn!(dir = %new.display(), "cannot watch directory: {e}");
+            }
+        }
+        debug!(files = files.len(), dirs = dirs.len(), "watching");
+        self.files = files;
+        self.dirs = dirs;
+    }
+
+    /// An event about one of our files, a Kubernetes `..data` swap, or a directory on the way
+    /// to one of our files.
+    fn relevant(&self, event: &notify::Result<notify::Event>) -> bool {
+        let Ok(event) = event else { return true };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return false;
+        }
+        event.paths.iter().any(|p| {
+            self.files.contains(p)
+                || p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(".."))
+                || self.files.iter().any(|f| f.starts_with(p))
+        })
+    }
+}
+
+/// The config file and every file it names (TLS material, `${file:...}` secrets).
+pub fn referenced_files(config_path: &Path, config: &Config) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::new();
+    files.insert(absolute(config_path));
+    let mut tls = |t: &TlsSettings| {
+        files.extend(t.ca.iter().map(|f| absolute(&f.path)));
+        if let Some(c) = &t.client {
+            files.insert(absolute(&c.cert.path));
+            files.insert(absolute(&c.key.path));
+        }
+    };
+    let mut secrets: Vec<&SecretRef> = Vec::new();
+    for res in &config.resources {
+        tls(&res.tls);
+        if let Auth::OAuth2(o) = &res.auth {
+            tls(&o.tls);
+        }
+        secrets.extend(auth_secrets_of(&res.auth));
+        secrets.extend(res.headers.iter().map(|(_, s)| s));
+    }
+    files.extend(secrets.iter().filter_map(|s| s.source.file()).map(absolute));
+    files
+}
+
+/// The secrets an auth block names.
+pub(crate) fn auth_secrets_of(auth: &Auth) -> Vec<&SecretRef> {
+    match auth {
+        Auth::None => vec![],
+        Auth::Password { password, .. } => password.iter().collect(),
+        Auth::RdsIam { credentials: c, .. } | Auth::AwsSigV4 { credentials: c, .. } => {
+            [&c.access_key_id, &c.secret_access_key, &c.session_token]
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+        Auth::ApiKey { value, .. } => vec![value],
+        Auth::Basic { password, .. } => vec![password],
+        Auth::Bearer { token } => vec![token],
+        Auth::OAuth2(o) => [&o.client_secret, &o.refresh_token]
+            .into_iter()
+            .flatten()
+            .collect(),
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
