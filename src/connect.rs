@@ -100,11 +100,53 @@ pub async fn secure(
 
 /// connect + secure, per the resource's TLS mode.
 pub async fn open(res: &ResourceRuntime) -> Result<UpstreamStream, ConnError> {
-    let tcp = connect(&res.upstream, res.connect_timeout).await?;
-    match &res.tls {
-        Some(tls) => Ok(Either::Right(
-            secure(tcp, tls, res.handshake_timeout).await?,
-        )),
-        None => Ok(Either::Left(tcp)),
+    open_observed(
+        res.name.as_str(),
+        &res.upstream,
+        res.tls.as_ref(),
+        res.connect_timeout,
+        res.handshake_timeout,
+    )
+    .await
+}
+
+/// connect + secure, timing both phases into the metrics and recording the expiry of the leaf
+/// certificate the upstream presented. An empty `resource` is not observed.
+pub async fn open_observed(
+    resource: &str,
+    upstream: &Upstream,
+    tls: Option<&TlsClient>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+) -> Result<UpstreamStream, ConnError> {
+    if resource.is_empty() {
+        let tcp = connect(upstream, connect_timeout).await?;
+        return match tls {
+            Some(tls) => Ok(Either::Right(secure(tcp, tls, handshake_timeout).await?)),
+            None => Ok(Either::Left(tcp)),
+        };
     }
+    let m = crate::metrics::metrics();
+    let started = tokio::time::Instant::now();
+    let tcp = connect(upstream, connect_timeout).await?;
+    m.connect_seconds
+        .with_label_values(&[resource])
+        .observe(started.elapsed().as_secs_f64());
+    let Some(tls) = tls else {
+        return Ok(Either::Left(tcp));
+    };
+    let started = tokio::time::Instant::now();
+    let stream = secure(tcp, tls, handshake_timeout).await?;
+    m.handshake_seconds
+        .with_label_values(&[resource])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(leaf) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    {
+        m.observe_leaf(resource, leaf);
+    }
+    Ok(Either::Right(stream))
 }

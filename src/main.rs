@@ -109,16 +109,41 @@ fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
         format.map(to_format).unwrap_or(config.log.format),
         "info",
     );
-    finish(self::runtime().and_then(|rt| {
+    let path = path.to_path_buf();
+    let result = self::runtime().and_then(|rt| {
         rt.block_on(async move {
             runtime.log_summary();
+            keyward::reload::count_success();
             let listeners = Listeners::bind(&runtime).await?;
             let server = Server::new(runtime, listeners)?;
+            let state = server.state();
+            let stop = tokio_util::sync::CancellationToken::new();
+            if let Some(admin) = &config.admin {
+                let listener = tokio::net::TcpListener::bind(admin.listen)
+                    .await
+                    .with_context(|| {
+                        format!("admin endpoint: cannot listen on {}", admin.listen)
+                    })?;
+                tokio::spawn(keyward::admin::serve(listener, state.clone(), stop.clone()));
+            }
+            let reloader = keyward::reload::Reloader::new(
+                path,
+                std::sync::Arc::new(ProcessEnv),
+                state.clone(),
+            );
+            tokio::spawn(reloader.watch(config, stop.clone()));
             let outcome = server.run(shutdown_signal()).await;
+            stop.cancel();
             tracing::info!(cut = outcome.cut, "stopped");
-            Ok(())
+            Ok(outcome.cut)
         })
-    }))
+    });
+    match result {
+        // Exit 1 when the grace period ran out with connections still open.
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => finish(Err(e)),
+    }
 }
 
 fn finish(result: anyhow::Result<()>) -> ExitCode {

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub oauth2_refreshes: IntCounterVec,
     /// Secret and credential reads, by result.
     pub credential_reads: IntCounterVec,
+    /// The last upstream leaf seen per resource, so it is parsed only when it changes.
+    leaves: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -89,6 +91,7 @@ impl Metrics {
             oauth2_refreshes: reg!(counter("keyward_oauth2_token_refreshes_total", "OAuth2 token fetches, by result.", &["resource", "result"])),
             credential_reads: reg!(counter("keyward_credential_reads_total", "Secret and credential reads, by result.", &["resource", "result"])),
             registry: registry.clone(),
+            leaves: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let build = reg!(IntGaugeVec::new(
             Opts::new("keyward_build_info", "keyward's version; always 1."),
@@ -108,6 +111,26 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Records the expiry of the leaf certificate an upstream presented (parsed only when it
+    /// differs from the last one seen for the resource).
+    pub fn observe_leaf(&self, resource: &str, leaf: &rustls::pki_types::CertificateDer<'_>) {
+        let Ok(mut seen) = self.leaves.lock() else {
+            return;
+        };
+        if seen
+            .get(resource)
+            .is_some_and(|der| der.as_slice() == leaf.as_ref())
+        {
+            return;
+        }
+        if let Ok(info) = crate::tls::CertInfo::parse(leaf) {
+            self.cert_expiration
+                .with_label_values(&[resource, "upstream_leaf"])
+                .set(info.not_after as f64);
+        }
+        seen.insert(resource.to_owned(), leaf.to_vec());
     }
 
     /// Drops the gauges of a removed resource (counters keep their totals).

@@ -106,7 +106,13 @@ impl Runtime {
                     .into_iter()
                     .chain(res.headers.iter().map(|(_, s)| s))
                 {
-                    if let Err(message) = secret.source.resolve(env) {
+                    let result = secret.source.resolve(env);
+                    let outcome = if result.is_ok() { "success" } else { "error" };
+                    crate::metrics::metrics()
+                        .credential_reads
+                        .with_label_values(&[res.name.as_str(), outcome])
+                        .inc();
+                    if let Err(message) = result {
                         push(secret.site.clone(), message);
                     }
                 }
@@ -138,6 +144,7 @@ impl Runtime {
     /// Logs what was loaded: one line per resource at info (cert subject, serial, expiry),
     /// and a warning for every `insecure` resource, at every load.
     pub fn log_summary(&self) {
+        self.warn_expiring();
         for res in &self.resources {
             let mode = res.tls.as_ref().map_or(TlsMode::Disable, |t| t.mode);
             match res.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
@@ -160,6 +167,36 @@ impl Runtime {
             }
             if mode == TlsMode::Disable {
                 warn!(resource = %res.name, "tls.mode is disable: traffic to {} is plaintext", res.upstream);
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// Sets the certificate expiry gauges and warns for every certificate in use that expires
+    /// within 7 days. Called at each load and once a day.
+    pub fn warn_expiring(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        for res in &self.resources {
+            let Some(tls) = &res.tls else { continue };
+            let mut certs = Vec::new();
+            if let Some(c) = &tls.client_cert {
+                certs.push(("client_cert", c.not_after, c.subject.clone()));
+            }
+            if let Some(not_after) = tls.ca_not_after {
+                certs.push(("ca", not_after, "tls.ca".to_owned()));
+            }
+            for (role, not_after, what) in certs {
+                crate::metrics::metrics()
+                    .cert_expiration
+                    .with_label_values(&[res.name.as_str(), role])
+                    .set(not_after as f64);
+                if not_after - now < 7 * 24 * 3600 {
+                    warn!(resource = %res.name, role, not_after = %tls::rfc3339(not_after), "certificate {what} expires within 7 days");
+                }
             }
         }
     }

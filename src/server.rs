@@ -398,10 +398,29 @@ impl Server {
             }
         }
         state.inner.started.store(true, Ordering::Relaxed);
+        // "once per day per cert": re-check expiries daily (each load checks too).
+        let daily = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let resources = state.resources().iter().map(|r| r.runtime()).collect();
+                    Runtime {
+                        resources,
+                        shutdown_grace: Duration::ZERO,
+                        shutdown_delay: Duration::ZERO,
+                    }
+                    .warn_expiring();
+                }
+            })
+        };
         tokio::select! {
             () = shutdown => {}
             () = state.inner.shutdown.cancelled() => info!("shutdown requested"),
         }
+        daily.abort();
         state.inner.draining.store(true, Ordering::Relaxed);
         let delay = state.inner.delay.lock().map(|d| *d).unwrap_or_default();
         if !delay.is_zero() {

@@ -20,6 +20,7 @@ use crate::tls::TlsClient;
 /// Connects to one upstream with one TLS client config; the request URI is not consulted.
 #[derive(Clone, Debug)]
 pub struct Connector {
+    pub(crate) resource: String,
     pub(crate) upstream: Upstream,
     pub(crate) tls: Option<TlsClient>,
     pub(crate) connect_timeout: Duration,
@@ -38,13 +39,14 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = connect::connect(&this.upstream, this.connect_timeout).await?;
-            let stream = match &this.tls {
-                Some(tls) => tokio_util::either::Either::Right(
-                    connect::secure(tcp, tls, this.handshake_timeout).await?,
-                ),
-                None => tokio_util::either::Either::Left(tcp),
-            };
+            let stream = connect::open_observed(
+                &this.resource,
+                &this.upstream,
+                this.tls.as_ref(),
+                this.connect_timeout,
+                this.handshake_timeout,
+            )
+            .await?;
             Ok(TokioIo::new(Conn(stream)))
         })
     }

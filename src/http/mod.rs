@@ -88,6 +88,7 @@ impl HttpUpstream {
                 vec![(res.site.clone(), "http upstream without a URL".to_owned())]
             })?;
         let connector = Connector {
+            resource: res.name.to_string(),
             upstream: res.upstream.clone(),
             tls: tls.cloned(),
             connect_timeout: res.connect_timeout,
@@ -108,9 +109,16 @@ impl HttpUpstream {
             .pool_max_idle_per_host(0)
             .build(upgrade_connector);
         let problems = std::cell::RefCell::new(Vec::new());
+        let reads = &crate::metrics::metrics().credential_reads;
         let secret = |s: &crate::config::SecretRef| match s.source.resolve(env) {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                reads
+                    .with_label_values(&[res.name.as_str(), "success"])
+                    .inc();
+                Some(v)
+            }
             Err(e) => {
+                reads.with_label_values(&[res.name.as_str(), "error"]).inc();
                 problems.borrow_mut().push((s.site.clone(), e));
                 None
             }
@@ -208,13 +216,16 @@ impl HttpUpstream {
                     ),
                     url: Some(o.token_url.clone()),
                 };
+                // The token endpoint's connections are not the resource's upstream: unobserved.
                 let connector = Connector {
+                    resource: String::new(),
                     upstream: token_upstream,
                     tls: token_tls,
                     connect_timeout: res.connect_timeout,
                     handshake_timeout: res.handshake_timeout,
                 };
                 let settings = oauth2::Settings {
+                    resource: res.name.to_string(),
                     token_url: o.token_url.clone(),
                     client_id: o.client_id.clone(),
                     client_secret,

@@ -30,6 +30,8 @@ const MAX_RESPONSE: usize = 64 * 1024;
 /// The resolved settings of an `oauth2` resource.
 #[derive(Debug)]
 pub struct Settings {
+    /// The resource (metric label).
+    pub resource: String,
     /// Token endpoint.
     pub token_url: http::Uri,
     /// Client id.
@@ -151,7 +153,13 @@ impl TokenSource {
                 let jitter = base.mul_f64(fastrand::f64());
                 tokio::time::sleep(base + jitter).await;
             }
-            match self.fetch().await {
+            let result = self.fetch().await;
+            let outcome = if result.is_ok() { "success" } else { "error" };
+            crate::metrics::metrics()
+                .oauth2_refreshes
+                .with_label_values(&[self.settings.resource.as_str(), outcome])
+                .inc();
+            match result {
                 Ok(token) => {
                     let value = token.value.clone();
                     if let Ok(mut current) = self.current.lock() {

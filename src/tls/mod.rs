@@ -34,6 +34,8 @@ pub struct TlsClient {
     pub mode: TlsMode,
     /// The client certificate presented, if mTLS.
     pub client_cert: Option<CertInfo>,
+    /// The earliest expiry (Unix seconds) among the CA certificates of `tls.ca`.
+    pub ca_not_after: Option<i64>,
 }
 
 /// What may be logged about a certificate: never key material.
@@ -104,6 +106,17 @@ pub fn build_client(
     }
     let provider = provider();
     let mut problems = Vec::new();
+    let ca_not_after = settings
+        .ca
+        .as_ref()
+        .and_then(|ca| read_certs(ca).ok())
+        .and_then(|certs| {
+            certs
+                .iter()
+                .filter_map(|c| CertInfo::parse(c).ok())
+                .map(|i| i.not_after)
+                .min()
+        });
     let roots = match trust_anchors(settings) {
         Ok(roots) => Arc::new(roots),
         Err(p) => {
@@ -149,6 +162,7 @@ pub fn build_client(
         server_name: settings.server_name.clone(),
         mode: settings.mode,
         client_cert,
+        ca_not_after,
     }))
 }
 
