@@ -133,6 +133,24 @@ impl Metrics {
         seen.insert(resource.to_owned(), leaf.to_vec());
     }
 
+    /// Creates a resource's series at zero, so they are exported before the first event.
+    pub fn declare(&self, res: &crate::runtime::ResourceRuntime) {
+        let name = res.name.as_str();
+        self.open.with_label_values(&[name]);
+        for h in [
+            &self.connect_seconds,
+            &self.handshake_seconds,
+            &self.auth_seconds,
+        ] {
+            h.with_label_values(&[name]);
+        }
+        if res.http.as_ref().is_some_and(|h| h.uses_oauth2()) {
+            for result in ["success", "error"] {
+                self.oauth2_refreshes.with_label_values(&[name, result]);
+            }
+        }
+    }
+
     /// Drops the gauges of a removed resource (counters keep their totals).
     pub fn forget(&self, resource: &str) {
         let _ = self.open.remove_label_values(&[resource]);

@@ -213,9 +213,9 @@ impl State {
             not.push("shutting down".to_owned());
         }
         if not.is_empty() {
-            Err(not)
-        } else {
             Ok(())
+        } else {
+            Err(not)
         }
     }
 
@@ -295,6 +295,7 @@ impl State {
         addr: BoundAddr,
         listener: Listener,
     ) -> Slot {
+        crate::metrics::metrics().declare(&runtime);
         let state = Arc::new(ResourceState::new(runtime, addr));
         let stop = CancellationToken::new();
         let kill = self.inner.kill.child_token();

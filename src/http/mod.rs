@@ -283,6 +283,13 @@ impl HttpUpstream {
     }
 }
 
+impl HttpUpstream {
+    /// Whether this resource fetches OAuth2 tokens.
+    pub fn uses_oauth2(&self) -> bool {
+        matches!(self.injector, Injector::OAuth2(_))
+    }
+}
+
 fn sensitive_value(text: &str) -> Option<HeaderValue> {
     let mut v = HeaderValue::from_str(text).ok()?;
     v.set_sensitive(true);

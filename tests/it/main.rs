@@ -8,6 +8,7 @@ mod e2e;
 mod http;
 mod limbo;
 mod oauth2;
+mod reload;
 mod sigv4;
 mod support;
 mod tcp;

@@ -119,6 +119,33 @@ impl Keyward {
     }
 }
 
+/// Every secret value the suite gives to a keyward process. Each process's whole log (debug
+/// level) is searched for all of them when it stops: none may appear.
+pub const TEST_SECRETS: &[&str] = &[
+    "kw-e2e-token",
+    "k-live-123",
+    "first-token",
+    "second-token",
+    "metrics-test-token",
+    "metrics-client-secret",
+    "PRIVATE KEY",
+];
+
+impl Drop for Keyward {
+    fn drop(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        // Let the reader thread drain what was written before the kill.
+        std::thread::sleep(Duration::from_millis(20));
+        let log = self.log_text();
+        if let Some(found) = TEST_SECRETS.iter().find(|s| log.contains(*s)) {
+            if !std::thread::panicking() {
+                panic!("a test secret ({found}) reached keyward's log:\n{log}");
+            }
+        }
+    }
+}
+
 /// A private Redis with a TLS-only port that requires a client certificate from `ca`.
 pub struct Redis {
     pub port: u16,

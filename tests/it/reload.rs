@@ -1,0 +1,691 @@
+//! Hot reload, admin endpoint, metrics and drain: the built binary, real TLS upstreams
+//! in-process, files rotated underneath it the ways editors and Kubernetes do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keyward::pki::Usage;
+use rustls::version::{TLS12, TLS13};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::httpd::{always_ok, httpd};
+use crate::support::procs::{free_port, have, Keyward};
+use crate::support::{require, roundtrip, server_config, upstream, Behavior, Pki};
+
+const BOTH: &[&rustls::SupportedProtocolVersion] = &[&TLS13, &TLS12];
+
+/// Polls `check` every 20 ms until true, for at most `secs` seconds.
+async fn eventually(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within {secs} s");
+}
+
+/// Writes `text` to `path` atomically: a temp file in the same directory, then rename.
+fn write_renamed(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Kubernetes' atomic update: a new timestamped dir, then `..data` swapped; the visible names
+/// are symlinks through `..data`.
+fn k8s_update(dir: &Path, version: usize, files: &[(&str, &str)]) {
+    let stamp = dir.join(format!("..2026_11_23_{version:04}"));
+    std::fs::create_dir_all(&stamp).unwrap();
+    for (name, text) in files {
+        std::fs::write(stamp.join(name), text).unwrap();
+        let visible = dir.join(name);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &visible).unwrap();
+        }
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(stamp.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+fn get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse().unwrap_or(0), body.to_owned())
+}
+
+fn post(url: &str) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-X",
+            "POST",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
+fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn tcp_resource(name: &str, port: u16, listen: &str, tls: &str) -> String {
+    format!("  - name: {name}\n    protocol: tcp\n    listen: {listen}\n    upstream: localhost:{port}\n    tls:\n{tls}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_the_admin_endpoints_answer() {
+    if !require("curl and promtool", have("curl") && have("promtool")) {
+        return;
+    }
+    let pki = Pki::new();
+    let up = upstream(
+        server_config(&pki.server(&["localhost"]), Some(&pki.ca), BOTH),
+        Behavior::Echo,
+    )
+    .await;
+    let api = httpd(
+        &pki.server(&["localhost"]),
+        None,
+        &[b"h2", b"http/1.1"],
+        always_ok(),
+    )
+    .await;
+    pki.write_ca();
+    pki.write_client("client", "kw-metrics");
+    let admin = free_port();
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "admin:\n  listen: 127.0.0.1:{admin}\nresources:\n{}{}  - name: tokens\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: oauth2\n      token_url: https://localhost:{down}/token\n      client_id: kw\n      client_secret: metrics-client-secret\n      tls:\n        ca: ca.pem\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: metrics-test-token\n",
+        tcp_resource("echo", up.port(), "127.0.0.1:0", "      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n"),
+        tcp_resource("down", down, "127.0.0.1:0", "      ca: ca.pem\n"),
+        api.port(),
+        api.port()
+    );
+    let kw = Keyward::start(&pki.write("keyward.yaml", &yaml));
+    let echo = kw.addr("echo");
+    let api_addr = kw.addr("api");
+    let base = format!("http://127.0.0.1:{admin}");
+    assert_eq!(get(&format!("{base}/healthz")).0, 200);
+    assert_eq!(get(&format!("{base}/startupz")).0, 200);
+    let (code, ready) = get(&format!("{base}/readyz"));
+    assert_eq!((code, ready.trim()), (200, "{\"ready\":true}"));
+    // Traffic: a relayed connection, HTTP requests, a failure.
+    assert_eq!(roundtrip(echo, b"ping").await, b"ping");
+    assert_eq!(get(&format!("http://{api_addr}/x")).0, 200);
+    assert_eq!(roundtrip(kw.addr("down"), b"ping").await, b"");
+    let (code, resources) = get(&format!("{base}/resources"));
+    assert_eq!(code, 200);
+    let json: serde_json::Value = serde_json::from_str(&resources).unwrap();
+    assert_eq!(json[0]["name"], "api");
+    assert_eq!(json[1]["name"], "down");
+    assert_eq!(json[1]["last_error"]["reason"], "connect_refused");
+    assert_eq!(json[2]["name"], "echo");
+    assert_eq!(json[2]["client_cert"]["subject"], "CN=kw-metrics");
+    assert_eq!(json[2]["tls_mode"], "verify-full");
+    assert!(!resources.contains("metrics-client-secret"));
+    assert!(!resources.contains("metrics-test-token"));
+    assert!(
+        !body_contains_secret(&kw.log_text()),
+        "a secret reached the log"
+    );
+    let (_, body) = get(&format!("{base}/metrics"));
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "promtool warnings: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // promtool does not catch duplicate series or a missing +Inf bucket: check here.
+    let mut series = std::collections::HashSet::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let key = line.rsplit_once(' ').unwrap().0;
+        assert!(series.insert(key.to_owned()), "duplicate series {key}");
+    }
+    for h in [
+        "keyward_upstream_connect_seconds",
+        "keyward_tls_handshake_seconds",
+    ] {
+        assert!(
+            body.contains(&format!("{h}_bucket{{resource=\"echo\",le=\"+Inf\"}}")),
+            "{h} +Inf bucket"
+        );
+    }
+    for name in [
+        "keyward_connections_total{protocol=\"tcp\",resource=\"echo\"} 1",
+        "keyward_connections_open{resource=\"echo\"}",
+        "keyward_bytes_total{direction=\"client_to_upstream\",resource=\"echo\"} 4",
+        "keyward_bytes_total{direction=\"upstream_to_client\",resource=\"echo\"} 4",
+        "keyward_http_requests_total{code=\"200\",resource=\"api\"} 1",
+        "keyward_config_reloads_total{result=\"success\"} 1",
+        "keyward_config_last_reload_success_timestamp_seconds",
+        "keyward_cert_expiration_timestamp_seconds{resource=\"echo\",role=\"client_cert\"}",
+        "keyward_cert_expiration_timestamp_seconds{resource=\"echo\",role=\"ca\"}",
+        "keyward_cert_expiration_timestamp_seconds{resource=\"echo\",role=\"upstream_leaf\"}",
+        "keyward_credential_reads_total{resource=\"api\",result=\"success\"}",
+        "keyward_build_info{version=",
+        "keyward_upstream_auth_seconds_count{resource=\"echo\"} 0",
+        "keyward_oauth2_token_refreshes_total{resource=\"tokens\",result=\"success\"} 0",
+        "keyward_connection_errors_total{reason=\"connect_refused\",resource=\"down\",side=\"upstream\"} 1",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    assert_eq!(post(&format!("{base}/quitquitquit")), 200);
+    let mut kw = kw;
+    let start = Instant::now();
+    while kw.proc.child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/quitquitquit did not stop keyward"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running keyward with one tcp resource "r" in front of an mTLS echo upstream, admin on.
+struct Running {
+    pki: Pki,
+    kw: Keyward,
+    admin: u16,
+    config: PathBuf,
+    up: crate::support::Upstream,
+}
+
+async fn running(extra: &str) -> Running {
+    let pki = Pki::new();
+    let up = upstream(
+        server_config(&pki.server(&["localhost"]), Some(&pki.ca), BOTH),
+        Behavior::Echo,
+    )
+    .await;
+    pki.write_ca();
+    pki.write_client("client", "kw-reload");
+    let admin = free_port();
+    let yaml = format!(
+        "admin:\n  listen: 127.0.0.1:{admin}\nshutdown_grace: 5s\n{extra}resources:\n{}",
+        tcp_resource(
+            "r",
+            up.port(),
+            "127.0.0.1:0",
+            "      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n"
+        )
+    );
+    let config = pki.write("keyward.yaml", &yaml);
+    let kw = Keyward::start(&config);
+    kw.addr("r");
+    Running {
+        pki,
+        kw,
+        admin,
+        config,
+        up,
+    }
+}
+
+impl Running {
+    fn metrics(&self) -> String {
+        get(&format!("http://127.0.0.1:{}/metrics", self.admin)).1
+    }
+
+    fn reload_errors(&self) -> f64 {
+        metric(
+            &self.metrics(),
+            "keyward_config_reloads_total{result=\"error\"}",
+        )
+    }
+
+    fn reload_successes(&self) -> f64 {
+        metric(
+            &self.metrics(),
+            "keyward_config_reloads_total{result=\"success\"}",
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_material_keeps_the_old_config_and_fixing_it_recovers() {
+    let r = running("").await;
+    let addr = r.kw.addr("r");
+    let good_ca = std::fs::read_to_string(r.pki.path("ca.pem")).unwrap();
+    let good_yaml = std::fs::read_to_string(&r.config).unwrap();
+    // A certificate whose key is not client.key.
+    let c2 = r.pki.ca.leaf("other", &[], Usage::Client).unwrap();
+    type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Breakage> = vec![
+        (
+            "truncated PEM",
+            Box::new(|| write_renamed(&r.pki.path("ca.pem"), &good_ca[..good_ca.len() / 2])),
+            "ca.pem",
+        ),
+        (
+            "mismatched key",
+            Box::new(|| write_renamed(&r.pki.path("client.pem"), &c2.cert_pem)),
+            "key does not match certificate",
+        ),
+        (
+            "YAML syntax error",
+            Box::new(|| write_renamed(&r.config, &format!("{good_yaml}  - name: [\n"))),
+            "keyward.yaml:",
+        ),
+        (
+            "unknown key",
+            Box::new(|| {
+                write_renamed(
+                    &r.config,
+                    &good_yaml.replace(
+                        "shutdown_grace: 5s",
+                        "shutdown_grace: 5s\nshutdown_gracee: 1s",
+                    ),
+                )
+            }),
+            "shutdown_gracee",
+        ),
+    ];
+    let client_pem = std::fs::read_to_string(r.pki.path("client.pem")).unwrap();
+    for (what, breaks, expect_in_log) in cases {
+        let errors = r.reload_errors();
+        breaks();
+        eventually(
+            &format!("{what}: the reload error is counted"),
+            10,
+            async || r.reload_errors() > errors,
+        )
+        .await;
+        let log = r.kw.log_text();
+        assert!(
+            log.lines().any(
+                |l| l.contains("reload failed, keeping the running configuration")
+                    && l.contains(expect_in_log)
+            ),
+            "{what}: no log line naming {expect_in_log}:\n{log}"
+        );
+        assert_eq!(
+            roundtrip(addr, b"still served").await,
+            b"still served",
+            "{what}: the old configuration must keep serving"
+        );
+        // Fix it: the next event reloads successfully.
+        let ok = r.reload_successes();
+        write_renamed(&r.pki.path("ca.pem"), &good_ca);
+        write_renamed(&r.pki.path("client.pem"), &client_pem);
+        write_renamed(&r.config, &good_yaml);
+        eventually(&format!("{what}: recovery"), 10, async || {
+            r.reload_successes() > ok
+        })
+        .await;
+        assert_eq!(roundtrip(addr, b"after fix").await, b"after fix");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_are_added_moved_and_removed_at_runtime_without_touching_live_connections() {
+    let r = running("").await;
+    let addr = r.kw.addr("r");
+    let mut live = TcpStream::connect(addr).await.unwrap();
+    live.write_all(b"1").await.unwrap();
+    let mut b = [0u8; 1];
+    live.read_exact(&mut b).await.unwrap();
+    let base = std::fs::read_to_string(&r.config).unwrap();
+    let tls = "      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n";
+    // Added.
+    let added_port = free_port();
+    write_renamed(
+        &r.config,
+        &format!(
+            "{base}{}",
+            tcp_resource(
+                "added",
+                r.up.port(),
+                &format!("127.0.0.1:{added_port}"),
+                tls
+            )
+        ),
+    );
+    eventually("resource added", 10, async || {
+        TcpStream::connect(("127.0.0.1", added_port)).await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        roundtrip(format!("127.0.0.1:{added_port}").parse().unwrap(), b"new").await,
+        b"new"
+    );
+    live.write_all(b"2").await.unwrap();
+    live.read_exact(&mut b).await.unwrap();
+    assert_eq!(
+        &b, b"2",
+        "a live connection of another resource is untouched"
+    );
+    // Moved: r to a fixed port.
+    let moved_port = free_port();
+    let moved = base.replace(
+        &format!(
+            "listen: 127.0.0.1:0\n    upstream: localhost:{}",
+            r.up.port()
+        ),
+        &format!(
+            "listen: 127.0.0.1:{moved_port}\n    upstream: localhost:{}",
+            r.up.port()
+        ),
+    );
+    write_renamed(
+        &r.config,
+        &format!(
+            "{moved}{}",
+            tcp_resource(
+                "added",
+                r.up.port(),
+                &format!("127.0.0.1:{added_port}"),
+                tls
+            )
+        ),
+    );
+    eventually("resource moved", 10, async || {
+        TcpStream::connect(("127.0.0.1", moved_port)).await.is_ok()
+    })
+    .await;
+    eventually("old address closed", 10, async || {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    live.write_all(b"3").await.unwrap();
+    live.read_exact(&mut b).await.unwrap();
+    assert_eq!(
+        &b, b"3",
+        "the moved resource's live connection drains, it is not cut"
+    );
+    // Removed.
+    write_renamed(&r.config, &moved);
+    eventually("resource removed", 10, async || {
+        TcpStream::connect(("127.0.0.1", added_port)).await.is_err()
+    })
+    .await;
+    assert_eq!(
+        roundtrip(format!("127.0.0.1:{moved_port}").parse().unwrap(), b"r").await,
+        b"r"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_file_is_used_by_the_next_request() {
+    if !require("curl", have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let api = httpd(
+        &pki.server(&["localhost"]),
+        None,
+        &[b"http/1.1"],
+        always_ok(),
+    )
+    .await;
+    pki.write_ca();
+    let secrets = pki.path("secrets");
+    k8s_update(&secrets, 0, &[("token", "first-token\n")]);
+    let yaml = format!("admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: ${{file:secrets/token}}\n", api.port());
+    let kw = Keyward::start(&pki.write("keyward.yaml", &yaml));
+    let url = format!("http://{}/", kw.addr("api"));
+    assert_eq!(get(&url).0, 200, "{}", kw.log_text());
+    assert_eq!(
+        api.last().header("authorization").unwrap(),
+        "Bearer first-token"
+    );
+    k8s_update(&secrets, 1, &[("token", "second-token\n")]);
+    eventually("the rotated token is used", 10, async || {
+        get(&url);
+        api.last().header("authorization").unwrap() == "Bearer second-token"
+    })
+    .await;
+    let log = kw.log_text();
+    for secret in ["first-token", "second-token"] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cert_and_ca_rotate_fifty_times_under_load_without_a_failed_request() {
+    let pki = Pki::new();
+    let up = upstream(
+        server_config(&pki.server(&["localhost"]), Some(&pki.ca), BOTH),
+        Behavior::Echo,
+    )
+    .await;
+    // Resource "rn" reads files replaced by rename; resource "k8s" reads a Kubernetes-style
+    // directory updated by swapping `..data`.
+    let rn = pki.path("rn");
+    let k8s = pki.path("k8s");
+    std::fs::create_dir_all(&rn).unwrap();
+    let bundle = |i: usize| {
+        format!(
+            "{}{}",
+            pki.ca.cert.cert_pem,
+            keyward::pki::Ca::new(&format!("extra-{i}"))
+                .unwrap()
+                .cert
+                .cert_pem
+        )
+    };
+    let client = |i: usize| {
+        pki.ca
+            .leaf(&format!("client-{i}"), &[], Usage::Client)
+            .unwrap()
+    };
+    let c0 = client(0);
+    write_renamed(&rn.join("ca.pem"), &bundle(0));
+    write_renamed(&rn.join("client.pem"), &c0.cert_pem);
+    write_renamed(&rn.join("client.key"), &c0.key_pem);
+    k8s_update(
+        &k8s,
+        0,
+        &[
+            ("ca.pem", &bundle(0)),
+            ("client.pem", &c0.cert_pem),
+            ("client.key", &c0.key_pem),
+        ],
+    );
+    let tls = |d: &str| {
+        format!("      ca: {d}/ca.pem\n      client_cert: {d}/client.pem\n      client_key: {d}/client.key\n")
+    };
+    let yaml = format!(
+        "admin: null\nresources:\n{}{}",
+        tcp_resource("rn", up.port(), "127.0.0.1:0", &tls("rn")),
+        tcp_resource("k8s", up.port(), "127.0.0.1:0", &tls("k8s"))
+    );
+    let kw = Keyward::start(&pki.write("keyward.yaml", &yaml));
+    let addrs = [kw.addr("rn"), kw.addr("k8s")];
+    // The load: bounded in count and time, counting failures.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && ok + failed < 200_000
+                && start.elapsed() < Duration::from_secs(120)
+            {
+                for addr in addrs {
+                    if roundtrip(addr, b"load").await == b"load" {
+                        ok += 1
+                    } else {
+                        failed += 1
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    const ROTATIONS: usize = 25;
+    for i in 1..=ROTATIONS {
+        let c = client(i);
+        // Key first, then cert: a half-rotated pair must never be published.
+        write_renamed(&rn.join("client.key"), &c.key_pem);
+        write_renamed(&rn.join("client.pem"), &c.cert_pem);
+        write_renamed(&rn.join("ca.pem"), &bundle(i));
+        k8s_update(
+            &k8s,
+            i,
+            &[
+                ("ca.pem", &bundle(i)),
+                ("client.pem", &c.cert_pem),
+                ("client.key", &c.key_pem),
+            ],
+        );
+        let cn = format!("CN=client-{i}");
+        for addr in addrs {
+            eventually(
+                &format!("rotation {i}: new connections present {cn}"),
+                10,
+                async || {
+                    let before = up.seen().len();
+                    roundtrip(addr, b"probe").await;
+                    up.seen()[before..]
+                        .iter()
+                        .any(|s| s.client_cn.as_deref() == Some(cn.as_str()))
+                },
+            )
+            .await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during {} rotations",
+        ok + failed,
+        2 * ROTATIONS
+    );
+    assert!(ok > 100, "the load loop ran ({ok} requests)");
+    let log = kw.log_text();
+    assert!(
+        !log.contains("reload failed"),
+        "no reload may fail during clean rotations:\n{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "key material reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_accepting_for_the_delay_then_drains_the_live_connection() {
+    let r = running("shutdown_delay: 1s\n").await;
+    let addr = r.kw.addr("r");
+    let mut live = TcpStream::connect(addr).await.unwrap();
+    live.write_all(b"1").await.unwrap();
+    let mut b = [0u8; 1];
+    live.read_exact(&mut b).await.unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &r.kw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    eventually("readyz turns 503 at once", 2, async || {
+        get(&format!("http://127.0.0.1:{}/readyz", r.admin)).0 == 503
+    })
+    .await;
+    assert_eq!(
+        roundtrip(addr, b"during delay").await,
+        b"during delay",
+        "still accepting during shutdown_delay"
+    );
+    eventually("new connections refused after the delay", 5, async || {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    live.write_all(b"2").await.unwrap();
+    live.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"2", "the live connection still works while draining");
+    live.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    live.read_to_end(&mut rest).await.unwrap();
+    let mut kw = r.kw;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = kw.proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "keyward did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "all connections drained: exit 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_open_when_the_grace_ends_makes_the_exit_code_1() {
+    let r = running("").await;
+    std::fs::write(
+        &r.config,
+        std::fs::read_to_string(&r.config)
+            .unwrap()
+            .replace("shutdown_grace: 5s", "shutdown_grace: 300ms"),
+    )
+    .unwrap();
+    eventually("grace reloaded", 10, async || r.reload_successes() >= 2.0).await;
+    let mut live = TcpStream::connect(r.kw.addr("r")).await.unwrap();
+    live.write_all(b"1").await.unwrap();
+    let mut b = [0u8; 1];
+    live.read_exact(&mut b).await.unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &r.kw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut kw = r.kw;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = kw.proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "keyward did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+}
+
+fn body_contains_secret(text: &str) -> bool {
+    ["metrics-test-token", "metrics-client-secret"]
+        .iter()
+        .any(|s| text.contains(s))
+}
