@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{Auth, Config, Problems, SecretRef, TlsSettings};
+use crate::config::{Auth, Config, Problems, ResourceConfig, SecretRef, TlsSettings};
 use crate::metrics::metrics;
 use crate::runtime::Runtime;
 use crate::secret::Env;
@@ -168,7 +168,16 @@ impl Reloader {
                     info!(resources = config.resources.len(), "configuration reloaded");
                     watched.update(&mut watcher, &self.path, &config);
                 }
-                Err(e) => self.report(&e),
+                Err(e) => {
+                    self.report(&e);
+                    // Watch what the new config names even though it failed, so a file that
+                    // appears later (a secret mounted after the config) triggers the next reload.
+                    if let Ok((config, _)) = crate::config::read(&self.path)
+                        .and_then(|t| crate::config::parse_partial(&t, &self.path))
+                    {
+                        watched.add(&mut watcher, &self.path, &config);
+                    }
+                }
             }
         }
     }
@@ -202,13 +211,28 @@ struct WatchSet {
 }
 
 impl WatchSet {
+    /// Watches a config's files in addition to the current ones.
+    fn add(
+        &mut self,
+        watcher: &mut notify::RecommendedWatcher,
+        config_path: &Path,
+        config: &Config,
+    ) {
+        let mut files = referenced_files(config_path, config);
+        files.extend(self.files.iter().cloned());
+        self.watch(watcher, files);
+    }
+
     fn update(
         &mut self,
         watcher: &mut notify::RecommendedWatcher,
         config_path: &Path,
         config: &Config,
     ) {
-        let files = referenced_files(config_path, config);
+        self.watch(watcher, referenced_files(config_path, config));
+    }
+
+    fn watch(&mut self, watcher: &mut notify::RecommendedWatcher, files: BTreeSet<PathBuf>) {
         let mut dirs = BTreeSet::new();
         for file in &files {
             let Some(dir) = file.parent() else { continue };
@@ -260,24 +284,78 @@ impl WatchSet {
 pub fn referenced_files(config_path: &Path, config: &Config) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     files.insert(absolute(config_path));
+    for res in &config.resources {
+        files.extend(resource_files(res).iter().map(|p| absolute(p)));
+    }
+    files
+}
+
+/// The TLS files of one resource (secrets are in [`resource_secrets`]).
+pub(crate) fn resource_files(res: &ResourceConfig) -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut tls = |t: &TlsSettings| {
-        files.extend(t.ca.iter().map(|f| absolute(&f.path)));
+        files.extend(t.ca.iter().map(|f| f.path.clone()));
         if let Some(c) = &t.client {
-            files.insert(absolute(&c.cert.path));
-            files.insert(absolute(&c.key.path));
+            files.push(c.cert.path.clone());
+            files.push(c.key.path.clone());
         }
     };
-    let mut secrets: Vec<&SecretRef> = Vec::new();
-    for res in &config.resources {
-        tls(&res.tls);
-        if let Auth::OAuth2(o) = &res.auth {
-            tls(&o.tls);
-        }
-        secrets.extend(auth_secrets_of(&res.auth));
-        secrets.extend(res.headers.iter().map(|(_, s)| s));
+    tls(&res.tls);
+    if let Auth::OAuth2(o) = &res.auth {
+        tls(&o.tls);
     }
-    files.extend(secrets.iter().filter_map(|s| s.source.file()).map(absolute));
+    files.extend(
+        resource_secrets(res)
+            .iter()
+            .filter_map(|s| s.source.file())
+            .map(Path::to_path_buf),
+    );
     files
+}
+
+/// Every secret one resource names.
+pub(crate) fn resource_secrets(res: &ResourceConfig) -> Vec<&SecretRef> {
+    let mut secrets = auth_secrets_of(&res.auth);
+    secrets.extend(res.headers.iter().map(|(_, s)| s));
+    secrets
+}
+
+/// What a resource's runtime is built from: its settings (without file positions), the bytes
+/// of its files and its secret values, hashed. Equal fingerprints: a reload keeps the running
+/// snapshot (and its HTTP pools) instead of replacing it.
+pub(crate) fn fingerprint(res: &ResourceConfig, env: &dyn Env) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(without_sites(&format!("{res:?}")).as_bytes());
+    for file in resource_files(res) {
+        h.update(file.as_os_str().as_encoded_bytes());
+        h.update(std::fs::read(&file).unwrap_or_default());
+    }
+    for secret in resource_secrets(res) {
+        match secret.source.resolve(env) {
+            Ok(v) => h.update(v.expose().as_bytes()),
+            Err(e) => h.update(e.as_bytes()),
+        }
+    }
+    h.finalize().into()
+}
+
+/// Drops `Site { .. }` (line, column, key path) from a Debug rendering: moving a resource in
+/// the file does not change it.
+fn without_sites(debug: &str) -> String {
+    let mut out = String::with_capacity(debug.len());
+    let mut rest = debug;
+    while let Some(i) = rest.find("Site {") {
+        out.push_str(&rest[..i]);
+        match rest[i..].find('}') {
+            Some(j) => rest = &rest[i + j + 1..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The secrets an auth block names.

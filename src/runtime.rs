@@ -48,6 +48,8 @@ pub struct ResourceRuntime {
     pub max_connections: usize,
     /// For `protocol: http`: pools and credentials.
     pub http: Option<Arc<crate::http::HttpUpstream>>,
+    /// Hash of everything this snapshot was built from (settings, file bytes, secrets).
+    pub fingerprint: [u8; 32],
 }
 
 impl Runtime {
@@ -128,6 +130,7 @@ impl Runtime {
                 idle_timeout: res.idle_timeout,
                 max_connections: res.max_connections,
                 http,
+                fingerprint: crate::reload::fingerprint(res, env),
             }));
         }
         if problems.is_empty() {

@@ -281,7 +281,12 @@ impl State {
                 }
                 None => {
                     if let Some(slot) = slots.get(&res.name) {
-                        slot.state.publish(res);
+                        if slot.state.runtime().fingerprint == res.fingerprint {
+                            debug!(resource = %res.name, "unchanged: keeps its running snapshot");
+                        } else {
+                            info!(resource = %res.name, "resource updated: new connections use the new settings");
+                            slot.state.publish(res);
+                        }
                     }
                 }
             }

@@ -480,7 +480,7 @@ async fn a_rotated_secret_file_is_used_by_the_next_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_cert_and_ca_rotate_fifty_times_under_load_without_a_failed_request() {
+async fn client_cert_and_ca_rotate_fifty_times_each_way_under_load_without_a_failed_request() {
     let pki = Pki::new();
     let up = upstream(
         server_config(&pki.server(&["localhost"]), Some(&pki.ca), BOTH),
@@ -552,7 +552,7 @@ async fn client_cert_and_ca_rotate_fifty_times_under_load_without_a_failed_reque
             (ok, failed)
         })
     };
-    const ROTATIONS: usize = 25;
+    const ROTATIONS: usize = 50;
     for i in 1..=ROTATIONS {
         let c = client(i);
         // Key first, then cert: a half-rotated pair must never be published.
@@ -688,4 +688,68 @@ fn body_contains_secret(text: &str) -> bool {
     ["metrics-test-token", "metrics-client-secret"]
         .iter()
         .any(|s| text.contains(s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_appears_after_a_failed_reload_is_picked_up() {
+    let r = running("").await;
+    let late_dir = r.pki.path("late");
+    std::fs::create_dir_all(&late_dir).unwrap();
+    let port = free_port();
+    let base = std::fs::read_to_string(&r.config).unwrap();
+    let errors = r.reload_errors();
+    write_renamed(&r.config, &format!("{base}{}", tcp_resource("late", r.up.port(), &format!("127.0.0.1:{port}"), "      ca: late/ca.pem\n      client_cert: client.pem\n      client_key: client.key\n")));
+    eventually(
+        "the reload fails while late/ca.pem is missing",
+        10,
+        async || r.reload_errors() > errors,
+    )
+    .await;
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    std::fs::write(late_dir.join("ca.pem"), &r.pki.ca.cert.cert_pem).unwrap();
+    eventually(
+        "the new file triggers a successful reload",
+        10,
+        async || TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+    )
+    .await;
+    assert_eq!(
+        roundtrip(format!("127.0.0.1:{port}").parse().unwrap(), b"late").await,
+        b"late"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_one_resource_leaves_the_others_snapshot_alone() {
+    let r = running("").await;
+    let base = std::fs::read_to_string(&r.config).unwrap();
+    let port = free_port();
+    write_renamed(
+        &r.config,
+        &format!(
+            "{base}{}",
+            tcp_resource(
+                "other",
+                r.up.port(),
+                &format!("127.0.0.1:{port}"),
+                "      ca: ca.pem\n"
+            )
+        ),
+    );
+    eventually("other added", 10, async || {
+        TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let log = r.kw.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("unchanged: keeps its running snapshot")
+                && l.contains("\"resource\":\"r\"")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("resource updated") && l.contains("\"resource\":\"r\"")),
+        "{log}"
+    );
 }
