@@ -71,29 +71,7 @@ impl Listeners {
     pub async fn bind(runtime: &Runtime) -> Result<Self, BindError> {
         let mut bound = Vec::new();
         for res in &runtime.resources {
-            let fail = |reason: String| BindError {
-                resource: res.name.clone(),
-                addr: res.listen.clone(),
-                reason,
-            };
-            let (listener, addr) = match &res.listen {
-                ListenAddr::Tcp(addr) => {
-                    let listener = TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| fail(bind_reason(&e)))?;
-                    let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-                    (Listener::Tcp(listener), BoundAddr::Tcp(local))
-                }
-                ListenAddr::Unix { path, mode } => {
-                    let listener = bind_unix(path, *mode).map_err(fail)?;
-                    (Listener::Unix(listener), BoundAddr::Unix(path.clone()))
-                }
-            };
-            bound.push(Bound {
-                resource: res.name.clone(),
-                addr,
-                listener,
-            });
+            bound.push(bind_one(&res.name, &res.listen).await?);
         }
         Ok(Self(bound))
     }

@@ -758,8 +758,15 @@ async fn a_change_to_one_resource_leaves_the_others_snapshot_alone() {
 async fn sighup_reloads() {
     let r = running("").await;
     let before = r.reload_successes();
-    assert!(Command::new("kill").args(["-HUP", &r.kw.pid().to_string()]).status().unwrap().success());
-    eventually("SIGHUP reload counted", 10, async || r.reload_successes() > before).await;
+    assert!(Command::new("kill")
+        .args(["-HUP", &r.kw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    eventually("SIGHUP reload counted", 10, async || {
+        r.reload_successes() > before
+    })
+    .await;
     assert!(r.kw.log_text().contains("SIGHUP received: reloading"));
     assert_eq!(roundtrip(r.kw.addr("r"), b"after hup").await, b"after hup");
 }
