@@ -43,6 +43,11 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Certificate tools.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Self-contained demo: an in-process mTLS upstream with keyward in front of it.
     Demo {
         /// Where the demo's keyward listener binds.
@@ -54,6 +59,17 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Decode PEM files: certificates, chains, keys (never printing key material), and whether
+    /// each key matches the certificates given alongside.
+    Inspect {
+        /// PEM files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
@@ -62,6 +78,17 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Cert {
+            command: CertCommand::Inspect { files },
+        } => {
+            let (report, ok) = keyward::cli::inspect::inspect(&files);
+            print!("{report}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Run { config } => run(&config, cli.log_format),
         Command::Demo { listen, once } => {
             init_logging(

@@ -2,3 +2,4 @@
 //! in `main.rs`.
 
 pub mod demo;
+pub mod inspect;

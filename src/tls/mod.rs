@@ -64,13 +64,7 @@ impl CertInfo {
             .subject_alternative_name()
             .ok()
             .flatten()
-            .map(|ext| {
-                ext.value
-                    .general_names
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect()
-            })
+            .map(|ext| ext.value.general_names.iter().map(san_text).collect())
             .unwrap_or_default();
         Ok(Self {
             subject: cert.subject().to_string(),
@@ -85,6 +79,24 @@ impl CertInfo {
     /// `not_after` as RFC 3339.
     pub fn not_after_rfc3339(&self) -> String {
         rfc3339(self.not_after)
+    }
+}
+
+/// A subject alternative name as people write it: `DNS:x`, `IP:10.0.0.7`, `URI:spiffe://…`.
+pub fn san_text(name: &x509_parser::extensions::GeneralName<'_>) -> String {
+    use x509_parser::extensions::GeneralName as G;
+    match name {
+        G::DNSName(d) => format!("DNS:{d}"),
+        G::URI(u) => format!("URI:{u}"),
+        G::RFC822Name(e) => format!("email:{e}"),
+        G::IPAddress(b) => match <[u8; 4]>::try_from(*b)
+            .map(std::net::IpAddr::from)
+            .or_else(|_| <[u8; 16]>::try_from(*b).map(std::net::IpAddr::from))
+        {
+            Ok(ip) => format!("IP:{ip}"),
+            Err(_) => format!("IP:{b:02x?}"),
+        },
+        other => other.to_string(),
     }
 }
 

@@ -249,3 +249,84 @@ fn reports_a_missing_config_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cert_inspect_describes_chains_and_keys_without_printing_key_material() {
+    let pki = Pki::new();
+    let leaf = pki
+        .ca
+        .leaf("api.internal", &["api.internal", "10.0.0.7"], Usage::Server)
+        .unwrap();
+    let other = pki.ca.leaf("other", &[], Usage::Client).unwrap();
+    let chain = pki.write(
+        "chain.pem",
+        &format!("{}{}", leaf.cert_pem, pki.ca.cert.cert_pem),
+    );
+    let key = pki.write("leaf.key", &leaf.key_pem);
+    let wrong = pki.write("other.key", &other.key_pem);
+    let reversed = pki.write(
+        "reversed.pem",
+        &format!("{}{}", pki.ca.cert.cert_pem, leaf.cert_pem),
+    );
+    let run = |files: &[&Path]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["cert", "inspect"])
+            .args(files)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&[&chain, &key, &wrong]);
+    assert_eq!(code, Some(0), "{out}");
+    for expected in [
+        "subject:     CN=api.internal",
+        "issuer:      CN=keyward test CA",
+        "SANs:        DNS:api.internal, IP:10.0.0.7",
+        "days left)",
+        "key:         EC P-256 (256 bits)",
+        "chain: in order",
+        "private key: PKCS#8 (material not shown)",
+    ] {
+        assert!(out.contains(expected), "{expected} missing:\n{out}");
+    }
+    assert!(
+        out.contains(&format!(
+            "key {} MATCHES certificate {}",
+            key.display(),
+            chain.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "key {} does not match certificate {}",
+            wrong.display(),
+            chain.display()
+        )),
+        "{out}"
+    );
+    let key_body: String = leaf
+        .key_pem
+        .lines()
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take(24)
+        .collect();
+    assert!(
+        !out.contains("PRIVATE KEY") && !out.contains(&key_body),
+        "key material printed:\n{out}"
+    );
+    let (code, out) = run(&[&reversed]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("NOT in order"), "{out}");
+    let (code, out) = run(&[Path::new("/nonexistent.pem")]);
+    assert_eq!(
+        (code, out.contains("cannot read: not found")),
+        (Some(1), true),
+        "{out}"
+    );
+}
