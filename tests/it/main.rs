@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod check;
+mod deploy;
 mod e2e;
 mod http;
 mod limbo;

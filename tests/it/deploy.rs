@@ -1,0 +1,156 @@
+//! Deployment artefacts: the Dockerfile's structure, and every YAML in `examples/` parses and
+//! its keyward config passes `keyward check` (with the mounted files generated).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::Pki;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn dockerfile_builds_in_one_stage_and_runs_non_root_from_a_minimal_base() {
+    let text = std::fs::read_to_string(repo("Dockerfile")).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "a build stage and a runtime stage: {froms:?}"
+    );
+    assert!(froms[0].ends_with(" AS build"), "{}", froms[0]);
+    assert!(
+        froms[1].contains("distroless") || froms[1].contains("scratch"),
+        "minimal runtime base: {}",
+        froms[1]
+    );
+    let runtime: Vec<&&str> = lines
+        .iter()
+        .skip_while(|l| !std::ptr::eq(**l, *froms[1]))
+        .collect();
+    assert!(
+        runtime
+            .iter()
+            .any(|l| l.starts_with("COPY --from=build /src/target/release/keyward ")),
+        "the release binary is copied"
+    );
+    assert!(runtime.contains(&&"USER 65532:65532"), "non-root uid 65532");
+    assert!(runtime.contains(&&"ENTRYPOINT [\"keyward\"]"));
+    assert!(runtime.contains(&&"CMD [\"run\", \"-c\", \"/etc/keyward/keyward.yaml\"]"));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("EXPOSE")),
+        "a loopback sidecar exposes nothing by default"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("cargo build --release --locked")));
+    // The binary that stage builds runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("keyward "));
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
+    let mut files = Vec::new();
+    yaml_files(&repo("examples"), &mut files);
+    assert!(files.len() >= 2, "{files:?}");
+    let mut configs = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for doc in &docs {
+            if doc["kind"] == "Deployment" || doc["kind"] == "Job" {
+                let spec = &doc["spec"]["template"]["spec"];
+                let sidecar = &spec["initContainers"][0];
+                assert_eq!(
+                    sidecar["restartPolicy"],
+                    "Always",
+                    "{}: keyward runs as a native sidecar",
+                    file.display()
+                );
+                assert_eq!(
+                    sidecar["startupProbe"]["httpGet"]["path"],
+                    "/startupz",
+                    "{}",
+                    file.display()
+                );
+                if doc["kind"] == "Deployment" {
+                    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+                    assert_eq!(
+                        doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"],
+                        "true"
+                    );
+                } else {
+                    assert!(
+                        spec["containers"][0]["command"]
+                            .to_string()
+                            .contains("/quitquitquit"),
+                        "the Job ends its sidecar"
+                    );
+                }
+            }
+            let Some(config) = doc["data"]["keyward.yaml"].as_str() else {
+                continue;
+            };
+            configs += 1;
+            // Stand-ins for the mounted Secrets.
+            let pki = Pki::new();
+            let root = pki.dir.path().join("etc-keyward");
+            for dir in ["tls", "secrets", "config"] {
+                std::fs::create_dir_all(root.join(dir)).unwrap();
+            }
+            let (client_cert, client_key) = pki.write_client("client", "example");
+            std::fs::copy(pki.write_ca(), root.join("tls/ca.crt")).unwrap();
+            std::fs::copy(client_cert, root.join("tls/tls.crt")).unwrap();
+            std::fs::copy(client_key, root.join("tls/tls.key")).unwrap();
+            std::fs::write(root.join("secrets/payments-token"), "example-token\n").unwrap();
+            let cfg = root.join("config/keyward.yaml");
+            std::fs::write(
+                &cfg,
+                config.replace("/etc/keyward/", &format!("{}/", root.display())),
+            )
+            .unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+                .args(["check", "-c"])
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: keyward check failed:\n{}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(
+        configs >= 2,
+        "every Kubernetes example carries its keyward config"
+    );
+    let unit = std::fs::read_to_string(repo("examples/systemd/keyward.service")).unwrap();
+    assert!(unit.contains(
+        "ExecStart=/usr/local/bin/keyward --log-format json run -c /etc/keyward/keyward.yaml"
+    ));
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+}
