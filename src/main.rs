@@ -43,6 +43,14 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Connect to a resource's upstream as it would and report what TLS makes of it.
+    Probe {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The resource's name.
+        resource: String,
+    },
     /// Certificate tools.
     Cert {
         #[command(subcommand)]
@@ -78,6 +86,26 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Probe { config, resource } => {
+            let probed = runtime().and_then(|rt| {
+                rt.block_on(keyward::cli::probe::probe(&config, &resource))
+                    .map_err(anyhow::Error::msg)
+            });
+            match probed {
+                Ok((report, true)) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Ok((report, false)) => {
+                    print!("{report}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("keyward probe: {e:#}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Cert {
             command: CertCommand::Inspect { files },
         } => {

@@ -187,7 +187,8 @@ fn key_error(err: &rustls::Error) -> String {
     }
 }
 
-fn trust_anchors(settings: &TlsSettings) -> Result<RootCertStore, (Site, String)> {
+/// The trust anchors `settings` name (`ca` and/or the system roots; none for insecure).
+pub fn trust_anchors(settings: &TlsSettings) -> Result<RootCertStore, (Site, String)> {
     let mut roots = RootCertStore::empty();
     if settings.mode == TlsMode::Insecure {
         return Ok(roots);

@@ -691,3 +691,81 @@ async fn connections_of_a_resource_share_one_config_so_tls_sessions_resume() {
         "the second connection must resume the first one's session"
     );
 }
+
+/// Runs `keyward probe` (the built binary) off the async runtime.
+async fn probe(config: &std::path::Path, resource: &str) -> (Option<i32>, String) {
+    let (config, resource) = (config.to_owned(), resource.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["probe", "-c"])
+            .arg(&config)
+            .arg(&resource)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_the_chain_and_each_mode_with_the_reason() {
+    let pki = Pki::new();
+    let good = upstream(
+        server_config(&pki.server(&["localhost"]), None, BOTH),
+        Behavior::Echo,
+    )
+    .await;
+    let wrong = upstream(
+        server_config(&pki.server(&["db.internal"]), None, BOTH),
+        Behavior::Echo,
+    )
+    .await;
+    let mtls = upstream(
+        server_config(&pki.server(&["localhost"]), Some(&pki.ca), &[&TLS13]),
+        Behavior::Echo,
+    )
+    .await;
+    let ca = ca_line(&pki);
+    let yaml = format!(
+        "admin: null\nresources:\n  - name: good\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    tls:\n      {ca}\n  - name: wrong\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    tls:\n      {ca}\n  - name: mtls\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    tls:\n      {ca}\n",
+        good.port(),
+        wrong.port(),
+        mtls.port()
+    );
+    let cfg = pki.write("probe.yaml", &yaml);
+    let (code, out) = probe(&cfg, "good").await;
+    assert_eq!(code, Some(0), "{out}");
+    for expected in [
+        "connect: ok",
+        "tls: TLSv1_3",
+        "subject CN=upstream",
+        "SANs    DNS:localhost",
+        "verify-full  ok  ← configured",
+        "session: accepted",
+        "result: the configured mode works",
+    ] {
+        assert!(out.contains(expected), "{expected} missing:\n{out}");
+    }
+    let (code, out) = probe(&cfg, "wrong").await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("verify-full  FAILED: certificate not valid for name \"localhost\""),
+        "{out}"
+    );
+    assert!(out.contains("verify-ca    ok"), "{out}");
+    assert!(out.contains("insecure     ok"), "{out}");
+    let (code, out) = probe(&cfg, "mtls").await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("session: REJECTED by the server: the upstream requires a client certificate"),
+        "{out}"
+    );
+    let (code, out) = probe(&cfg, "nope").await;
+    assert_eq!(code, Some(64));
+    assert!(out.contains("no resource named \"nope\""), "{out}");
+}
