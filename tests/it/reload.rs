@@ -482,6 +482,8 @@ async fn a_rotated_secret_file_is_used_by_the_next_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cert_and_ca_rotate_fifty_times_each_way_under_load_without_a_failed_request() {
     let pki = Pki::new();
+    // The upstream's server certificate starts under the test CA; each round rolls it to a
+    // certificate from a brand-new CA. Client certificates always come from the test CA.
     let up = upstream(
         server_config(&pki.server(&["localhost"]), Some(&pki.ca), BOTH),
         Behavior::Echo,
@@ -492,30 +494,21 @@ async fn client_cert_and_ca_rotate_fifty_times_each_way_under_load_without_a_fai
     let rn = pki.path("rn");
     let k8s = pki.path("k8s");
     std::fs::create_dir_all(&rn).unwrap();
-    let bundle = |i: usize| {
-        format!(
-            "{}{}",
-            pki.ca.cert.cert_pem,
-            keyward::pki::Ca::new(&format!("extra-{i}"))
-                .unwrap()
-                .cert
-                .cert_pem
-        )
-    };
     let client = |i: usize| {
         pki.ca
             .leaf(&format!("client-{i}"), &[], Usage::Client)
             .unwrap()
     };
     let c0 = client(0);
-    write_renamed(&rn.join("ca.pem"), &bundle(0));
+    let mut current_ca_pem = pki.ca.cert.cert_pem.clone();
+    write_renamed(&rn.join("ca.pem"), &current_ca_pem);
     write_renamed(&rn.join("client.pem"), &c0.cert_pem);
     write_renamed(&rn.join("client.key"), &c0.key_pem);
     k8s_update(
         &k8s,
         0,
         &[
-            ("ca.pem", &bundle(0)),
+            ("ca.pem", &current_ca_pem),
             ("client.pem", &c0.cert_pem),
             ("client.key", &c0.key_pem),
         ],
@@ -539,7 +532,7 @@ async fn client_cert_and_ca_rotate_fifty_times_each_way_under_load_without_a_fai
             let start = Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed)
                 && ok + failed < 200_000
-                && start.elapsed() < Duration::from_secs(120)
+                && start.elapsed() < Duration::from_secs(150)
             {
                 for addr in addrs {
                     if roundtrip(addr, b"load").await == b"load" {
@@ -554,16 +547,20 @@ async fn client_cert_and_ca_rotate_fifty_times_each_way_under_load_without_a_fai
     };
     const ROTATIONS: usize = 50;
     for i in 1..=ROTATIONS {
+        // CA rollover, step 1: keyward trusts the old and the new CA (the one before the old
+        // is dropped), and gets a new client certificate.
+        let new_ca = keyward::pki::Ca::new(&format!("upstream-ca-{i}")).unwrap();
+        let bundle = format!("{current_ca_pem}{}", new_ca.cert.cert_pem);
         let c = client(i);
-        // Key first, then cert: a half-rotated pair must never be published.
+        // Bundle, key, then cert: the cert arriving last means a reload that sees it sees the rest.
+        write_renamed(&rn.join("ca.pem"), &bundle);
         write_renamed(&rn.join("client.key"), &c.key_pem);
         write_renamed(&rn.join("client.pem"), &c.cert_pem);
-        write_renamed(&rn.join("ca.pem"), &bundle(i));
         k8s_update(
             &k8s,
             i,
             &[
-                ("ca.pem", &bundle(i)),
+                ("ca.pem", &bundle),
                 ("client.pem", &c.cert_pem),
                 ("client.key", &c.key_pem),
             ],
@@ -583,6 +580,22 @@ async fn client_cert_and_ca_rotate_fifty_times_each_way_under_load_without_a_fai
             )
             .await;
         }
+        // Step 2: the upstream switches to a certificate from the new CA.
+        up.swap(server_config(
+            &new_ca
+                .leaf("upstream", &["localhost"], Usage::Server)
+                .unwrap(),
+            Some(&pki.ca),
+            BOTH,
+        ));
+        for addr in addrs {
+            assert_eq!(
+                roundtrip(addr, b"after rollover").await,
+                b"after rollover",
+                "rotation {i}: the new CA must be trusted"
+            );
+        }
+        current_ca_pem = new_ca.cert.cert_pem.clone();
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.await.unwrap();

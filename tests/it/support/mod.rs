@@ -87,9 +87,16 @@ pub enum Behavior {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    acceptor: Arc<arc_swap::ArcSwap<TlsAcceptor>>,
 }
 
 impl Upstream {
+    /// New connections get `config` (e.g. a certificate from another CA); live ones keep theirs.
+    pub fn swap(&self, config: ServerConfig) {
+        self.acceptor
+            .store(Arc::new(TlsAcceptor::from(Arc::new(config))));
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -128,14 +135,17 @@ pub fn server_config(
 
 /// A TLS upstream on 127.0.0.1:0.
 pub async fn upstream(config: ServerConfig, behavior: Behavior) -> Upstream {
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = Arc::new(arc_swap::ArcSwap::from_pointee(TlsAcceptor::from(
+        Arc::new(config),
+    )));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
+    let current = acceptor.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let acceptor = current.load_full();
             let record = record.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
@@ -183,7 +193,11 @@ pub async fn upstream(config: ServerConfig, behavior: Behavior) -> Upstream {
             });
         }
     });
-    Upstream { addr, seen }
+    Upstream {
+        addr,
+        seen,
+        acceptor,
+    }
 }
 
 /// keyward running in-process.
