@@ -284,6 +284,13 @@ impl HttpUpstream {
 }
 
 impl HttpUpstream {
+    /// The byte counter of one direction (`client_to_upstream`, `upstream_to_client`).
+    fn bytes(&self, direction: &str) -> prometheus::IntCounter {
+        crate::metrics::metrics()
+            .bytes
+            .with_label_values(&[self.name.as_str(), direction])
+    }
+
     /// Whether this resource fetches OAuth2 tokens.
     pub fn uses_oauth2(&self) -> bool {
         matches!(self.injector, Injector::OAuth2(_))
@@ -600,12 +607,22 @@ async fn forward(
             Some(collected.to_bytes())
         }
         _ => {
-            let streamed: ProxyBody = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+            let sent = up.bytes("client_to_upstream");
+            let streamed: ProxyBody = body
+                .map_frame(move |f| {
+                    if let Some(d) = f.data_ref() {
+                        sent.inc_by(d.len() as u64);
+                    }
+                    f
+                })
+                .map_err(|e| -> BoxError { Box::new(e) })
+                .boxed();
             let request = finish(Request::from_parts(parts, streamed), up, None).await?;
             return send(request, up, client_upgrade).await;
         }
     };
     let bytes = buffered.unwrap_or_default();
+    up.bytes("client_to_upstream").inc_by(bytes.len() as u64);
     let make = |parts: &http::request::Parts| {
         let mut r = Request::new(full(bytes.clone()));
         *r.method_mut() = parts.method.clone();
@@ -725,7 +742,17 @@ async fn send(
     } else {
         strip_hop_by_hop(response.headers_mut(), false);
     }
-    Ok(response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()))
+    let received = up.bytes("upstream_to_client");
+    Ok(response.map(|b| {
+        b.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                received.inc_by(d.len() as u64);
+            }
+            f
+        })
+        .map_err(|e| -> BoxError { Box::new(e) })
+        .boxed()
+    }))
 }
 
 #[cfg(test)]

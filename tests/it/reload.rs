@@ -195,6 +195,7 @@ async fn metrics_pass_promtool_and_the_admin_endpoints_answer() {
         "keyward_bytes_total{direction=\"client_to_upstream\",resource=\"echo\"} 4",
         "keyward_bytes_total{direction=\"upstream_to_client\",resource=\"echo\"} 4",
         "keyward_http_requests_total{code=\"200\",resource=\"api\"} 1",
+        "keyward_bytes_total{direction=\"upstream_to_client\",resource=\"api\"} 2",
         "keyward_config_reloads_total{result=\"success\"} 1",
         "keyward_config_last_reload_success_timestamp_seconds",
         "keyward_cert_expiration_timestamp_seconds{resource=\"echo\",role=\"client_cert\"}",
