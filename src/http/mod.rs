@@ -309,13 +309,20 @@ pub async fn serve(
     upstream: Arc<HttpUpstream>,
     state: Arc<ResourceState>,
 ) -> Result<(), ConnError> {
+    // `idle_timeout` bounds the wait for the next request on a kept-alive connection (and a
+    // client that takes that long to send its headers).
+    let idle = state.runtime().idle_timeout;
     let service = service_fn(move |req| {
         let upstream = upstream.clone();
         let state = state.clone();
         async move { Ok::<_, Infallible>(proxy(req, &upstream, &state).await) }
     });
-    hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
         .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle);
+    builder
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades()
         .await

@@ -492,3 +492,28 @@ async fn keep_alive_serves_many_requests_on_one_app_connection() {
     );
     let _ = &s.pki;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let s = setup(H1, always_ok(), "", "    idle_timeout: 300ms\n").await;
+    let mut conn = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(DEADLINE, conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let n = tokio::time::timeout(DEADLINE, conn.read(&mut buf))
+        .await
+        .expect("closed within the deadline")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the idle timeout"
+    );
+}
