@@ -8,8 +8,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::{
-    Auth, Config, ListenAddr, Problem, Problems, Protocol, ResourceName, SecretRef, Site, TlsMode,
-    Upstream,
+    Config, ListenAddr, Problem, Problems, Protocol, ResourceName, Site, TlsMode, Upstream,
 };
 use crate::secret::Env;
 use crate::tls::{self, TlsClient};
@@ -104,10 +103,7 @@ impl Runtime {
                     }
                 }
             } else {
-                for secret in secrets(&res.auth)
-                    .into_iter()
-                    .chain(res.headers.iter().map(|(_, s)| s))
-                {
+                for secret in crate::reload::resource_secrets(res) {
                     let result = secret.source.resolve(env);
                     let outcome = if result.is_ok() { "success" } else { "error" };
                     crate::metrics::metrics()
@@ -203,8 +199,4 @@ impl Runtime {
             }
         }
     }
-}
-
-fn secrets(auth: &Auth) -> Vec<&SecretRef> {
-    crate::reload::auth_secrets_of(auth)
 }

@@ -124,14 +124,7 @@ async fn start_upstream(
                     return;
                 };
                 let (_, session) = tls.get_ref();
-                let version = session
-                    .protocol_version()
-                    .map(|v| format!("{v:?}"))
-                    .unwrap_or_default();
-                let cipher = session
-                    .negotiated_cipher_suite()
-                    .map(|c| format!("{:?}", c.suite()))
-                    .unwrap_or_default();
+                let (version, cipher) = crate::tls::session_summary(session);
                 let subject = session
                     .peer_certificates()
                     .and_then(|certs| certs.first())

@@ -84,14 +84,7 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
         }
     };
     let (_, session) = stream.get_ref();
-    let version = session
-        .protocol_version()
-        .map(|v| format!("{v:?}"))
-        .unwrap_or_default();
-    let cipher = session
-        .negotiated_cipher_suite()
-        .map(|c| format!("{:?}", c.suite()))
-        .unwrap_or_default();
+    let (version, cipher) = crate::tls::session_summary(session);
     let alpn = session
         .alpn_protocol()
         .map(|a| String::from_utf8_lossy(a).into_owned())

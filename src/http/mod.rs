@@ -528,18 +528,12 @@ async fn forward(
         ),
         _ => (None, None),
     };
-    if !up.opts.pass_client_auth {
-        match &up.injector {
-            Injector::Header(name, _) => {
-                parts.headers.remove(name);
-            }
-            Injector::Query(..) | Injector::None => {}
-            Injector::OAuth2(_) | Injector::SigV4(_) => {
-                parts.headers.remove(header::AUTHORIZATION);
-            }
-        }
-        if !matches!(up.injector, Injector::None | Injector::Query(..)) {
-            parts.headers.remove(header::AUTHORIZATION);
+    // keyward replaces, never appends: the app's Authorization (and the configured API-key
+    // header) go; an API key in the query is swapped in `target_path`.
+    if !up.opts.pass_client_auth && !matches!(up.injector, Injector::None | Injector::Query(..)) {
+        parts.headers.remove(header::AUTHORIZATION);
+        if let Injector::Header(name, _) = &up.injector {
+            parts.headers.remove(name);
         }
     }
     let path = target_path(
@@ -594,23 +588,13 @@ async fn forward(
                 {
                     too_large(signer.max_body)
                 } else {
-                    ConnError::new(
-                        Side::Client,
-                        Reason::Protocol,
-                        format!("reading the request body: {e}"),
-                    )
+                    body_error(e)
                 }
             })?;
             Some(collected.to_bytes())
         }
         Injector::OAuth2(_) if declared.is_some_and(|n| n <= RETRY_BUFFER) => {
-            let collected = body.collect().await.map_err(|e| {
-                ConnError::new(
-                    Side::Client,
-                    Reason::Protocol,
-                    format!("reading the request body: {e}"),
-                )
-            })?;
+            let collected = body.collect().await.map_err(body_error)?;
             Some(collected.to_bytes())
         }
         _ => {
@@ -658,6 +642,14 @@ async fn forward(
         }
     }
     Ok(response)
+}
+
+fn body_error(e: impl std::fmt::Display) -> ConnError {
+    ConnError::new(
+        Side::Client,
+        Reason::Protocol,
+        format!("reading the request body: {e}"),
+    )
 }
 
 fn too_large(limit: u64) -> ConnError {

@@ -100,6 +100,19 @@ pub fn san_text(name: &x509_parser::extensions::GeneralName<'_>) -> String {
     }
 }
 
+/// The negotiated TLS version and cipher suite of a connection, for people.
+pub fn session_summary(conn: &rustls::CommonState) -> (String, String) {
+    let version = conn
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|c| format!("{:?}", c.suite()))
+        .unwrap_or_default();
+    (version, cipher)
+}
+
 /// Formats Unix seconds as RFC 3339 (UTC).
 pub fn rfc3339(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs());
