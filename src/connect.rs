@@ -119,24 +119,46 @@ pub async fn open_observed(
     connect_timeout: Duration,
     handshake_timeout: Duration,
 ) -> Result<UpstreamStream, ConnError> {
+    let tcp = connect_observed(resource, upstream, connect_timeout).await?;
+    match tls {
+        Some(tls) => Ok(Either::Right(
+            secure_observed(resource, tcp, tls, handshake_timeout).await?,
+        )),
+        None => Ok(Either::Left(tcp)),
+    }
+}
+
+/// connect, timed into `keyward_upstream_connect_seconds` (unless `resource` is empty).
+pub async fn connect_observed(
+    resource: &str,
+    upstream: &Upstream,
+    timeout: Duration,
+) -> Result<TcpStream, ConnError> {
+    let started = tokio::time::Instant::now();
+    let tcp = connect(upstream, timeout).await?;
+    if !resource.is_empty() {
+        crate::metrics::metrics()
+            .connect_seconds
+            .with_label_values(&[resource])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(tcp)
+}
+
+/// secure, timed into `keyward_upstream_handshake_seconds`, recording the expiry of the leaf
+/// certificate the upstream presented (unless `resource` is empty).
+pub async fn secure_observed(
+    resource: &str,
+    tcp: TcpStream,
+    tls: &TlsClient,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, ConnError> {
+    let started = tokio::time::Instant::now();
+    let stream = secure(tcp, tls, timeout).await?;
     if resource.is_empty() {
-        let tcp = connect(upstream, connect_timeout).await?;
-        return match tls {
-            Some(tls) => Ok(Either::Right(secure(tcp, tls, handshake_timeout).await?)),
-            None => Ok(Either::Left(tcp)),
-        };
+        return Ok(stream);
     }
     let m = crate::metrics::metrics();
-    let started = tokio::time::Instant::now();
-    let tcp = connect(upstream, connect_timeout).await?;
-    m.connect_seconds
-        .with_label_values(&[resource])
-        .observe(started.elapsed().as_secs_f64());
-    let Some(tls) = tls else {
-        return Ok(Either::Left(tcp));
-    };
-    let started = tokio::time::Instant::now();
-    let stream = secure(tcp, tls, handshake_timeout).await?;
     m.handshake_seconds
         .with_label_values(&[resource])
         .observe(started.elapsed().as_secs_f64());
@@ -148,5 +170,5 @@ pub async fn open_observed(
     {
         m.observe_leaf(resource, leaf);
     }
-    Ok(Either::Right(stream))
+    Ok(stream)
 }

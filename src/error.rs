@@ -77,6 +77,9 @@ pub enum Reason {
     Signing,
     /// A body too large to buffer for signing.
     BodyTooLarge,
+    /// Authentication failed: the upstream refused keyward's login, keyward could not answer
+    /// the method it asked for, or the app failed `client_password`.
+    AuthFailed,
 }
 
 impl Reason {
@@ -105,6 +108,7 @@ impl Reason {
             Self::TokenEndpoint => "token_endpoint",
             Self::Signing => "signing",
             Self::BodyTooLarge => "body_too_large",
+            Self::AuthFailed => "auth_failed",
         }
     }
 }

@@ -8,11 +8,14 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod db;
 pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod pki;
+pub mod postgres;
+pub mod rds;
 pub mod relay;
 pub mod reload;
 pub mod runtime;
@@ -20,6 +23,7 @@ pub mod secret;
 pub mod server;
 pub mod tcp;
 pub mod tls;
+pub mod wire;
 
 use std::future::Future;
 

@@ -317,6 +317,7 @@ pub(crate) fn resource_files(res: &ResourceConfig) -> Vec<PathBuf> {
 pub(crate) fn resource_secrets(res: &ResourceConfig) -> Vec<&SecretRef> {
     let mut secrets = auth_secrets_of(&res.auth);
     secrets.extend(res.headers.iter().map(|(_, s)| s));
+    secrets.extend(res.db.client_password.iter());
     secrets
 }
 

@@ -47,6 +47,8 @@ pub struct ResourceRuntime {
     pub max_connections: usize,
     /// For `protocol: http`: pools and credentials.
     pub http: Option<Arc<crate::http::HttpUpstream>>,
+    /// For `postgres`, `mysql`, `redis`: the login and its options.
+    pub db: Option<crate::db::DbRuntime>,
     /// Hash of everything this snapshot was built from (settings, file bytes, secrets).
     pub fingerprint: [u8; 32],
 }
@@ -81,6 +83,7 @@ impl Runtime {
         for res in &config.resources {
             let alpn = match res.protocol {
                 Protocol::Http => crate::http::alpn(res.http.http2),
+                Protocol::Postgres => &[b"postgresql".as_slice()][..],
                 _ => &[],
             };
             let tls = match tls::build_client(&res.tls, alpn) {
@@ -93,6 +96,20 @@ impl Runtime {
                 }
             };
             let mut http = None;
+            let mut db = None;
+            if matches!(
+                res.protocol,
+                Protocol::Postgres | Protocol::Mysql | Protocol::Redis
+            ) {
+                match crate::db::DbRuntime::build(res, env) {
+                    Ok(built) => db = Some(built),
+                    Err(found) => {
+                        for (site, message) in found {
+                            push(site, message);
+                        }
+                    }
+                }
+            }
             if res.protocol == Protocol::Http {
                 match crate::http::HttpUpstream::build(res, tls.as_ref(), env) {
                     Ok(upstream) => http = Some(Arc::new(upstream)),
@@ -110,8 +127,11 @@ impl Runtime {
                         .credential_reads
                         .with_label_values(&[res.name.as_str(), outcome])
                         .inc();
+                    // DbRuntime::build reported the database's own secrets already.
                     if let Err(message) = result {
-                        push(secret.site.clone(), message);
+                        if res.protocol == Protocol::Tcp {
+                            push(secret.site.clone(), message);
+                        }
                     }
                 }
             }
@@ -126,6 +146,7 @@ impl Runtime {
                 idle_timeout: res.idle_timeout,
                 max_connections: res.max_connections,
                 http,
+                db,
                 fingerprint: crate::reload::fingerprint(res, env),
             }));
         }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::config::{protocol_name, ResourceName};
+use crate::config::{protocol_name, Protocol, ResourceName};
 use crate::error::{ConnError, Reason, Side};
 use crate::listener::{bind_one, BindError, BoundAddr, Listener, Listeners};
 use crate::metrics::metrics;
@@ -509,12 +509,13 @@ async fn accept_loop(
                 open.inc();
                 debug!("accepted");
                 let serving = async {
-                    match runtime.http.clone() {
-                        Some(http) => crate::http::serve(client, http, state.clone())
+                    match (runtime.protocol, runtime.http.clone()) {
+                        (_, Some(http)) => crate::http::serve(client, http, state.clone())
                             .await
                             .map(|()| Relayed::default())
                             .map_err(Failure::Relay),
-                        None => tcp::serve(client, runtime).await,
+                        (Protocol::Postgres, None) => crate::postgres::serve(client, runtime).await,
+                        _ => tcp::serve(client, runtime).await,
                     }
                 };
                 let result = tokio::select! {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use serde_saphyr::Spanned;
 
-pub use raw::{AuthType, Http2, LogFormat, Protocol, TlsMode, TlsVersion};
+pub use raw::{AuthType, Http2, LogFormat, Negotiation, Protocol, TlsMode, TlsVersion};
 
 use crate::secret::SecretSource;
 
@@ -166,6 +166,8 @@ pub struct ResourceConfig {
     pub max_connections: usize,
     /// HTTP options (used by `protocol: http`).
     pub http: HttpOptions,
+    /// Database options (used by `postgres`, `mysql`, `redis`).
+    pub db: DbOptions,
     /// Where the resource starts in the file.
     pub site: Site,
 }
@@ -198,6 +200,20 @@ impl Default for HttpOptions {
             max_signed_body: DEFAULT_MAX_SIGNED_BODY,
         }
     }
+}
+
+/// Options of the database protocols (`postgres`, `mysql`, `redis`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbOptions {
+    /// A password the app must present to keyward (`postgres`: SCRAM-SHA-256 on keyward's
+    /// side; `mysql`: mysql_native_password; `redis`: `AUTH`). `None`: any local client.
+    pub client_password: Option<SecretRef>,
+    /// `postgres`: send the password in clear text when the server asks for it over plaintext.
+    pub allow_cleartext_password: bool,
+    /// `mysql`: caching_sha2_password full auth over plaintext with the server's RSA key.
+    pub allow_rsa_key_exchange: bool,
+    /// `redis`: forward the app's own `AUTH`/`HELLO AUTH` instead of answering it.
+    pub pass_client_auth: bool,
 }
 
 /// A listening address.
@@ -277,6 +293,8 @@ pub struct TlsSettings {
     pub server_name: ServerName<'static>,
     /// Lowest TLS version offered.
     pub min_version: TlsVersion,
+    /// `postgres`: SSLRequest first, or direct TLS (PostgreSQL 17+).
+    pub negotiation: Negotiation,
     /// Where the mode was decided (for errors about the whole block).
     pub site: Site,
 }
@@ -623,11 +641,11 @@ impl Ctx {
             );
         }
         let protocol = res.protocol.value;
-        if !matches!(protocol, Protocol::Tcp | Protocol::Http) {
+        if matches!(protocol, Protocol::Mysql | Protocol::Redis) {
             self.problem(
                 site(&res.protocol, format!("{at}.protocol")),
                 format!(
-                    "protocol \"{}\" is not available in this version of keyward yet; only \"tcp\" and \"http\" are",
+                    "protocol \"{}\" is not available in this version of keyward yet",
                     protocol_name(protocol)
                 ),
             );
@@ -684,6 +702,7 @@ impl Ctx {
             None => DEFAULT_MAX_CONNECTIONS,
         };
         let tls = self.tls(
+            protocol,
             res.tls.as_ref(),
             defaults.tls.as_ref(),
             upstream.as_ref(),
@@ -692,6 +711,7 @@ impl Ctx {
             &format!("{at}.tls"),
         );
         let http = self.http_options(res, protocol, at);
+        let db = self.db_options(res, protocol, at);
         let auth = match &res.auth {
             Some(auth) => self.auth(protocol, auth, &format!("{at}.auth")),
             None => Some(Auth::None),
@@ -734,8 +754,59 @@ impl Ctx {
             idle_timeout,
             max_connections,
             http,
+            db,
             site: site(&res.name, at),
         })
+    }
+
+    fn db_options(&mut self, res: &raw::Resource, protocol: Protocol, at: &str) -> DbOptions {
+        let mut opts = DbOptions::default();
+        let is_db = matches!(
+            protocol,
+            Protocol::Postgres | Protocol::Mysql | Protocol::Redis
+        );
+        if let Some(v) = &res.client_password {
+            let path = format!("{at}.client_password");
+            if is_db {
+                opts.client_password = self.secret(v, &path);
+            } else {
+                self.problem(
+                    site(v, path),
+                    "client_password applies to protocols postgres, mysql and redis",
+                );
+            }
+        }
+        if protocol == Protocol::Redis {
+            opts.pass_client_auth = res.pass_client_auth.unwrap_or(false);
+        }
+        if let Some(auth) = &res.auth {
+            let flags = [
+                (
+                    "allow_cleartext_password",
+                    &auth.allow_cleartext_password,
+                    Protocol::Postgres,
+                ),
+                (
+                    "allow_rsa_key_exchange",
+                    &auth.allow_rsa_key_exchange,
+                    Protocol::Mysql,
+                ),
+            ];
+            for (key, value, only) in flags {
+                let Some(v) = value else { continue };
+                if protocol != only {
+                    self.problem(
+                        site(v, format!("{at}.auth.{key}")),
+                        format!("{key} applies to protocol {} only", protocol_name(only)),
+                    );
+                } else if key == "allow_cleartext_password" {
+                    opts.allow_cleartext_password = v.value;
+                } else {
+                    opts.allow_rsa_key_exchange = v.value;
+                }
+            }
+        }
+        opts
     }
 
     fn http_options(&mut self, res: &raw::Resource, protocol: Protocol, at: &str) -> HttpOptions {
@@ -743,7 +814,10 @@ impl Ctx {
         let http_only: [(&str, bool); 6] = [
             ("http2", res.http2.is_some()),
             ("preserve_host", res.preserve_host.is_some()),
-            ("pass_client_auth", res.pass_client_auth.is_some()),
+            (
+                "pass_client_auth",
+                res.pass_client_auth.is_some() && protocol != Protocol::Redis,
+            ),
             ("response_timeout", res.response_timeout.is_some()),
             ("pool_idle_timeout", res.pool_idle_timeout.is_some()),
             ("max_signed_body", res.max_signed_body.is_some()),
@@ -899,8 +973,10 @@ impl Ctx {
 
     /// `upstream_at` is the key path of the upstream value (for errors about the name);
     /// `tls_at` the path of the tls block.
+    #[allow(clippy::too_many_arguments)]
     fn tls(
         &mut self,
+        protocol: Protocol,
         own: Option<&raw::Tls>,
         defaults: Option<&raw::Tls>,
         upstream: Option<&Upstream>,
@@ -969,6 +1045,25 @@ impl Ctx {
         )
         .map(|(v, _)| v.value)
         .unwrap_or_default();
+        let negotiation = match pick(
+            &own.negotiation,
+            p("negotiation"),
+            dflt.negotiation.as_ref(),
+            &d("negotiation"),
+        ) {
+            Some((v, path)) => {
+                if protocol != Protocol::Postgres {
+                    self.problem(
+                        site(v, path),
+                        "tls.negotiation applies to protocol postgres only",
+                    );
+                } else if v.value == Negotiation::Direct && mode == TlsMode::Disable {
+                    self.problem(site(v, path), "negotiation: direct is TLS from the first byte; it cannot be combined with mode: disable");
+                }
+                v.value
+            }
+            None => Negotiation::Postgres,
+        };
         let server_name = match (
             pick(
                 &own.server_name,
@@ -1014,6 +1109,7 @@ impl Ctx {
             client,
             server_name,
             min_version,
+            negotiation,
             site: mode_site,
         })
     }
@@ -1090,7 +1186,7 @@ impl Ctx {
             );
             return None;
         }
-        let fields: [(&str, Option<Site>); 21] = [
+        let fields: [(&str, Option<Site>); 23] = [
             ("username", auth.username.as_ref().map(|v| site(v, ""))),
             ("password", auth.password.as_ref().map(|v| site(v, ""))),
             ("database", auth.database.as_ref().map(|v| site(v, ""))),
@@ -1133,11 +1229,25 @@ impl Ctx {
                 "unsigned_payload",
                 auth.unsigned_payload.as_ref().map(|v| site(v, "")),
             ),
+            (
+                "allow_cleartext_password",
+                auth.allow_cleartext_password.as_ref().map(|v| site(v, "")),
+            ),
+            (
+                "allow_rsa_key_exchange",
+                auth.allow_rsa_key_exchange.as_ref().map(|v| site(v, "")),
+            ),
         ];
         const AWS: [&str; 3] = ["access_key_id", "secret_access_key", "session_token"];
         let allowed: Vec<&str> = match kind {
             T::None => vec![],
-            T::Password => vec!["username", "password", "database"],
+            T::Password => vec![
+                "username",
+                "password",
+                "database",
+                "allow_cleartext_password",
+                "allow_rsa_key_exchange",
+            ],
             T::RdsIam => [&["username", "region", "database"][..], &AWS].concat(),
             T::ApiKey => vec!["header", "query", "value"],
             T::Basic => vec!["username", "password"],
@@ -1267,6 +1377,7 @@ impl Ctx {
                         Some(up) => {
                             let path = format!("{at}.token_url");
                             let tls = self.tls(
+                                Protocol::Http,
                                 auth.tls.as_ref(),
                                 None,
                                 Some(&up),

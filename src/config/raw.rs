@@ -83,6 +83,7 @@ pub struct Resource {
     pub response_timeout: Option<Spanned<String>>,
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub max_signed_body: Option<Spanned<u64>>,
+    pub client_password: Option<Spanned<String>>,
 }
 
 /// `resources[].http2`: whether the upstream connection may or must use HTTP/2.
@@ -124,6 +125,18 @@ pub struct Tls {
     pub client_key: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
     pub min_version: Option<Spanned<TlsVersion>>,
+    pub negotiation: Option<Spanned<Negotiation>>,
+}
+
+/// `tls.negotiation` (postgres): how TLS starts on the upstream connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Negotiation {
+    /// `SSLRequest`, then TLS (every PostgreSQL version).
+    #[default]
+    Postgres,
+    /// TLS from the first byte with ALPN `postgresql` (PostgreSQL 17+).
+    Direct,
 }
 
 /// `tls.mode`.
@@ -216,6 +229,8 @@ pub struct Auth {
     pub secret_access_key: Option<Spanned<String>>,
     pub session_token: Option<Spanned<String>>,
     pub unsigned_payload: Option<Spanned<bool>>,
+    pub allow_cleartext_password: Option<Spanned<bool>>,
+    pub allow_rsa_key_exchange: Option<Spanned<bool>>,
     pub tls: Option<Tls>,
 }
 

@@ -107,9 +107,34 @@ fn two_resources_cannot_share_a_listen_address() {
 }
 
 #[test]
-fn database_protocols_are_parsed_but_not_served_yet() {
-    let yaml = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n    auth:\n      type: password\n      username: app\n      password: ${env:PW}\n";
-    assert_eq!(problems(yaml), ["k.yaml:3:15: resources[0].protocol: protocol \"postgres\" is not available in this version of keyward yet; only \"tcp\" and \"http\" are"]);
+fn postgres_resources_parse_with_db_options() {
+    let yaml = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n    client_password: ${env:CPW}\n    tls:\n      negotiation: direct\n    auth:\n      type: password\n      username: app\n      password: ${env:PW}\n      allow_cleartext_password: true\n";
+    let c = ok(yaml);
+    let r = &c.resources[0];
+    assert_eq!(r.tls.negotiation, Negotiation::Direct);
+    assert!(r.db.allow_cleartext_password);
+    assert!(r.db.client_password.is_some());
+    assert!(matches!(&r.auth, Auth::Password { username: Some(u), .. } if u == "app"));
+}
+
+#[test]
+fn database_options_are_checked_against_the_protocol() {
+    let yaml = "resources:\n  - name: db\n    protocol: tcp\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n    client_password: x\n    tls:\n      negotiation: direct\n";
+    assert_eq!(
+        problems(yaml),
+        [
+            "k.yaml:8:20: resources[0].tls.negotiation: tls.negotiation applies to protocol postgres only",
+            "k.yaml:6:22: resources[0].client_password: client_password applies to protocols postgres, mysql and redis"
+        ]
+    );
+    let yaml = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n    tls:\n      mode: disable\n      negotiation: direct\n    auth:\n      type: password\n      username: u\n      allow_rsa_key_exchange: true\n";
+    assert_eq!(
+        problems(yaml),
+        [
+            "k.yaml:8:20: resources[0].tls.negotiation: negotiation: direct is TLS from the first byte; it cannot be combined with mode: disable",
+            "k.yaml:12:31: resources[0].auth.allow_rsa_key_exchange: allow_rsa_key_exchange applies to protocol mysql only"
+        ]
+    );
 }
 
 #[test]

@@ -143,6 +143,48 @@ impl Signer {
     }
 }
 
+impl Signer {
+    /// A presigned URL (signature in the query string) for `GET url`, valid for `expires`.
+    /// The returned query keeps `url`'s own parameters first, then the `X-Amz-*` ones in
+    /// the order SigV4 presigning defines.
+    pub fn presign(
+        &self,
+        url: &str,
+        expires: std::time::Duration,
+        time: SystemTime,
+    ) -> Result<String, String> {
+        let mut settings = SigningSettings::default();
+        settings.signature_location = aws_sigv4::http_request::SignatureLocation::QueryParams;
+        settings.expires_in = Some(expires);
+        let identity = self.identity();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name(&self.service)
+            .time(time)
+            .settings(settings)
+            .build()
+            .map_err(|e| e.to_string())?
+            .into();
+        let signable =
+            SignableRequest::new("GET", url, std::iter::empty(), SignableBody::Bytes(&[]))
+                .map_err(|e| e.to_string())?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        let mut out = url.to_owned();
+        let mut sep = if out.contains('?') { '&' } else { '?' };
+        for (name, value) in instructions.params() {
+            out.push(sep);
+            sep = '&';
+            out.push_str(name);
+            out.push('=');
+            out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+        }
+        Ok(out)
+    }
+}
+
 /// Where signing credentials came from.
 #[derive(Debug)]
 pub struct Resolved {

@@ -365,3 +365,24 @@ pub fn read_key(file: &FileRef) -> Result<PrivateKeyDer<'static>, (Site, String)
         (file.site.clone(), format!("{}: {why}", shown(&file.path)))
     })
 }
+
+/// The `tls-server-end-point` channel binding data of a server certificate (RFC 5929 §4.1):
+/// its hash with the hash function of its signature algorithm, SHA-256 for MD5 and SHA-1.
+/// `None` for algorithms without one hash function (Ed25519, RSASSA-PSS), as libpq does.
+pub fn tls_server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let oid = parsed.signature_algorithm.algorithm.to_id_string();
+    let der = cert.as_ref();
+    match oid.as_str() {
+        // md5/sha1/sha256 with RSA; ecdsa-with-SHA1/SHA256
+        "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.1"
+        | "1.2.840.10045.4.3.2" => Some(sha2::Sha256::digest(der).to_vec()),
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Some(sha2::Sha384::digest(der).to_vec()),
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Some(sha2::Sha512::digest(der).to_vec()),
+        _ => None,
+    }
+}

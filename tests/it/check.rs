@@ -50,7 +50,7 @@ fn the_annotated_example_config_passes() {
 #[test]
 fn reports_an_unknown_key_with_its_path() {
     let pki = Pki::new();
-    assert_problem(&pki, &format!("{HEAD}    tls:\n      cax: ca.pem\n"), "FILE:7:7: resources[0].tls.cax: unknown field `cax`, expected one of mode, ca, system_roots, client_cert, client_key, server_name, min_version");
+    assert_problem(&pki, &format!("{HEAD}    tls:\n      cax: ca.pem\n"), "FILE:7:7: resources[0].tls.cax: unknown field `cax`, expected one of mode, ca, system_roots, client_cert, client_key, server_name, min_version, negotiation");
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod e2e;
 mod http;
 mod limbo;
 mod oauth2;
+mod postgres;
 mod reload;
 mod sigv4;
 mod support;

@@ -129,6 +129,13 @@ pub const TEST_SECRETS: &[&str] = &[
     "metrics-test-token",
     "metrics-client-secret",
     "PRIVATE KEY",
+    "scrampw",
+    "md5pw",
+    "rot-one",
+    "rot-two",
+    "benchpw",
+    "local-secret",
+    "not-the-password",
 ];
 
 impl Drop for Keyward {

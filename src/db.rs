@@ -1,0 +1,177 @@
+//! What the database protocols (`postgres`, `mysql`, `redis`) share: the credential keyward
+//! logs in with, read fresh for each new upstream connection, and the local client password.
+
+use std::sync::Mutex;
+
+use tracing::warn;
+
+use crate::config::{Auth, DbOptions, Negotiation, ResourceConfig, SecretRef};
+use crate::error::{ConnError, Reason, Side};
+use crate::secret::{Env, Secret, SecretSource};
+
+/// A secret that is re-read from its file at each use, so a rotated file takes effect for
+/// the next connection. If a read fails (mid-rotation), the last good value is used.
+#[derive(Debug)]
+pub struct Credential {
+    source: SecretSource,
+    last: Mutex<Secret>,
+}
+
+impl Credential {
+    /// Resolves the secret once (the build fails if it cannot be read).
+    pub fn new(secret: &SecretRef, env: &dyn Env) -> Result<Self, String> {
+        let value = secret.source.resolve(env)?;
+        Ok(Self {
+            source: secret.source.clone(),
+            last: Mutex::new(value),
+        })
+    }
+
+    /// The current value: a `${file:}` secret is read again; others do not change.
+    pub fn current(&self, resource: &str) -> Secret {
+        let mut last = match self.last.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let SecretSource::File(path) = &self.source {
+            let result = self.source.resolve(&crate::secret::ProcessEnv);
+            let outcome = if result.is_ok() { "success" } else { "error" };
+            crate::metrics::metrics()
+                .credential_reads
+                .with_label_values(&[resource, outcome])
+                .inc();
+            match result {
+                Ok(value) => *last = value,
+                Err(message) => {
+                    warn!(resource, file = %path.display(), "cannot re-read the password file, using the last value read: {message}")
+                }
+            }
+        }
+        last.clone()
+    }
+}
+
+/// How keyward logs in upstream.
+#[derive(Debug)]
+pub enum Login {
+    /// The app's own user; no password (certificate auth, trust, or the app's choice).
+    None,
+    /// A configured user and (optionally) password.
+    Password {
+        /// Upstream user (`None` keeps the app's).
+        username: Option<String>,
+        /// Its password; `None` for certificate auth.
+        password: Option<Credential>,
+    },
+    /// An RDS IAM auth token as the password.
+    RdsIam(crate::rds::RdsIam),
+}
+
+/// The database part of a resource's runtime.
+#[derive(Debug)]
+pub struct DbRuntime {
+    /// The upstream login.
+    pub login: Login,
+    /// Database override.
+    pub database: Option<String>,
+    /// The password the app must present to keyward, if any.
+    pub client_password: Option<Credential>,
+    /// See [`DbOptions`].
+    pub allow_cleartext_password: bool,
+    /// See [`DbOptions`].
+    pub allow_rsa_key_exchange: bool,
+    /// See [`DbOptions`].
+    pub pass_client_auth: bool,
+    /// `postgres`: SSLRequest or direct TLS.
+    pub negotiation: Negotiation,
+}
+
+impl DbRuntime {
+    /// Builds from a resource's config, resolving every secret once.
+    pub fn build(
+        res: &ResourceConfig,
+        env: &dyn Env,
+    ) -> Result<Self, Vec<(crate::config::Site, String)>> {
+        let mut problems = Vec::new();
+        let mut credential = |secret: &SecretRef| match Credential::new(secret, env) {
+            Ok(c) => Some(c),
+            Err(message) => {
+                problems.push((secret.site.clone(), message));
+                None
+            }
+        };
+        let DbOptions {
+            client_password,
+            allow_cleartext_password,
+            allow_rsa_key_exchange,
+            pass_client_auth,
+        } = &res.db;
+        let client_password = client_password.as_ref().and_then(&mut credential);
+        let (login, database) = match &res.auth {
+            Auth::Password {
+                username,
+                password,
+                database,
+            } => (
+                Login::Password {
+                    username: username.clone(),
+                    password: password.as_ref().and_then(&mut credential),
+                },
+                database.clone(),
+            ),
+            Auth::RdsIam {
+                username,
+                region,
+                database,
+                credentials,
+            } => match crate::rds::RdsIam::build(username, region, &res.upstream, credentials, env)
+            {
+                Ok(rds) => (Login::RdsIam(rds), database.clone()),
+                Err(found) => {
+                    problems.extend(found);
+                    (Login::None, None)
+                }
+            },
+            _ => (Login::None, None),
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            login,
+            database,
+            client_password,
+            allow_cleartext_password: *allow_cleartext_password,
+            allow_rsa_key_exchange: *allow_rsa_key_exchange,
+            pass_client_auth: *pass_client_auth,
+            negotiation: res.tls.negotiation,
+        })
+    }
+
+    /// The upstream user, if keyward sets it.
+    pub fn username(&self) -> Option<&str> {
+        match &self.login {
+            Login::None => None,
+            Login::Password { username, .. } => username.as_deref(),
+            Login::RdsIam(rds) => Some(rds.username()),
+        }
+    }
+
+    /// The password for a new upstream connection: read now (a rotated file takes effect),
+    /// or a fresh RDS token. `None` when keyward has no password to give.
+    pub fn password(&self, resource: &str) -> Result<Option<Secret>, ConnError> {
+        match &self.login {
+            Login::None => Ok(None),
+            Login::Password { password, .. } => Ok(password.as_ref().map(|c| c.current(resource))),
+            Login::RdsIam(rds) => rds
+                .token()
+                .map(Some)
+                .map_err(|message| ConnError::new(Side::Internal, Reason::Signing, message)),
+        }
+    }
+
+    /// Whether keyward's password is an RDS token (sent in clear over TLS).
+    pub fn is_rds_iam(&self) -> bool {
+        matches!(self.login, Login::RdsIam(_))
+    }
+}

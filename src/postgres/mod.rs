@@ -1,0 +1,489 @@
+//! `protocol: postgres`. The app connects as to any PostgreSQL server, with no password;
+//! keyward opens a TLS connection to the real server (SSLRequest, or direct TLS for
+//! PostgreSQL 17+), logs in with the configured credentials (SCRAM-SHA-256[-PLUS], MD5,
+//! cleartext over TLS, or certificate auth), gives the app the server's startup messages with
+//! a backend key of keyward's own, and then relays bytes.
+//!
+//! Every failure before the relay reaches the app as an ErrorResponse whose message starts
+//! with `keyward:`, so psql prints it; the server's own login errors are passed on unchanged.
+
+pub mod cancel;
+pub mod codec;
+pub mod scram;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+use tracing::debug;
+
+use crate::config::{Negotiation, TlsMode};
+use crate::connect::{self, UpstreamStream};
+use crate::db::DbRuntime;
+use crate::error::{ConnError, Reason, Side};
+use crate::listener::ClientStream;
+use crate::relay::{relay, Relayed};
+use crate::runtime::ResourceRuntime;
+use crate::secret::Secret;
+use crate::tcp::Failure;
+use crate::wire::Wire;
+use codec::{AuthRequest, Initial, LoginMessage, Startup};
+
+/// How long an app has to send its startup packet.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one app connection.
+pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
+    let mut app = Wire::new(client, Side::Client);
+    let startup = match tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut app, &res)).await {
+        Ok(Ok(Some(startup))) => startup,
+        Ok(Ok(None)) => return Ok(Relayed::default()),
+        Ok(Err(e)) => {
+            if e.reason == Reason::Protocol {
+                let _ = app
+                    .send(&codec::error_response(
+                        "FATAL",
+                        "08P01",
+                        &format!("keyward: {}", e.detail),
+                    ))
+                    .await;
+            }
+            return Err(Failure::Open(e));
+        }
+        Err(_) => {
+            let e = ConnError::new(
+                Side::Client,
+                Reason::Protocol,
+                format!(
+                    "no startup message within {}",
+                    humantime::format_duration(STARTUP_TIMEOUT)
+                ),
+            );
+            let _ = app
+                .send(&codec::error_response(
+                    "FATAL",
+                    "08P01",
+                    &format!("keyward: {}", e.detail),
+                ))
+                .await;
+            return Err(Failure::Open(e));
+        }
+    };
+    session(app, startup, res).await
+}
+
+/// Reads SSLRequest / GSSENCRequest (answered `N`), CancelRequest (forwarded) or the
+/// StartupMessage. `None`: nothing more to do on this connection.
+async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    app: &mut Wire<S>,
+    res: &Arc<ResourceRuntime>,
+) -> Result<Option<Startup>, ConnError> {
+    loop {
+        let (initial, len) = loop {
+            match codec::parse_initial(&app.buf) {
+                Ok(Some(found)) => break found,
+                Ok(None) if app.buf.is_empty() => match app.fill("a startup packet").await {
+                    Ok(()) => {}
+                    // A client that connects and leaves (a port probe) is not an error.
+                    Err(e) if e.reason == Reason::Truncated => return Ok(None),
+                    Err(e) => return Err(e),
+                },
+                Ok(None) => app.fill("a startup packet").await?,
+                Err(e) => return Err(app.protocol(e.to_string())),
+            }
+        };
+        let _ = app.buf.split_to(len);
+        match initial {
+            Initial::Ssl | Initial::GssEnc => app.send(b"N").await?,
+            Initial::Cancel { pid, key } => {
+                cancel::forward(res, pid, &key).await;
+                return Ok(None);
+            }
+            Initial::Startup(startup) => return Ok(Some(startup)),
+        }
+    }
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut app: Wire<S>,
+    mut startup: Startup,
+    res: Arc<ResourceRuntime>,
+) -> Result<Relayed, Failure> {
+    let name = res.name.as_str();
+    let Some(db) = res.db.as_ref() else {
+        return Err(Failure::Open(ConnError::new(
+            Side::Internal,
+            Reason::Protocol,
+            "resource has no database runtime",
+        )));
+    };
+    if let Some(expected) = &db.client_password {
+        if let Err(e) = check_app_password(&mut app, &expected.current(name)).await {
+            let _ = app.send(&app_error(&e, name)).await;
+            return Err(Failure::Open(e));
+        }
+    }
+    if let Some(user) = db.username() {
+        startup.set("user", user);
+    }
+    if let Some(database) = &db.database {
+        startup.set("database", database);
+    }
+    let user = startup.get("user").unwrap_or_default().to_owned();
+    let started = tokio::time::Instant::now();
+    let login = async {
+        let upstream = open(&res, db).await?;
+        let binding = match &upstream {
+            Either::Right(tls) => Some(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| crate::tls::tls_server_end_point(leaf)),
+            ),
+            Either::Left(_) => None,
+        };
+        let mut up = Wire::new(upstream, Side::Upstream);
+        up.send(&startup.encode()).await?;
+        let password = db.password(name)?;
+        let greeting = tokio::time::timeout(
+            res.handshake_timeout,
+            login(&mut up, db, &user, password, binding, name),
+        )
+        .await
+        .map_err(|_| {
+            ConnError::new(
+                Side::Upstream,
+                Reason::HandshakeTimeout,
+                format!(
+                    "the server did not finish the login within {}",
+                    humantime::format_duration(res.handshake_timeout)
+                ),
+            )
+        })??;
+        Ok::<_, LoginError>((up, greeting))
+    };
+    let (mut up, mut greeting) = match login.await {
+        Ok(done) => done,
+        Err(LoginError::Keyward(e)) => {
+            let _ = app.send(&app_error(&e, name)).await;
+            return Err(Failure::Open(e));
+        }
+        Err(LoginError::Server { raw, code, message }) => {
+            let _ = app.send(&raw).await;
+            return Err(Failure::Open(ConnError::new(
+                Side::Upstream,
+                Reason::AuthFailed,
+                format!(
+                    "the server refused the login of user \"{user}\": {message} (SQLSTATE {code})"
+                ),
+            )));
+        }
+    };
+    crate::metrics::metrics()
+        .auth_seconds
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    // Rewrite BackendKeyData: the app gets a key of keyward's own.
+    let _registration = match greeting.backend_key.take() {
+        Some((pid, key)) => {
+            let (registration, own_pid, own_key) = cancel::register(res.clone(), pid, key);
+            greeting.messages.splice(
+                greeting.key_at..greeting.key_at,
+                codec::backend_key_data(own_pid, &own_key),
+            );
+            Some(registration)
+        }
+        None => None,
+    };
+    debug!(user = %user, "logged in upstream");
+    // Whatever either side sent past the login goes first.
+    greeting.messages.extend_from_slice(&up.buf);
+    up.buf.clear();
+    let early = app.buf.split();
+    let sent = async {
+        app.send(&greeting.messages).await?;
+        if !early.is_empty() {
+            up.send(&early).await?;
+        }
+        Ok::<_, ConnError>(())
+    };
+    sent.await.map_err(Failure::Relay)?;
+    relay(app.io, up.io, res.idle_timeout)
+        .await
+        .map_err(Failure::Relay)
+}
+
+/// SCRAM-SHA-256 with the app, for `client_password`.
+async fn check_app_password<S: AsyncRead + AsyncWrite + Unpin>(
+    app: &mut Wire<S>,
+    expected: &Secret,
+) -> Result<(), ConnError> {
+    let refused = |why: String| ConnError::new(Side::Client, Reason::AuthFailed, why);
+    let mut server = scram::ScramServer::new(expected.expose())
+        .ok_or_else(|| ConnError::new(Side::Internal, Reason::Io, "no randomness for SCRAM"))?;
+    app.send(&codec::auth_sasl(&["SCRAM-SHA-256"])).await?;
+    let frame = |b: &[u8]| codec::frame(b, codec::MAX_AUTH_MESSAGE);
+    let first = app.message("the SASLInitialResponse", frame).await?;
+    let (mechanism, data) =
+        codec::parse_sasl_initial(&first).map_err(|e| app.protocol(e.to_string()))?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(refused(format!(
+            "the app chose SASL mechanism \"{mechanism}\"; keyward offers SCRAM-SHA-256"
+        )));
+    }
+    let reply = server
+        .client_first(&data)
+        .map_err(|e| refused(format!("client_password: {e:?}")))?;
+    app.send(&codec::auth_sasl_data(11, &reply)).await?;
+    let last = app.message("the SASLResponse", frame).await?;
+    let data = codec::parse_sasl_response(&last).map_err(|e| app.protocol(e.to_string()))?;
+    match server.client_final(data) {
+        Ok(reply) => app.send(&codec::auth_sasl_data(12, &reply)).await,
+        Err(scram::ScramError::Proof) => Err(refused(
+            "password authentication failed: the app's password is not this resource's client_password".to_owned(),
+        )),
+        Err(e) => Err(refused(format!("client_password: {e:?}"))),
+    }
+}
+
+/// Connect, then TLS per the mode: SSLRequest first (`S` → TLS, `N` → refused unless the mode
+/// is `disable`), or direct TLS with ALPN `postgresql`.
+pub async fn open(res: &ResourceRuntime, db: &DbRuntime) -> Result<UpstreamStream, ConnError> {
+    let name = res.name.as_str();
+    let mut tcp = connect::connect_observed(name, &res.upstream, res.connect_timeout).await?;
+    let Some(tls) = res.tls.as_ref() else {
+        return Ok(Either::Left(tcp));
+    };
+    if db.negotiation == Negotiation::Postgres {
+        ssl_request(&mut tcp, res).await?;
+    }
+    let stream = connect::secure_observed(name, tcp, tls, res.handshake_timeout).await?;
+    Ok(Either::Right(stream))
+}
+
+async fn ssl_request(tcp: &mut TcpStream, res: &ResourceRuntime) -> Result<(), ConnError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        tcp.write_all(&codec::ssl_request()).await?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer[0])
+    };
+    let answer = tokio::time::timeout(res.handshake_timeout, exchange)
+        .await
+        .map_err(|_| {
+            ConnError::new(
+                Side::Upstream,
+                Reason::HandshakeTimeout,
+                "the server did not answer the SSLRequest",
+            )
+        })?
+        .map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
+    let mode = res.tls.as_ref().map_or(TlsMode::Disable, |t| t.mode);
+    match answer {
+        b'S' => Ok(()),
+        b'N' => Err(ConnError::new(
+            Side::Upstream,
+            Reason::Tls,
+            format!(
+                "server does not support TLS (it answered N to SSLRequest) and tls.mode is {}",
+                mode.as_str()
+            ),
+        )),
+        other => Err(ConnError::new(
+            Side::Upstream,
+            Reason::Protocol,
+            format!(
+                "unexpected answer {:?} to SSLRequest: is {} a PostgreSQL server?",
+                other as char, res.upstream
+            ),
+        )),
+    }
+}
+
+/// What the server sent from AuthenticationOk to ReadyForQuery, to pass to the app.
+struct Greeting {
+    messages: Vec<u8>,
+    /// The server's BackendKeyData, cut out of `messages` at `key_at`.
+    backend_key: Option<(i32, Vec<u8>)>,
+    key_at: usize,
+}
+
+enum LoginError {
+    /// keyward's own failure: sent to the app as a `keyward:` ErrorResponse.
+    Keyward(ConnError),
+    /// The server's ErrorResponse, passed on unchanged.
+    Server {
+        raw: bytes::Bytes,
+        code: String,
+        message: String,
+    },
+}
+
+impl From<ConnError> for LoginError {
+    fn from(e: ConnError) -> Self {
+        Self::Keyward(e)
+    }
+}
+
+fn auth_error(detail: String) -> LoginError {
+    LoginError::Keyward(ConnError::new(Side::Internal, Reason::AuthFailed, detail))
+}
+
+/// Answers the server's authentication requests with the configured credential.
+async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    up: &mut Wire<S>,
+    db: &DbRuntime,
+    user: &str,
+    password: Option<Secret>,
+    binding: Option<Option<Vec<u8>>>,
+    resource: &str,
+) -> Result<Greeting, LoginError> {
+    let on_tls = binding.is_some();
+    let need_password = |method: &str| {
+        password.as_ref().ok_or_else(|| {
+            auth_error(format!(
+                "the server asks for a password ({method}) for user \"{user}\" but resource \"{resource}\" has no auth.password"
+            ))
+        })
+    };
+    let mut scram: Option<ScramSha256> = None;
+    let mut greeting = Greeting {
+        messages: Vec::new(),
+        backend_key: None,
+        key_at: 0,
+    };
+    let mut authenticated = false;
+    loop {
+        let msg = up
+            .message("the server's login messages", |b| {
+                codec::frame(b, codec::MAX_AUTH_MESSAGE)
+            })
+            .await?;
+        let parsed = codec::parse_login(&msg).map_err(|e| up.protocol(e.to_string()))?;
+        match parsed {
+            LoginMessage::Error { code, message } => {
+                return Err(LoginError::Server {
+                    raw: msg,
+                    code,
+                    message,
+                })
+            }
+            LoginMessage::Auth(_) if authenticated => {
+                return Err(up
+                    .protocol("authentication request after AuthenticationOk".to_owned())
+                    .into())
+            }
+            LoginMessage::Auth(AuthRequest::Ok) => {
+                if scram.is_some() {
+                    return Err(up
+                        .protocol("AuthenticationOk before the SCRAM exchange finished".to_owned())
+                        .into());
+                }
+                authenticated = true;
+                greeting.messages.extend_from_slice(&msg);
+            }
+            LoginMessage::Auth(AuthRequest::Cleartext) => {
+                let pw = need_password("cleartext")?;
+                if !on_tls && !db.allow_cleartext_password {
+                    return Err(auth_error("the server asks for the password in clear text over a connection without TLS; keyward refuses (set auth.allow_cleartext_password: true to allow it)".to_owned()));
+                }
+                let mut data = pw.expose().as_bytes().to_vec();
+                data.push(0);
+                up.send(&codec::password_message(&data)).await?;
+            }
+            LoginMessage::Auth(AuthRequest::Md5(salt)) => {
+                let pw = need_password("md5")?;
+                let hash = postgres_protocol::authentication::md5_hash(
+                    user.as_bytes(),
+                    pw.expose().as_bytes(),
+                    salt,
+                );
+                let mut data = hash.into_bytes();
+                data.push(0);
+                up.send(&codec::password_message(&data)).await?;
+            }
+            LoginMessage::Auth(AuthRequest::Sasl(mechanisms)) => {
+                let pw = need_password("SCRAM-SHA-256")?;
+                let plus = mechanisms.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
+                let (mechanism, channel) = match &binding {
+                    Some(Some(hash)) if plus => (
+                        "SCRAM-SHA-256-PLUS",
+                        ChannelBinding::tls_server_end_point(hash.clone()),
+                    ),
+                    Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                    None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                };
+                if mechanism == "SCRAM-SHA-256" && !mechanisms.iter().any(|m| m == mechanism) {
+                    return Err(auth_error(format!(
+                        "the server offers SASL mechanisms {mechanisms:?}; keyward speaks SCRAM-SHA-256 and SCRAM-SHA-256-PLUS"
+                    )));
+                }
+                debug!(mechanism, "SCRAM login");
+                let exchange = ScramSha256::new(pw.expose().as_bytes(), channel);
+                up.send(&codec::sasl_initial_response(mechanism, exchange.message()))
+                    .await?;
+                scram = Some(exchange);
+            }
+            LoginMessage::Auth(AuthRequest::SaslContinue(data)) => {
+                let exchange = scram
+                    .as_mut()
+                    .ok_or_else(|| up.protocol("SASLContinue without SASL".to_owned()))?;
+                exchange.update(&data).map_err(|e| {
+                    auth_error(format!("SCRAM exchange with the server failed: {e}"))
+                })?;
+                up.send(&codec::password_message(exchange.message()))
+                    .await?;
+            }
+            LoginMessage::Auth(AuthRequest::SaslFinal(data)) => {
+                let mut exchange = scram
+                    .take()
+                    .ok_or_else(|| up.protocol("SASLFinal without SASL".to_owned()))?;
+                exchange.finish(&data).map_err(|e| {
+                    auth_error(format!("the server's SCRAM signature does not verify ({e}): it does not know the password, or something between keyward and it does"))
+                })?;
+            }
+            LoginMessage::Auth(AuthRequest::Unsupported(method)) => {
+                return Err(auth_error(format!(
+                    "the server asks for {method} authentication, which keyward does not speak"
+                )))
+            }
+            LoginMessage::BackendKeyData { pid, key } => {
+                greeting.backend_key = Some((pid, key));
+                greeting.key_at = greeting.messages.len();
+            }
+            LoginMessage::ReadyForQuery if authenticated => {
+                greeting.messages.extend_from_slice(&msg);
+                return Ok(greeting);
+            }
+            LoginMessage::ReadyForQuery => {
+                return Err(up
+                    .protocol("ReadyForQuery before AuthenticationOk".to_owned())
+                    .into())
+            }
+            LoginMessage::Other(_) => greeting.messages.extend_from_slice(&msg),
+        }
+    }
+}
+
+/// The ErrorResponse for a keyward failure: SQLSTATE by reason, message naming the resource.
+pub fn app_error(e: &ConnError, resource: &str) -> Vec<u8> {
+    let code = match e.reason {
+        Reason::Resolve
+        | Reason::ConnectRefused
+        | Reason::ConnectTimeout
+        | Reason::ConnectFailed => "08001",
+        Reason::AuthFailed => "28P01",
+        Reason::Protocol if e.side == Side::Client => "08P01",
+        _ => "08006",
+    };
+    let message = match e.side {
+        Side::Client => format!("keyward: resource \"{resource}\": {}", e.detail),
+        _ => format!("keyward: upstream \"{resource}\": {}", e.detail),
+    };
+    codec::error_response("FATAL", code, &message)
+}

@@ -1,0 +1,67 @@
+//! AWS RDS IAM authentication: the database password is an auth token, a SigV4-presigned
+//! `Action=connect&DBUser=USER` URL for `host:port` (service `rds-db`, 15 minutes), made fresh
+//! for each upstream connection with the `aws-sigv4` crate, exactly as botocore's
+//! `generate_db_auth_token` makes it.
+
+use std::time::{Duration, SystemTime};
+
+use crate::config::{AwsCredentials, Site, Upstream};
+use crate::http::sigv4::{resolve_credentials, Signer};
+use crate::secret::{Env, Secret};
+
+/// Lifetime of an RDS auth token.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+
+/// A resource's RDS token maker.
+#[derive(Debug)]
+pub struct RdsIam {
+    username: String,
+    endpoint: String,
+    signer: Signer,
+}
+
+impl RdsIam {
+    /// Resolves the AWS credentials (config, environment, shared file).
+    pub fn build(
+        username: &str,
+        region: &str,
+        upstream: &Upstream,
+        credentials: &AwsCredentials,
+        env: &dyn Env,
+    ) -> Result<Self, Vec<(Site, String)>> {
+        let resolved = resolve_credentials(credentials, env).map_err(|message| {
+            let site = credentials
+                .access_key_id
+                .as_ref()
+                .map(|s| s.site.clone())
+                .unwrap_or_default();
+            vec![(site, message)]
+        })?;
+        Ok(Self {
+            username: username.to_owned(),
+            endpoint: format!("{}:{}", upstream.host, upstream.port),
+            signer: Signer::new("rds-db", region, resolved, false, 0),
+        })
+    }
+
+    /// The database user the token is for.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// A token signed now.
+    pub fn token(&self) -> Result<Secret, String> {
+        self.token_at(SystemTime::now())
+    }
+
+    /// A token signed at `time`.
+    pub fn token_at(&self, time: SystemTime) -> Result<Secret, String> {
+        let user: String = form_urlencoded::byte_serialize(self.username.as_bytes()).collect();
+        let url = format!("https://{}/?Action=connect&DBUser={user}", self.endpoint);
+        let signed = self
+            .signer
+            .presign(&url, TOKEN_LIFETIME, time)
+            .map_err(|e| format!("cannot sign the RDS auth token: {e}"))?;
+        Ok(Secret::new(signed.trim_start_matches("https://")))
+    }
+}

@@ -1,0 +1,384 @@
+//! `protocol: postgres` end to end: a real PostgreSQL 15 with TLS (`hostnossl reject`), the
+//! keyward binary, and psql/pgbench with no password pointed at keyward.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::pg::{self, psql, Pg};
+use crate::support::procs::{wait_until, Keyward};
+use crate::support::{require, Pki};
+
+fn pg() -> Option<&'static Pg> {
+    require("PostgreSQL 15 server binaries", pg::available()).then(pg::shared)
+}
+
+struct Res<'a> {
+    name: &'a str,
+    user: &'a str,
+    password: Option<&'a str>,
+    extra_tls: &'a str,
+    extra: &'a str,
+}
+
+impl<'a> Res<'a> {
+    fn new(name: &'a str, user: &'a str, password: Option<&'a str>) -> Self {
+        Self {
+            name,
+            user,
+            password,
+            extra_tls: "",
+            extra: "",
+        }
+    }
+}
+
+fn config(dir: &Path, pg: &Pg, resources: &[Res<'_>]) -> PathBuf {
+    let mut yaml = String::from("admin: null\nresources:\n");
+    for r in resources {
+        let password = match r.password {
+            Some(p) => format!("      password: {p}\n"),
+            None => String::new(),
+        };
+        yaml.push_str(&format!(
+            "  - name: {}\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    tls:\n      ca: {}\n{}{}    auth:\n      type: password\n      username: {}\n{password}",
+            r.name,
+            pg.port,
+            pg.ca_pem.display(),
+            r.extra_tls,
+            r.extra,
+            r.user,
+        ));
+    }
+    let path = dir.join("keyward.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn local(port: u16, db: &str) -> String {
+    format!("host=127.0.0.1 port={port} dbname={db} sslmode=disable connect_timeout=10")
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+#[test]
+fn psql_without_a_password_runs_queries_as_each_configured_user_over_tls() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pg.client_cert(dir.path(), "certuser");
+    std::fs::write(dir.path().join("scram.pw"), "scrampw\n").unwrap();
+    let scram_pw = format!("${{file:{}}}", dir.path().join("scram.pw").display());
+    let mtls = format!(
+        "      client_cert: {}\n      client_key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    let mut cert_res = Res::new("certdb", "certuser", None);
+    cert_res.extra_tls = &mtls;
+    let app_db = Res::new("scramdb", "scramuser", Some(&scram_pw));
+    let conf = config(
+        dir.path(),
+        pg,
+        &[
+            app_db,
+            Res::new("md5db", "md5user", Some("md5pw")),
+            cert_res,
+        ],
+    );
+    let kw = Keyward::start(&conf);
+    let query = "SELECT current_user, ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    for (res, user) in [
+        ("scramdb", "scramuser"),
+        ("md5db", "md5user"),
+        ("certdb", "certuser"),
+    ] {
+        let port = kw.addr(res).port();
+        // The app names some other user and no password: keyward logs in as the configured one.
+        let out = psql(&format!("{} user=someapp", local(port, "app")), query);
+        assert!(
+            out.status.success(),
+            "{res}: {}\n{}",
+            stderr(&out),
+            kw.log_text()
+        );
+        let line = stdout(&out);
+        assert!(
+            line.starts_with(&format!("{user}|t|TLSv1.")),
+            "{res}: {line}"
+        );
+    }
+    // SCRAM over TLS used channel binding, as the server offered it.
+    kw.wait_log("a SCRAM-SHA-256-PLUS login", |v| {
+        v["message"] == "SCRAM login" && v["mechanism"] == "SCRAM-SHA-256-PLUS"
+    });
+    // application_name and the database are the app's own.
+    let port = kw.addr("scramdb").port();
+    let out = psql(
+        &format!("{} application_name=billing-worker", local(port, "app")),
+        "SELECT current_database(), current_setting('application_name')",
+    );
+    assert_eq!(stdout(&out), "app|billing-worker", "{}", stderr(&out));
+}
+
+#[test]
+fn tls_failures_and_refused_logins_reach_psql_as_readable_errors() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let other = Pki::new();
+    let other_ca = other.write_ca();
+    // A resource whose CA is another one, one checking a name the certificate lacks, the same
+    // with verify-ca (connects), and one with a wrong password.
+    let yaml = format!(
+        "admin: null\nresources:\n  - name: wrongca\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{port}\n    tls:\n      ca: {other}\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n  - name: wrongname\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: 127.0.0.1:{port}\n    tls:\n      ca: {ca}\n      server_name: db.internal\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n  - name: verifyca\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: 127.0.0.1:{port}\n    tls:\n      mode: verify-ca\n      ca: {ca}\n      server_name: db.internal\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n  - name: badpw\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{port}\n    tls:\n      ca: {ca}\n    auth:\n      type: password\n      username: scramuser\n      password: not-the-password\n  - name: plain\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{port}\n    tls:\n      mode: disable\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n  - name: down\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:1\n    tls:\n      ca: {ca}\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n",
+        port = pg.port,
+        other = other_ca.display(),
+        ca = pg.ca_pem.display(),
+    );
+    let conf = dir.path().join("keyward.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    let kw = Keyward::start(&conf);
+    let try_res = |res: &str| psql(&local(kw.addr(res).port(), "app"), "SELECT 1");
+
+    let out = try_res("wrongca");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("FATAL:  keyward: upstream \"wrongca\": unknown issuer"),
+        "{}",
+        stderr(&out)
+    );
+    let out = try_res("wrongname");
+    assert!(
+        stderr(&out).contains(
+            "keyward: upstream \"wrongname\": certificate not valid for name \"db.internal\""
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = try_res("verifyca");
+    assert_eq!(
+        stdout(&out),
+        "1",
+        "verify-ca ignores the name: {}",
+        stderr(&out)
+    );
+    // The server's own error, unchanged.
+    let out = try_res("badpw");
+    assert!(
+        stderr(&out).contains("FATAL:  password authentication failed for user \"scramuser\""),
+        "{}",
+        stderr(&out)
+    );
+    // mode: disable against a server that rejects plaintext: the server's pg_hba error.
+    let out = try_res("plain");
+    assert!(stderr(&out).contains("no encryption"), "{}", stderr(&out));
+    let out = try_res("down");
+    assert!(
+        stderr(&out).contains("keyward: upstream \"down\": connection refused"),
+        "{}",
+        stderr(&out)
+    );
+    // An app that insists on TLS to keyward (no listen_tls here) gets its driver's own error
+    // at once instead of a hang.
+    let started = Instant::now();
+    let out = psql(
+        &format!(
+            "host=127.0.0.1 port={} dbname=app sslmode=require",
+            kw.addr("verifyca").port()
+        ),
+        "SELECT 1",
+    );
+    assert!(
+        stderr(&out).contains("server does not support SSL"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Malformed startup packets: an ErrorResponse, and keyward keeps serving.
+    let port = kw.addr("verifyca").port();
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    raw.write_all(&[0, 0, 0, 12, 0, 2, 0, 0, b'u', 0, b'x', 0])
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("unsupported frontend protocol 2.0"), "{text}");
+    let out = try_res("verifyca");
+    assert_eq!(stdout(&out), "1");
+}
+
+#[test]
+fn a_rotated_password_file_is_used_by_the_next_connection_while_open_sessions_go_on() {
+    let Some(pg) = pg() else { return };
+    pg.admin("ALTER ROLE rotuser PASSWORD 'rot-one'");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("rot.pw");
+    std::fs::write(&pw, "rot-one\n").unwrap();
+    let pw_ref = format!("${{file:{}}}", pw.display());
+    let conf = config(dir.path(), pg, &[Res::new("rot", "rotuser", Some(&pw_ref))]);
+    let kw = Keyward::start(&conf);
+    let port = kw.addr("rot").port();
+    // An open session: psql reading statements from a pipe.
+    let mut session = Command::new(pg::bin("psql"))
+        .arg(local(port, "postgres"))
+        .args(["-X", "-At"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    use std::io::Write;
+    writeln!(stdin, "SELECT 'first', current_user;").unwrap();
+    let out = psql(&local(port, "postgres"), "SELECT current_user");
+    assert_eq!(stdout(&out), "rotuser", "{}", stderr(&out));
+
+    // Rotate: the server first, then the file.
+    pg.admin("ALTER ROLE rotuser PASSWORD 'rot-two'");
+    std::fs::write(&pw, "rot-two\n").unwrap();
+    let out = psql(&local(port, "postgres"), "SELECT 'new connection'");
+    assert_eq!(stdout(&out), "new connection", "{}", stderr(&out));
+    writeln!(stdin, "SELECT 'second', current_user;").unwrap();
+    drop(stdin);
+    let done = session.wait_with_output().unwrap();
+    assert_eq!(
+        stdout(&done),
+        "first|rotuser\nsecond|rotuser",
+        "{}",
+        stderr(&done)
+    );
+}
+
+#[test]
+fn pgbench_initialises_and_runs_through_keyward_without_errors() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(
+        dir.path(),
+        pg,
+        &[Res::new("bench", "benchuser", Some("benchpw"))],
+    );
+    let kw = Keyward::start(&conf);
+    let conninfo = local(kw.addr("bench").port(), "bench");
+    let init = Command::new(pg::bin("pgbench"))
+        .args(["-i", "-s", "1", "-q", &conninfo])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
+    let run = Command::new(pg::bin("pgbench"))
+        .args(["-S", "-c", "4", "-j", "2", "-T", "3", &conninfo])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    let text = stdout(&run);
+    assert!(run.status.success(), "{text}\n{}", stderr(&run));
+    assert!(
+        text.contains("number of failed transactions: 0 (0.000%)"),
+        "{text}"
+    );
+    let tx: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(tx > 100, "{text}");
+    // Reconnecting per transaction (-C) works too.
+    let run = Command::new(pg::bin("pgbench"))
+        .args(["-S", "-C", "-c", "2", "-t", "20", &conninfo])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).contains("number of failed transactions: 0"));
+}
+
+#[test]
+fn psql_ctrl_c_cancels_a_running_query_through_keyward() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(
+        dir.path(),
+        pg,
+        &[Res::new("cancel", "scramuser", Some("scrampw"))],
+    );
+    let kw = Keyward::start(&conf);
+    let port = kw.addr("cancel").port();
+    let child = Command::new(pg::bin("psql"))
+        .arg(format!("{} application_name=sleeper", local(port, "app")))
+        .args(["-X", "-Atc", "SELECT pg_sleep(30)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the query to run", || {
+        pg.admin("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sleeper' AND state = 'active'") == "1"
+    });
+    let signalled = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = child.wait_with_output().unwrap();
+    let elapsed = signalled.elapsed();
+    assert!(
+        stderr(&out).contains("canceling statement due to user request"),
+        "{}\n{}",
+        stderr(&out),
+        kw.log_text()
+    );
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    kw.wait_log("the forwarded cancel", |v| {
+        v["message"] == "query cancel request forwarded"
+    });
+    // A CancelRequest with a key keyward never gave out is ignored silently.
+    use std::io::{Read, Write};
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.write_all(&[0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 0, 0, 0, 2])
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert!(reply.is_empty());
+}
+
+#[test]
+fn client_password_makes_the_app_prove_it_with_scram() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = Res::new("guarded", "scramuser", Some("scrampw"));
+    res.extra = "    client_password: local-secret\n";
+    let conf = config(dir.path(), pg, &[res]);
+    let kw = Keyward::start(&conf);
+    let conninfo = local(kw.addr("guarded").port(), "app");
+    let run = |pw: Option<&str>| {
+        let mut c = Command::new(pg::bin("psql"));
+        c.arg(&conninfo)
+            .args(["-X", "-w", "-Atc", "SELECT current_user"]);
+        c.env_remove("PGPASSWORD");
+        if let Some(pw) = pw {
+            c.env("PGPASSWORD", pw);
+        }
+        c.output().unwrap()
+    };
+    let out = run(Some("local-secret"));
+    assert_eq!(stdout(&out), "scramuser", "{}", stderr(&out));
+    let out = run(Some("wrong"));
+    assert!(
+        stderr(&out).contains("keyward: resource \"guarded\": password authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("password"), "{}", stderr(&out));
+}
