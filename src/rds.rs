@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{AwsCredentials, Site, Upstream};
 use crate::http::sigv4::{resolve_credentials, Signer};
+
 use crate::secret::{Env, Secret};
 
 /// Lifetime of an RDS auth token.
@@ -56,7 +57,7 @@ impl RdsIam {
 
     /// A token signed at `time`.
     pub fn token_at(&self, time: SystemTime) -> Result<Secret, String> {
-        let user: String = form_urlencoded::byte_serialize(self.username.as_bytes()).collect();
+        let user = crate::http::sigv4::uri_encode(&self.username);
         let url = format!("https://{}/?Action=connect&DBUser={user}", self.endpoint);
         let signed = self
             .signer

@@ -716,6 +716,14 @@ impl Ctx {
             Some(auth) => self.auth(protocol, auth, &format!("{at}.auth")),
             None => Some(Auth::None),
         };
+        if let (Some(Auth::RdsIam { .. }), Some(t)) = (&auth, &tls) {
+            if matches!(t.mode, TlsMode::Disable | TlsMode::Insecure) {
+                self.problem(
+                    t.site.clone(),
+                    format!("auth type \"rds_iam\" sends its token as a password: it needs a verified TLS connection, not tls.mode {}", t.mode.as_str()),
+                );
+            }
+        }
         let mut headers = Vec::new();
         for (header, value) in res.headers.iter().flatten() {
             let path = format!("{at}.headers.{header}");

@@ -232,3 +232,12 @@ fn an_unquoted_ipv6_address_gets_a_hint() {
     let found = problems(&ONE.replace("db.internal:5432", "[::1]:5432"));
     assert!(found[0].ends_with("resources[0].upstream: expected string scalar (quote values that start with '[' or '{', e.g. \"[::1]:5432\")"), "{found:?}");
 }
+
+#[test]
+fn rds_iam_needs_verified_tls() {
+    let yaml = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n    tls:\n      mode: insecure\n    auth:\n      type: rds_iam\n      username: app\n      region: eu-west-1\n";
+    assert_eq!(
+        problems(yaml),
+        ["k.yaml:7:13: resources[0].tls.mode: auth type \"rds_iam\" sends its token as a password: it needs a verified TLS connection, not tls.mode insecure"]
+    );
+}

@@ -172,17 +172,36 @@ impl Signer {
         let (instructions, _signature) = sign(signable, &params)
             .map_err(|e| e.to_string())?
             .into_parts();
+        // botocore's order: the X-Amz-* parameters as signed, the session token and the
+        // signature last.
+        let mut params: Vec<_> = instructions.params().to_vec();
+        let last = |name: &str| match name {
+            "X-Amz-Signature" => 2,
+            "X-Amz-Security-Token" => 1,
+            _ => 0,
+        };
+        params.sort_by_key(|(name, _)| last(name));
         let mut out = url.to_owned();
         let mut sep = if out.contains('?') { '&' } else { '?' };
-        for (name, value) in instructions.params() {
+        for (name, value) in params {
             out.push(sep);
             sep = '&';
             out.push_str(name);
             out.push('=');
-            out.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+            out.push_str(&uri_encode(&value));
         }
         Ok(out)
     }
+}
+
+/// SigV4 URI encoding: everything but the unreserved characters `A-Za-z0-9-_.~`.
+pub fn uri_encode(value: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, SET).to_string()
 }
 
 /// Where signing credentials came from.

@@ -487,3 +487,66 @@ pub fn app_error(e: &ConnError, resource: &str) -> Vec<u8> {
     };
     codec::error_response("FATAL", code, &message)
 }
+
+/// For the fuzz target (`fuzz/fuzz_targets/postgres.rs`): runs keyward's side of the startup
+/// and login exchanges against arbitrary bytes, in memory. The first byte splits `data` into
+/// what the app sends and what the server sends. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_exchange(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let cut = (split as usize * rest.len()) / 255;
+    let (app_bytes, server_bytes) = rest.split_at(cut.min(rest.len()));
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    rt.block_on(async {
+        // The app's side: startup packets, then a SCRAM exchange for client_password.
+        let mut app = Wire::new(tokio::io::join(app_bytes, tokio::io::sink()), Side::Client);
+        loop {
+            match codec::parse_initial(&app.buf) {
+                Ok(Some((Initial::Startup(s), len))) => {
+                    let _ = app.buf.split_to(len);
+                    let _ = s.encode();
+                    break;
+                }
+                Ok(Some((_, len))) => {
+                    let _ = app.buf.split_to(len);
+                }
+                Ok(None) => {
+                    if app.fill("fuzz").await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = check_app_password(&mut app, &Secret::new("fuzz-password")).await;
+        // The server's side: keyward answering its authentication requests.
+        let db = DbRuntime {
+            login: crate::db::Login::None,
+            database: None,
+            client_password: None,
+            allow_cleartext_password: true,
+            allow_rsa_key_exchange: false,
+            pass_client_auth: false,
+            negotiation: Negotiation::Postgres,
+        };
+        for binding in [None, Some(None), Some(Some(vec![7u8; 32]))] {
+            let mut up = Wire::new(
+                tokio::io::join(server_bytes, tokio::io::sink()),
+                Side::Upstream,
+            );
+            let _ = login(
+                &mut up,
+                &db,
+                "fuzz",
+                Some(Secret::new("pw")),
+                binding,
+                "fuzz",
+            )
+            .await;
+        }
+    });
+}

