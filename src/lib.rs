@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pki;
 pub mod postgres;
 pub mod rds;
+pub mod redis;
 pub mod relay;
 pub mod reload;
 pub mod runtime;

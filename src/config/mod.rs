@@ -641,7 +641,7 @@ impl Ctx {
             );
         }
         let protocol = res.protocol.value;
-        if matches!(protocol, Protocol::Mysql | Protocol::Redis) {
+        if matches!(protocol, Protocol::Mysql) {
             self.problem(
                 site(&res.protocol, format!("{at}.protocol")),
                 format!(
@@ -786,6 +786,12 @@ impl Ctx {
         }
         if protocol == Protocol::Redis {
             opts.pass_client_auth = res.pass_client_auth.unwrap_or(false);
+            if opts.pass_client_auth && opts.client_password.is_some() {
+                self.problem(
+                    site(&res.protocol, format!("{at}.pass_client_auth")),
+                    "pass_client_auth forwards the app's AUTH, client_password checks it: use one of them",
+                );
+            }
         }
         if let Some(auth) = &res.auth {
             let flags = [

@@ -498,10 +498,19 @@ pub fn fuzz_exchange(data: &[u8]) {
     };
     let cut = (split as usize * rest.len()) / 255;
     let (app_bytes, server_bytes) = rest.split_at(cut.min(rest.len()));
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
-        return;
-    };
-    rt.block_on(async {
+    thread_local! {
+        static RT: Option<tokio::runtime::Runtime> =
+            tokio::runtime::Builder::new_current_thread().build().ok();
+    }
+    RT.with(|rt| {
+        if let Some(rt) = rt {
+            rt.block_on(fuzz_async(app_bytes, server_bytes));
+        }
+    });
+}
+
+async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
+    {
         // The app's side: startup packets, then a SCRAM exchange for client_password.
         let mut app = Wire::new(tokio::io::join(app_bytes, tokio::io::sink()), Side::Client);
         loop {
@@ -548,5 +557,5 @@ pub fn fuzz_exchange(data: &[u8]) {
             )
             .await;
         }
-    });
+    }
 }

@@ -10,6 +10,7 @@ mod http;
 mod limbo;
 mod oauth2;
 mod postgres;
+mod redis;
 mod reload;
 mod sigv4;
 mod support;

@@ -136,6 +136,10 @@ pub const TEST_SECRETS: &[&str] = &[
     "benchpw",
     "local-secret",
     "not-the-password",
+    "proxypw",
+    "adminpw",
+    "benchpw2",
+    "app-side-pw",
 ];
 
 impl Drop for Keyward {
@@ -168,17 +172,41 @@ impl Redis {
         client_cert: &Path,
         client_key: &Path,
     ) -> Self {
+        Self::start_with(
+            dir,
+            ca,
+            cert,
+            key,
+            client_cert,
+            client_key,
+            "tls-auth-clients yes\n",
+            &[],
+        )
+    }
+
+    /// A Redis with `extra` config lines; `auth` is what redis-cli needs to PING it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        dir: &Path,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        client_cert: &Path,
+        client_key: &Path,
+        extra: &str,
+        auth: &[&str],
+    ) -> Self {
         let port = free_port();
-        let conf = dir.join("redis.conf");
+        let conf = dir.join(format!("redis-{port}.conf"));
         std::fs::write(
             &conf,
             format!(
-                "bind 127.0.0.1\nport 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients yes\ntls-protocols \"TLSv1.2 TLSv1.3\"\ndir {}\nsave \"\"\nappendonly no\ndaemonize no\nlogfile {}\n",
+                "bind 127.0.0.1\nport 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-protocols \"TLSv1.2 TLSv1.3\"\ndir {}\nsave \"\"\nappendonly no\ndaemonize no\nlogfile {}\n{extra}",
                 cert.display(),
                 key.display(),
                 ca.display(),
                 dir.display(),
-                dir.join("redis.log").display()
+                dir.join(format!("redis-{port}.log")).display()
             ),
         )
         .unwrap();
@@ -197,7 +225,15 @@ impl Redis {
                 .arg(client_cert)
                 .arg("--key")
                 .arg(client_key)
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "--no-auth-warning",
+                ])
+                .args(auth)
+                .arg("PING")
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
         });

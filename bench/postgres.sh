@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Benchmark: pgbench through a keyward `postgres` resource (app plaintext on loopback → keyward →
+# TLS verify-full + SCRAM login injected → PostgreSQL 15) versus pgbench speaking TLS
+# (verify-full) to PostgreSQL directly, versus PgBouncer in session mode doing keyward's job
+# (server_tls_sslmode=verify-full, the login injected from its config). One run, interleaved
+# repetitions. Two workloads: `-S` on open connections, and `-S -C` (a new connection per
+# transaction, where the login cost shows). Prints tps, average latency and the ratios.
+#
+#   bash bench/postgres.sh                  # needs postgresql-15, pgbouncer, openssl; run as root
+#   REPS=3 DURATION=20 bash bench/postgres.sh
+#
+# It asserts nothing; the numbers go in README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-3}
+DURATION=${DURATION:-20}
+CLIENTS=${CLIENTS:-8}
+B=/usr/lib/postgresql/15/bin
+T=$(mktemp -d /tmp/keyward-bench-pg.XXXXXX)
+chmod 755 "$T"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
+trap cleanup EXIT
+as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+cargo build --release --locked --quiet
+openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$T/ca.key" -out "$T/ca.pem" \
+  -days 2 -subj "/CN=bench-ca" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$T/server.key" -out "$T/server.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$T/server.ext"
+openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 -extfile "$T/server.ext" -out "$T/server.pem" 2>/dev/null
+chmod 600 "$T/server.key"; chmod 644 "$T/ca.pem"
+echo adminpw > "$T/pwfile"
+[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$T"
+
+PGPORT=$(free_port)
+as_pg $B/initdb -D "$T/data" -U postgres --pwfile="$T/pwfile" -A scram-sha-256 --auth-local=trust -E UTF8 --locale=C --no-sync --no-instructions >/dev/null
+cat >> "$T/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$T'
+ssl = on
+ssl_cert_file = '$T/server.pem'
+ssl_key_file = '$T/server.key'
+password_encryption = 'scram-sha-256'
+fsync = off
+synchronous_commit = off
+max_connections = 100
+EOF
+printf 'local all all trust\nhostnossl all all 0.0.0.0/0 reject\nhostssl all all 127.0.0.1/32 scram-sha-256\n' > "$T/data/pg_hba.conf"
+as_pg $B/postgres -D "$T/data" > "$T/pg.log" 2>&1 &
+pids+=($!)
+until $B/pg_isready -q -h 127.0.0.1 -p "$PGPORT"; do sleep 0.05; done
+as_pg $B/psql -h "$T" -p "$PGPORT" -U postgres -qc "CREATE ROLE benchuser LOGIN PASSWORD 'benchpw'" -c "CREATE DATABASE bench OWNER benchuser"
+
+KPORT=$(free_port)
+cat > "$T/keyward.yaml" <<YAML
+admin: null
+log: { level: warn }
+resources:
+  - name: pg
+    protocol: postgres
+    listen: 127.0.0.1:$KPORT
+    upstream: localhost:$PGPORT
+    tls: { ca: $T/ca.pem }
+    auth: { type: password, username: benchuser, password: benchpw }
+YAML
+./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+pids+=($!)
+
+BPORT=$(free_port)
+echo '"benchuser" ""' > "$T/userlist.txt"
+cat > "$T/pgbouncer.ini" <<INI
+[databases]
+bench = host=localhost port=$PGPORT dbname=bench user=benchuser password=benchpw
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BPORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $T/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 20
+server_tls_sslmode = verify-full
+server_tls_ca_file = $T/ca.pem
+logfile = $T/pgbouncer.log
+pidfile = $T/pgbouncer.pid
+INI
+[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$T"
+as_pg pgbouncer "$T/pgbouncer.ini" > /dev/null 2>&1 &
+pids+=($!)
+
+DIRECT="host=localhost port=$PGPORT dbname=bench user=benchuser password=benchpw sslmode=verify-full sslrootcert=$T/ca.pem"
+KEYWARD="host=127.0.0.1 port=$KPORT dbname=bench user=benchuser sslmode=disable"
+BOUNCER="host=127.0.0.1 port=$BPORT dbname=bench user=benchuser sslmode=disable"
+for c in "$KEYWARD" "$BOUNCER"; do
+  for _ in $(seq 100); do $B/psql "$c" -Atc "select 1" >/dev/null 2>&1 && break; sleep 0.05; done
+done
+$B/pgbench -i -s 1 -q "$DIRECT" >/dev/null 2>&1
+
+run() { # conninfo, extra args → "tps latency_ms"
+  $B/pgbench -S -c "$CLIENTS" -j 2 -T "$DURATION" "${@:2}" "$1" 2>/dev/null |
+    awk '/^latency average/ { lat = $4 } /^tps = / { tps = $3 } END { print tps, lat }'
+}
+
+echo "pgbench -S -c $CLIENTS -j 2 -T $DURATION, $REPS interleaved repetitions (tps, average latency ms)"
+results=()
+for mode in open reconnect; do
+  extra=(); [ "$mode" = reconnect ] && extra=(-C)
+  for r in $(seq "$REPS"); do
+    d=$(run "$DIRECT" "${extra[@]}"); k=$(run "$KEYWARD" "${extra[@]}"); b=$(run "$BOUNCER" "${extra[@]}")
+    echo "  $mode rep $r  direct TLS: $d   keyward: $k   pgbouncer: $b"
+    results+=("$mode $d $k $b")
+  done
+done
+printf '%s\n' "${results[@]}" | python3 -c '
+import statistics, sys
+rows = [l.split() for l in sys.stdin if l.strip()]
+for mode in ("open", "reconnect"):
+    r = [x for x in rows if x[0] == mode]
+    med = lambda i: statistics.median(float(x[i]) for x in r)
+    d, dl, k, kl, b, bl = (med(i) for i in range(1, 7))
+    label = "-S" if mode == "open" else "-S -C"
+    print(f"{label:6} direct TLS {d:9,.0f} tps {dl:6.3f} ms | keyward {k:9,.0f} tps {kl:6.3f} ms | pgbouncer {b:9,.0f} tps {bl:6.3f} ms | keyward/direct {k/d:.2f}  keyward/pgbouncer {k/b:.2f}")
+'

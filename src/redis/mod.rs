@@ -1,0 +1,429 @@
+//! `protocol: redis`. keyward opens the upstream connection (TLS per the resource's mode, mTLS
+//! if configured) and authenticates on it (`AUTH user pass` for an ACL user, `AUTH pass`
+//! otherwise) before relaying a byte. The app holds no credential: its own `AUTH` (and the
+//! `AUTH` part of `HELLO`) is rewritten in place to keyward's credentials, so the server still
+//! answers it in order (`+OK`); `pass_client_auth: true` forwards the app's own instead.
+//!
+//! With `client_password`, the app must first `AUTH` (or `HELLO ... AUTH`) with that password;
+//! until then keyward answers `-NOAUTH` itself and forwards nothing.
+//!
+//! Failures reach the app as `-ERR keyward: upstream "NAME": <reason>`, then the connection
+//! closes.
+
+pub mod scan;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tracing::debug;
+
+use crate::connect;
+use crate::error::{ConnError, Reason, Side};
+use crate::listener::ClientStream;
+use crate::relay::{relay, Relayed};
+use crate::runtime::ResourceRuntime;
+use crate::secret::Secret;
+use crate::tcp::Failure;
+use crate::wire::Wire;
+
+/// How long keyward waits for the app's first command before it sends an error and closes.
+const ERROR_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves one app connection.
+pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
+    let name = res.name.as_str();
+    let Some(db) = res.db.as_ref() else {
+        return Err(Failure::Open(ConnError::new(
+            Side::Internal,
+            Reason::Protocol,
+            "resource has no database runtime",
+        )));
+    };
+    let mut app = Wire::new(client, Side::Client);
+    if let Some(expected) = &db.client_password {
+        match client_auth(&mut app, &expected.current(name)).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Relayed::default()),
+            Err(e) => return Err(Failure::Open(e)),
+        }
+    }
+    let username = db.username().map(str::to_owned);
+    let started = tokio::time::Instant::now();
+    let opened = async {
+        let upstream = connect::open(&res).await?;
+        let mut up = Wire::new(upstream, Side::Upstream);
+        let password = db.password(name)?;
+        if let Some(password) = &password {
+            login(
+                &mut up,
+                username.as_deref(),
+                password,
+                res.handshake_timeout,
+            )
+            .await?;
+        }
+        Ok::<_, ConnError>((up, password))
+    };
+    let (up, password) = match opened.await {
+        Ok(done) => done,
+        Err(e) => {
+            refuse(&mut app, &e, name).await;
+            return Err(Failure::Open(e));
+        }
+    };
+    crate::metrics::metrics()
+        .auth_seconds
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    debug!(
+        user = username.as_deref().unwrap_or("default"),
+        "authenticated upstream"
+    );
+    // With client_password the app's AUTH was checked above and is not forwarded; otherwise
+    // its AUTH/HELLO AUTH become keyward's (unless pass_client_auth).
+    let rewrite = match (&password, db.pass_client_auth) {
+        (Some(password), false) => Some((username.clone(), password.clone())),
+        _ => None,
+    };
+    let early = app.buf.split().freeze();
+    let app = Rewriting::new(app.io, early, rewrite);
+    let Wire { io: up_io, buf, .. } = up;
+    let up_io = Prefixed {
+        inner: up_io,
+        prefix: buf.freeze(),
+    };
+    relay(app, up_io, res.idle_timeout)
+        .await
+        .map_err(Failure::Relay)
+}
+
+/// `AUTH [user] pass` on a fresh upstream connection; `+OK` or the server's error.
+async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    up: &mut Wire<S>,
+    username: Option<&str>,
+    password: &Secret,
+    timeout: Duration,
+) -> Result<(), ConnError> {
+    let cmd = auth_command(username, password);
+    let exchange = async {
+        up.send(&cmd).await?;
+        let reply = up
+            .message("the reply to AUTH", |b| {
+                redis_protocol::resp2::decode::decode(b).map(|found| found.map(|(_, used)| used))
+            })
+            .await?;
+        Ok::<_, ConnError>(reply)
+    };
+    let reply = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| {
+            ConnError::new(
+                Side::Upstream,
+                Reason::HandshakeTimeout,
+                "the server did not answer AUTH",
+            )
+        })??;
+    use redis_protocol::resp2::types::OwnedFrame;
+    match redis_protocol::resp2::decode::decode(&reply) {
+        Ok(Some((OwnedFrame::SimpleString(s), _))) if s == b"OK" => Ok(()),
+        Ok(Some((OwnedFrame::Error(e), _))) => Err(ConnError::new(
+            Side::Upstream,
+            Reason::AuthFailed,
+            e.to_string(),
+        )),
+        _ => Err(ConnError::new(
+            Side::Upstream,
+            Reason::Protocol,
+            "unexpected reply to AUTH: is the upstream a Redis server?",
+        )),
+    }
+}
+
+fn auth_command(username: Option<&str>, password: &Secret) -> Vec<u8> {
+    match username {
+        Some(user) => scan::command(&[b"AUTH", user.as_bytes(), password.expose().as_bytes()]),
+        None => scan::command(&[b"AUTH", password.expose().as_bytes()]),
+    }
+}
+
+/// Rewrites an app's AUTH / HELLO AUTH to keyward's credentials.
+fn rewrite_auth(args: Vec<Vec<u8>>, username: Option<&str>, password: &Secret) -> Vec<u8> {
+    let user = username.unwrap_or("default").as_bytes();
+    let pw = password.expose().as_bytes();
+    let is_auth = args
+        .first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"auth"));
+    if is_auth {
+        return auth_command(username, password);
+    }
+    // HELLO [protover [AUTH username password] [SETNAME clientname]]
+    let mut out: Vec<&[u8]> = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        if i >= 2 && args[i].eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
+            out.extend([&args[i][..], user, pw]);
+            i += 3;
+        } else {
+            out.push(&args[i]);
+            i += 1;
+        }
+    }
+    scan::command(&out)
+}
+
+/// `client_password`: commands before a successful AUTH are answered by keyward. `Ok(false)`:
+/// the app left.
+async fn client_auth<S: AsyncRead + AsyncWrite + Unpin>(
+    app: &mut Wire<S>,
+    expected: &Secret,
+) -> Result<bool, ConnError> {
+    use subtle::ConstantTimeEq;
+    loop {
+        let frame = |b: &[u8]| match redis_protocol::resp2::decode::decode(b) {
+            Ok(found) => Ok(found.map(|(_, used)| used)),
+            Err(e) => Err(e.to_string()),
+        };
+        let cmd = match app.message("a command", frame).await {
+            Ok(cmd) => cmd,
+            Err(e) if e.reason == Reason::Truncated => return Ok(false),
+            Err(e) => {
+                let _ = app
+                    .send(b"-ERR keyward: expected a RESP command array before AUTH\r\n")
+                    .await;
+                return Err(e);
+            }
+        };
+        let args = scan::args_of(&cmd).unwrap_or_default();
+        let name = args
+            .first()
+            .map(|n| n.to_ascii_uppercase())
+            .unwrap_or_default();
+        let given = match name.as_slice() {
+            b"AUTH" if args.len() == 2 || args.len() == 3 => args.last().cloned(),
+            b"HELLO" => args
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(b"auth"))
+                .and_then(|i| args.get(i + 2).cloned()),
+            b"QUIT" => {
+                app.send(b"+OK\r\n").await?;
+                return Ok(false);
+            }
+            _ => None,
+        };
+        let Some(given) = given else {
+            app.send(b"-NOAUTH Authentication required.\r\n").await?;
+            continue;
+        };
+        if bool::from(given.ct_eq(expected.expose().as_bytes())) {
+            if name == b"AUTH" {
+                app.send(b"+OK\r\n").await?;
+            } else {
+                // HELLO goes on to the server (rewritten to keyward's credentials).
+                let mut rest = cmd.to_vec();
+                rest.extend_from_slice(&app.buf);
+                app.buf.clear();
+                app.buf.extend_from_slice(&rest);
+            }
+            return Ok(true);
+        }
+        app.send(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+            .await?;
+    }
+}
+
+/// Sends `-ERR keyward: ...` and closes gracefully: the app's first command is read first, so
+/// the error is its reply (a close with unread data would reset the connection instead).
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    app: &mut Wire<S>,
+    e: &ConnError,
+    resource: &str,
+) {
+    if app.buf.is_empty() {
+        let _ = tokio::time::timeout(ERROR_GRACE, app.io.read_buf(&mut app.buf)).await;
+    }
+    let detail = e.detail.replace(['\r', '\n'], " ");
+    let line = format!("-ERR keyward: upstream \"{resource}\": {detail}\r\n");
+    let _ = app.send(line.as_bytes()).await;
+    let _ = app.io.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while matches!(app.io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// The app's side of the relay: bytes read from it pass through the [`scan::Scanner`], which
+/// replaces AUTH/HELLO AUTH with keyward's credentials. Writes go to the app unchanged.
+struct Rewriting<S> {
+    inner: S,
+    scanner: scan::Scanner,
+    rewrite: Option<(Option<String>, Secret)>,
+    raw: Vec<u8>,
+    out: Vec<u8>,
+    pos: usize,
+}
+
+impl<S> Rewriting<S> {
+    fn new(inner: S, early: bytes::Bytes, rewrite: Option<(Option<String>, Secret)>) -> Self {
+        let mut this = Self {
+            inner,
+            scanner: scan::Scanner::new(),
+            rewrite,
+            raw: vec![0; 16 * 1024],
+            out: Vec::with_capacity(16 * 1024),
+            pos: 0,
+        };
+        this.push(&early.clone());
+        this
+    }
+
+    fn push(&mut self, input: &[u8]) {
+        match &self.rewrite {
+            None => self.out.extend_from_slice(input),
+            Some((user, password)) => {
+                let (user, password) = (user.clone(), password.clone());
+                self.scanner.feed(input, &mut self.out, &mut |args| {
+                    rewrite_auth(args, user.as_deref(), &password)
+                });
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewriting<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.pos < this.out.len() {
+                let n = (this.out.len() - this.pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                if this.pos == this.out.len() {
+                    this.out.clear();
+                    this.pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.rewrite.is_none() {
+                // Nothing to rewrite: read straight into the caller's buffer.
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut raw = ReadBuf::new(&mut this.raw);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut raw) {
+                Poll::Ready(Ok(())) => {
+                    let n = raw.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let input = this.raw[..n].to_vec();
+                    this.push(&input);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewriting<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The upstream side of the relay, with bytes already read during login served first.
+struct Prefixed<S> {
+    inner: S,
+    prefix: bytes::Bytes,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_auth_is_rewritten_and_other_arguments_kept() {
+        let pw = Secret::new("kpw");
+        let out = rewrite_auth(
+            vec![
+                b"HELLO".to_vec(),
+                b"3".to_vec(),
+                b"AUTH".to_vec(),
+                b"app".to_vec(),
+                b"apppw".to_vec(),
+                b"SETNAME".to_vec(),
+                b"x".to_vec(),
+            ],
+            Some("proxyuser"),
+            &pw,
+        );
+        assert_eq!(
+            out,
+            scan::command(&[
+                b"HELLO",
+                b"3",
+                b"AUTH",
+                b"proxyuser",
+                b"kpw",
+                b"SETNAME",
+                b"x"
+            ])
+        );
+        assert_eq!(
+            rewrite_auth(vec![b"auth".to_vec(), b"whatever".to_vec()], None, &pw),
+            scan::command(&[b"AUTH", b"kpw"])
+        );
+        assert_eq!(
+            rewrite_auth(vec![b"HELLO".to_vec(), b"2".to_vec()], None, &pw),
+            scan::command(&[b"HELLO", b"2"])
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! `protocol: redis` end to end: a real Redis 7 on a TLS-only port with `requirepass` and ACL
+//! users, the keyward binary, and redis-cli / redis-benchmark holding no credential.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::procs::{have, Keyward, Redis};
+use crate::support::{require, Pki};
+
+const ACL: &str = "tls-auth-clients optional\nrequirepass adminpw\nuser proxyuser on >proxypw ~app:* &* +@all -@dangerous\nuser benchuser on >benchpw2 ~* &* +@all\n";
+
+struct Setup {
+    pki: Pki,
+    ca: PathBuf,
+    client: (PathBuf, PathBuf),
+    redis: Redis,
+}
+
+fn setup(extra: &str) -> Option<Setup> {
+    if !require(
+        "redis-server and redis-cli",
+        have("redis-server") && have("redis-cli"),
+    ) {
+        return None;
+    }
+    let pki = Pki::new();
+    let server = pki.server(&["localhost", "127.0.0.1"]);
+    let cert = pki.write("server.pem", &server.cert_pem);
+    let key = pki.write("server.key", &server.key_pem);
+    let ca = pki.write_ca();
+    let client = pki.write_client("client", "keyward-redis");
+    let redis = Redis::start_with(
+        pki.dir.path(),
+        &ca,
+        &cert,
+        &key,
+        &client.0,
+        &client.1,
+        extra,
+        &["-a", "adminpw"],
+    );
+    Some(Setup {
+        pki,
+        ca,
+        client,
+        redis,
+    })
+}
+
+fn resource(name: &str, s: &Setup, auth: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    protocol: redis\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    tls:\n      ca: {}\n{extra}    auth:\n{auth}",
+        s.redis.port,
+        s.ca.display()
+    )
+}
+
+fn start(dir: &Path, resources: &[String]) -> Keyward {
+    let path = dir.join("keyward.yaml");
+    std::fs::write(
+        &path,
+        format!("admin: null\nresources:\n{}", resources.concat()),
+    )
+    .unwrap();
+    Keyward::start(&path)
+}
+
+fn cli(kw: &Keyward, res: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &kw.addr(res).port().to_string()])
+        .args(["--no-auth-warning"])
+        .args(args)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_owned()
+}
+
+const PROXYUSER: &str =
+    "      type: password\n      username: proxyuser\n      password: proxypw\n";
+
+#[test]
+fn redis_cli_without_credentials_acts_as_the_configured_acl_user() {
+    let Some(s) = setup(ACL) else { return };
+    let kw = start(
+        s.pki.dir.path(),
+        &[
+            resource("cache", &s, PROXYUSER, ""),
+            resource(
+                "legacy",
+                &s,
+                "      type: password\n      password: adminpw\n",
+                "",
+            ),
+        ],
+    );
+    assert_eq!(
+        cli(&kw, "cache", &["ACL", "WHOAMI"]),
+        "proxyuser",
+        "{}",
+        kw.log_text()
+    );
+    assert_eq!(cli(&kw, "cache", &["SET", "app:k", "v"]), "OK");
+    assert_eq!(cli(&kw, "cache", &["GET", "app:k"]), "v");
+    assert!(cli(&kw, "cache", &["SET", "other:k", "v"]).starts_with("NOPERM"));
+    // The app's own AUTH (any password) is answered in place with keyward's credentials.
+    assert_eq!(
+        cli(&kw, "cache", &["-a", "app-side-pw", "ACL", "WHOAMI"]),
+        "proxyuser"
+    );
+    assert_eq!(
+        cli(
+            &kw,
+            "cache",
+            &[
+                "-3",
+                "--user",
+                "someone",
+                "--pass",
+                "app-side-pw",
+                "ACL",
+                "WHOAMI"
+            ]
+        ),
+        "proxyuser"
+    );
+    // A pipeline with an AUTH in the middle keeps its replies in order.
+    let out = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &kw.addr("cache").port().to_string(),
+        ])
+        .arg("--pipe")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"SET app:a 1\r\nAUTH x y\r\nINCR app:a\r\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("errors: 0, replies: 3"), "{text}");
+    assert_eq!(cli(&kw, "cache", &["GET", "app:a"]), "2");
+    // Password-only AUTH for the default user.
+    assert_eq!(cli(&kw, "legacy", &["ACL", "WHOAMI"]), "default");
+}
+
+#[test]
+fn a_wrong_configured_password_or_missing_client_cert_reaches_redis_cli_as_a_keyward_error() {
+    let extra = ACL.replace("tls-auth-clients optional", "tls-auth-clients yes");
+    let Some(s) = setup(&extra) else { return };
+    let mtls = format!(
+        "      client_cert: {}\n      client_key: {}\n",
+        s.client.0.display(),
+        s.client.1.display()
+    );
+    let with_cert = |name: &str, auth: &str| {
+        resource(name, &s, auth, "").replace(
+            &format!("      ca: {}\n", s.ca.display()),
+            &format!("      ca: {}\n{mtls}", s.ca.display()),
+        )
+    };
+    let kw = start(
+        s.pki.dir.path(),
+        &[
+            with_cert("mtls", PROXYUSER),
+            with_cert(
+                "badpw",
+                "      type: password\n      username: proxyuser\n      password: not-the-password\n",
+            ),
+            resource("nocert", &s, PROXYUSER, ""),
+        ],
+    );
+    assert_eq!(
+        cli(&kw, "mtls", &["ACL", "WHOAMI"]),
+        "proxyuser",
+        "{}",
+        kw.log_text()
+    );
+    let out = cli(&kw, "badpw", &["PING"]);
+    assert!(
+        out.contains("ERR keyward: upstream \"badpw\": WRONGPASS"),
+        "{out}"
+    );
+    let out = cli(&kw, "nocert", &["PING"]);
+    assert!(
+        out.contains("ERR keyward: upstream \"nocert\":") && out.contains("client certificate"),
+        "{out}"
+    );
+}
+
+#[test]
+fn pass_client_auth_forwards_and_client_password_guards_the_listener() {
+    let Some(s) = setup(ACL) else { return };
+    let kw = start(
+        s.pki.dir.path(),
+        &[
+            resource("passthrough", &s, PROXYUSER, "    pass_client_auth: true\n"),
+            resource(
+                "guarded",
+                &s,
+                PROXYUSER,
+                "    client_password: app-side-pw\n",
+            ),
+        ],
+    );
+    // Forwarded: the server judges the app's AUTH.
+    assert!(cli(&kw, "passthrough", &["-a", "wrong", "PING"]).contains("WRONGPASS"));
+    assert_eq!(
+        cli(
+            &kw,
+            "passthrough",
+            &["--user", "benchuser", "--pass", "benchpw2", "ACL", "WHOAMI"]
+        ),
+        "benchuser"
+    );
+    // Guarded: no AUTH, a wrong one, the right one.
+    assert!(cli(&kw, "guarded", &["PING"]).contains("NOAUTH"));
+    assert!(cli(&kw, "guarded", &["-a", "wrong", "PING"]).contains("WRONGPASS"));
+    assert_eq!(
+        cli(&kw, "guarded", &["-a", "app-side-pw", "ACL", "WHOAMI"]),
+        "proxyuser"
+    );
+    assert_eq!(
+        cli(
+            &kw,
+            "guarded",
+            &[
+                "-3",
+                "--user",
+                "x",
+                "--pass",
+                "app-side-pw",
+                "ACL",
+                "WHOAMI"
+            ]
+        ),
+        "proxyuser"
+    );
+}
+
+#[test]
+fn redis_benchmark_through_keyward_runs_without_errors() {
+    if !require("redis-benchmark", have("redis-benchmark")) {
+        return;
+    }
+    let Some(s) = setup(ACL) else { return };
+    let kw = start(
+        s.pki.dir.path(),
+        &[resource(
+            "bench",
+            &s,
+            "      type: password\n      username: benchuser\n      password: benchpw2\n",
+            "",
+        )],
+    );
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &kw.addr("bench").port().to_string(),
+        ])
+        .args(["-t", "set,get", "-n", "20000", "-c", "8", "-q"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
+    assert!(!text.to_lowercase().contains("error"), "{text}");
+    // Every key the benchmark wrote is there: the commands reached Redis as benchuser.
+    let keys = Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(&s.ca)
+        .args(["-h", "127.0.0.1", "-p", &s.redis.port.to_string()])
+        .args([
+            "--no-auth-warning",
+            "--user",
+            "benchuser",
+            "--pass",
+            "benchpw2",
+        ])
+        .args(["EXISTS", "key:__rand_int__"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "1");
+}
