@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod mysql;
 pub mod pki;
 pub mod postgres;
 pub mod rds;

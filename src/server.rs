@@ -516,6 +516,7 @@ async fn accept_loop(
                             .map_err(Failure::Relay),
                         (Protocol::Postgres, None) => crate::postgres::serve(client, runtime).await,
                         (Protocol::Redis, None) => crate::redis::serve(client, runtime).await,
+                        (Protocol::Mysql, None) => crate::mysql::serve(client, runtime).await,
                         _ => tcp::serve(client, runtime).await,
                     }
                 };

@@ -641,15 +641,6 @@ impl Ctx {
             );
         }
         let protocol = res.protocol.value;
-        if matches!(protocol, Protocol::Mysql) {
-            self.problem(
-                site(&res.protocol, format!("{at}.protocol")),
-                format!(
-                    "protocol \"{}\" is not available in this version of keyward yet",
-                    protocol_name(protocol)
-                ),
-            );
-        }
         let listen = self.listen(res, at);
         let upstream = self.upstream(protocol, &res.upstream, &format!("{at}.upstream"));
         let timeout = |ctx: &mut Self,

@@ -91,10 +91,7 @@ pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Re
     let early = app.buf.split().freeze();
     let app = Rewriting::new(app.io, early, rewrite);
     let Wire { io: up_io, buf, .. } = up;
-    let up_io = Prefixed {
-        inner: up_io,
-        prefix: buf.freeze(),
-    };
+    let up_io = crate::wire::Prefixed::new(up_io, buf.freeze());
     relay(app, up_io, res.idle_timeout)
         .await
         .map_err(Failure::Relay)
@@ -332,44 +329,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewriting<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Rewriting<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// The upstream side of the relay, with bytes already read during login served first.
-struct Prefixed<S> {
-    inner: S,
-    prefix: bytes::Bytes,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

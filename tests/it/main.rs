@@ -8,6 +8,7 @@ mod deploy;
 mod e2e;
 mod http;
 mod limbo;
+mod mysql;
 mod oauth2;
 mod postgres;
 mod redis;

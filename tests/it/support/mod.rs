@@ -2,6 +2,7 @@
 //! in-process on port 0, and helpers with deadlines instead of sleeps.
 
 pub mod httpd;
+pub mod maria;
 pub mod pg;
 pub mod procs;
 

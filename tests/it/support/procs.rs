@@ -140,6 +140,10 @@ pub const TEST_SECRETS: &[&str] = &[
     "adminpw",
     "benchpw2",
     "app-side-pw",
+    "nativepw",
+    "edpw",
+    "x509pw",
+    "slappw",
 ];
 
 impl Drop for Keyward {

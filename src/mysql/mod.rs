@@ -1,0 +1,661 @@
+//! `protocol: mysql` (MySQL and MariaDB). keyward reads the server's greeting, greets the app
+//! with a HandshakeV10 of its own (the server's version and capabilities, without SSL or
+//! compression, keyward's own scramble), accepts the app's HandshakeResponse (any password,
+//! unless `client_password` is set), then logs in upstream: SSLRequest, TLS per the resource's
+//! mode, a HandshakeResponse with the configured user and password for the server's plugin
+//! (`mysql_native_password`, `caching_sha2_password` fast and full path, `client_ed25519`,
+//! `mysql_clear_password` over TLS for RDS tokens), following AuthSwitchRequest and
+//! AuthMoreData with `mysql_common`'s plugins. The app keeps its database, character set,
+//! connection attributes and capability flags. The server's OK goes to the app with the
+//! sequence id the app expects, then bytes are relayed.
+//!
+//! COM_CHANGE_USER from the app is answered with an ERR packet (`keyward: change user is not
+//! supported`) and not forwarded: the app holds no credential to change to.
+
+pub mod codec;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use mysql_common::auth::plugins::{AuthProc, ChallengeResponsePlugin, Response};
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{
+    AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse, SslRequest,
+};
+use mysql_common::proto::{MyDeserialize, MySerialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+use tracing::debug;
+
+use crate::connect::{self, UpstreamStream};
+use crate::db::DbRuntime;
+use crate::error::{ConnError, Reason, Side};
+use crate::listener::ClientStream;
+use crate::relay::{relay, Relayed};
+use crate::runtime::ResourceRuntime;
+use crate::tcp::Failure;
+use crate::wire::Wire;
+
+const COM_CHANGE_USER: u8 = 0x11;
+const NATIVE: &[u8] = b"mysql_native_password";
+/// What keyward offers the app (and asks of the server), at most.
+fn supported() -> CapabilityFlags {
+    use CapabilityFlags as C;
+    C::CLIENT_LONG_PASSWORD
+        | C::CLIENT_FOUND_ROWS
+        | C::CLIENT_LONG_FLAG
+        | C::CLIENT_CONNECT_WITH_DB
+        | C::CLIENT_NO_SCHEMA
+        | C::CLIENT_ODBC
+        | C::CLIENT_LOCAL_FILES
+        | C::CLIENT_IGNORE_SPACE
+        | C::CLIENT_PROTOCOL_41
+        | C::CLIENT_INTERACTIVE
+        | C::CLIENT_IGNORE_SIGPIPE
+        | C::CLIENT_TRANSACTIONS
+        | C::CLIENT_RESERVED
+        | C::CLIENT_SECURE_CONNECTION
+        | C::CLIENT_MULTI_STATEMENTS
+        | C::CLIENT_MULTI_RESULTS
+        | C::CLIENT_PS_MULTI_RESULTS
+        | C::CLIENT_PLUGIN_AUTH
+        | C::CLIENT_CONNECT_ATTRS
+        | C::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+        | C::CLIENT_CAN_HANDLE_EXPIRED_PASSWORDS
+        | C::CLIENT_SESSION_TRACK
+        | C::CLIENT_DEPRECATE_EOF
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    let _ = ring::rand::SystemRandom::new().fill(&mut out);
+    // A scramble must not contain NUL bytes (it is sent NUL-terminated).
+    for b in &mut out {
+        *b = (*b % 94) + 33;
+    }
+    out
+}
+
+/// Serves one app connection.
+pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
+    let name = res.name.as_str();
+    let Some(db) = res.db.as_ref() else {
+        return Err(Failure::Open(ConnError::new(
+            Side::Internal,
+            Reason::Protocol,
+            "resource has no database runtime",
+        )));
+    };
+    let mut app = Wire::new(client, Side::Client);
+    let started = tokio::time::Instant::now();
+    // The server's greeting first: its version and capabilities shape keyward's.
+    let upstream = greeting(&res).await;
+    let (version, server_caps, ext_caps) = match &upstream {
+        Ok((_, g)) => (
+            g.server_version_ref().to_vec(),
+            g.capabilities(),
+            g.mariadb_ext_capabilities(),
+        ),
+        Err(_) => (
+            b"8.0.0-keyward".to_vec(),
+            supported(),
+            mysql_common::constants::MariadbCapabilities::empty(),
+        ),
+    };
+    let scramble = random::<20>();
+    let caps = server_caps & supported();
+    let hello = HandshakePacket::new(
+        10,
+        Cow::Owned(version.clone()),
+        fastrand::u32(1..),
+        scramble[..8].try_into().unwrap_or_default(),
+        // 12 bytes and a NUL, as servers send it (clients read max(13, len - 8) bytes).
+        Some(Cow::Owned([&scramble[8..], &[0]].concat())),
+        caps,
+        45,
+        StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        Some(Cow::Borrowed(NATIVE)),
+    )
+    .with_mariadb_ext_capabilities(ext_caps);
+    let mut payload = Vec::new();
+    hello.serialize(&mut payload);
+    let app_login = async {
+        app.send(&codec::frame(0, &payload)).await?;
+        read_app_response(&mut app, db, &scramble, name).await
+    };
+    let (response, mut seq) = match app_login.await {
+        Ok(found) => found,
+        Err(AppError::Refuse(e, seq)) => {
+            let _ = app.send(&codec::frame(seq, &app_error(&e, name))).await;
+            return Err(Failure::Open(e));
+        }
+        Err(AppError::Io(e)) => return Err(Failure::Open(e)),
+    };
+    let login = async {
+        let (tcp, greeting) = upstream?;
+        login(tcp, &greeting, &response, &res, db).await
+    };
+    let (up, ok) = match login.await {
+        Ok(done) => done,
+        Err(e) => {
+            seq = seq.wrapping_add(1);
+            let _ = app.send(&codec::frame(seq, &app_error(&e, name))).await;
+            return Err(Failure::Open(e));
+        }
+    };
+    crate::metrics::metrics()
+        .auth_seconds
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    debug!("logged in upstream");
+    seq = seq.wrapping_add(1);
+    let send_ok = async {
+        app.send(&codec::frame(seq, &ok)).await?;
+        Ok::<_, ConnError>(())
+    };
+    send_ok.await.map_err(Failure::Relay)?;
+    let Wire { io: up_io, buf, .. } = up;
+    let app_side = ChangeUserGuard {
+        inner: app.io,
+        watch: codec::CommandWatch::default(),
+        raw: vec![0; 16 * 1024],
+        out: app.buf.to_vec(),
+        pos: 0,
+        inject: Vec::new(),
+    };
+    let up_side = crate::wire::Prefixed::new(up_io, buf.freeze());
+    relay(app_side, up_side, res.idle_timeout)
+        .await
+        .map_err(Failure::Relay)
+}
+
+/// What keyward keeps of the app's HandshakeResponse.
+#[derive(Debug, Clone)]
+struct AppHello {
+    caps: CapabilityFlags,
+    ext: mysql_common::constants::MariadbCapabilities,
+    collation: u8,
+    user: Vec<u8>,
+    db: Option<Vec<u8>>,
+    attrs: Option<HashMap<String, String>>,
+}
+
+enum AppError {
+    /// Send this error to the app (at this sequence id) and close.
+    Refuse(ConnError, u8),
+    Io(ConnError),
+}
+
+impl From<ConnError> for AppError {
+    fn from(e: ConnError) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// The app's HandshakeResponse, and the sequence id of the last packet it sent. With
+/// `client_password`, its mysql_native_password response is checked (switching it to that
+/// plugin first if it used another).
+async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
+    app: &mut Wire<S>,
+    db: &DbRuntime,
+    scramble: &[u8; 20],
+    resource: &str,
+) -> Result<(AppHello, u8), AppError> {
+    let packet = app
+        .message("the HandshakeResponse", |b| {
+            codec::packet(b, codec::MAX_LOGIN_PACKET)
+        })
+        .await?;
+    let mut seq = packet[3];
+    let refuse = |detail: String, seq: u8| {
+        AppError::Refuse(
+            ConnError::new(Side::Client, Reason::Protocol, detail),
+            seq + 1,
+        )
+    };
+    let response = HandshakeResponse::deserialize((), &mut ParseBuf(&packet[4..]))
+        .map_err(|e| refuse(format!("malformed HandshakeResponse: {e}"), seq))?;
+    if response
+        .capabilities()
+        .contains(CapabilityFlags::CLIENT_SSL)
+    {
+        return Err(refuse(
+            "the app asked for TLS, which this listener does not offer (no listen_tls): connect without TLS to keyward on loopback"
+                .to_owned(),
+            seq,
+        ));
+    }
+    let hello = AppHello {
+        caps: response.capabilities(),
+        ext: response.mariadb_ext_capabilities(),
+        collation: response.collation(),
+        user: response.user().to_vec(),
+        db: response.db_name().map(<[u8]>::to_vec),
+        attrs: response.connect_attributes(),
+    };
+    if let Some(expected) = &db.client_password {
+        let expected = expected.current(resource);
+        let mut given = response.scramble_buf().to_vec();
+        let plugin_is_native = response
+            .auth_plugin()
+            .is_none_or(|p| p.as_bytes() == NATIVE);
+        if !plugin_is_native {
+            let switch = AuthSwitchRequest::new(NATIVE, [&scramble[..], &[0]].concat());
+            let mut payload = Vec::new();
+            switch.serialize(&mut payload);
+            seq = seq.wrapping_add(1);
+            app.send(&codec::frame(seq, &payload)).await?;
+            let answer = app
+                .message("the auth switch response", |b| {
+                    codec::packet(b, codec::MAX_LOGIN_PACKET)
+                })
+                .await?;
+            seq = answer[3];
+            given = answer[4..].to_vec();
+        }
+        let want = mysql_common::auth::plugins::mysql_native_password::scramble_native(
+            scramble,
+            expected.expose().as_bytes(),
+        )
+        .map(|s| s.to_vec())
+        .unwrap_or_default();
+        use subtle::ConstantTimeEq;
+        if !bool::from(given.ct_eq(&want)) {
+            return Err(AppError::Refuse(
+                ConnError::new(
+                    Side::Client,
+                    Reason::AuthFailed,
+                    "access denied: the app's password is not this resource's client_password",
+                ),
+                seq.wrapping_add(1),
+            ));
+        }
+    }
+    Ok((hello, seq))
+}
+
+/// TCP to the upstream and its initial handshake packet.
+async fn greeting(
+    res: &ResourceRuntime,
+) -> Result<(Wire<TcpStream>, HandshakePacket<'static>), ConnError> {
+    let tcp =
+        connect::connect_observed(res.name.as_str(), &res.upstream, res.connect_timeout).await?;
+    let mut up = Wire::new(tcp, Side::Upstream);
+    let read = up.message("the server's greeting", |b| {
+        codec::packet(b, codec::MAX_LOGIN_PACKET)
+    });
+    let packet = tokio::time::timeout(res.handshake_timeout, read)
+        .await
+        .map_err(|_| {
+            ConnError::new(
+                Side::Upstream,
+                Reason::HandshakeTimeout,
+                "the server sent no greeting: is it a MySQL server?",
+            )
+        })??;
+    if let Some((code, _, message)) = codec::parse_err(&packet[4..]) {
+        return Err(ConnError::new(
+            Side::Upstream,
+            Reason::ConnectRefused,
+            format!("the server refused the connection: {message} ({code})"),
+        ));
+    }
+    let greeting = HandshakePacket::deserialize((), &mut ParseBuf(&packet[4..]))
+        .map_err(|e| {
+            up.protocol(format!(
+                "malformed server greeting ({e}): is it a MySQL server?"
+            ))
+        })?
+        .into_owned();
+    Ok((up, greeting))
+}
+
+struct PluginContext<'a> {
+    password: &'a [u8],
+    tls: bool,
+    scramble: &'a [u8],
+}
+
+impl mysql_common::auth::plugins::Context for &PluginContext<'_> {
+    fn pass(&self) -> &[u8] {
+        self.password
+    }
+    fn is_ipc_transport(&self) -> bool {
+        false
+    }
+    fn is_tls_transport(&self) -> bool {
+        self.tls
+    }
+    fn scramble(&self) -> &[u8] {
+        self.scramble
+    }
+    fn server_key_pem(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// SSLRequest + TLS, the HandshakeResponse with keyward's credentials, and the auth exchange.
+/// Returns the stream and the server's OK payload.
+async fn login(
+    tcp: Wire<TcpStream>,
+    greeting: &HandshakePacket<'static>,
+    app: &AppHello,
+    res: &ResourceRuntime,
+    db: &DbRuntime,
+) -> Result<(Wire<UpstreamStream>, Vec<u8>), ConnError> {
+    let name = res.name.as_str();
+    let server_caps = greeting.capabilities();
+    let mut caps = (app.caps & server_caps & supported())
+        | CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+    caps &= server_caps | CapabilityFlags::CLIENT_PROTOCOL_41;
+    let database = db
+        .database
+        .as_deref()
+        .map(|d| d.as_bytes().to_vec())
+        .or_else(|| app.db.clone());
+    if database.is_some() {
+        caps |= CapabilityFlags::CLIENT_CONNECT_WITH_DB;
+    } else {
+        caps.remove(CapabilityFlags::CLIENT_CONNECT_WITH_DB);
+    }
+    let ext = app.ext & greeting.mariadb_ext_capabilities();
+    let mut seq: u8 = 0;
+    let Wire {
+        io: tcp,
+        buf: early,
+        ..
+    } = tcp;
+    if !early.is_empty() {
+        return Err(ConnError::new(
+            Side::Upstream,
+            Reason::Protocol,
+            "the server sent more than its greeting before keyward answered",
+        ));
+    }
+    let stream: UpstreamStream = match res.tls.as_ref() {
+        None => Either::Left(tcp),
+        Some(tls) => {
+            if !server_caps.contains(CapabilityFlags::CLIENT_SSL) {
+                return Err(ConnError::new(
+                    Side::Upstream,
+                    Reason::Tls,
+                    format!(
+                        "server does not support TLS (no SSL capability) and tls.mode is {}",
+                        tls.mode.as_str()
+                    ),
+                ));
+            }
+            caps |= CapabilityFlags::CLIENT_SSL;
+            let request = SslRequest::new(caps, 16 * 1024 * 1024, app.collation)
+                .with_mariadb_capabilities(ext);
+            let mut payload = Vec::new();
+            request.serialize(&mut payload);
+            seq += 1;
+            let mut w = Wire::new(tcp, Side::Upstream);
+            w.send(&codec::frame(seq, &payload)).await?;
+            Either::Right(connect::secure_observed(name, w.io, tls, res.handshake_timeout).await?)
+        }
+    };
+    let on_tls = matches!(stream, Either::Right(_));
+    let mut up = Wire::new(stream, Side::Upstream);
+    let password = db.password(name)?;
+    let username = db
+        .username()
+        .map(|u| u.as_bytes().to_vec())
+        .unwrap_or_else(|| app.user.clone());
+    let pw: Vec<u8> = password
+        .as_ref()
+        .map(|p| p.expose().as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut scramble = greeting.nonce();
+    let mut plugin: AuthPlugin<'static> = greeting
+        .auth_plugin()
+        .map(|p| p.into_owned())
+        .unwrap_or(AuthPlugin::MysqlNativePassword);
+    if db.is_rds_iam() {
+        plugin = AuthPlugin::MysqlClearPassword;
+    }
+    let mut proc = start_plugin(&plugin, on_tls)?;
+    let first = step(
+        &mut proc,
+        &plugin,
+        &pw,
+        on_tls,
+        &scramble,
+        &scramble.clone(),
+        db,
+    )?;
+    let attrs = app.attrs.clone();
+    let response = HandshakeResponse::new(
+        Some(Cow::Owned(first.unwrap_or_default())),
+        greeting.server_version_parsed().unwrap_or((8, 0, 0)),
+        Some(Cow::Owned(username.clone())),
+        database.map(Cow::Owned),
+        Some(plugin.clone()),
+        caps,
+        attrs,
+        16 * 1024 * 1024,
+    )
+    .with_mariadb_ext_capabilities(ext);
+    let mut payload = Vec::new();
+    response.serialize(&mut payload);
+    // Keep the app's character set (byte 8: after capabilities and max packet size).
+    if payload.len() > 8 {
+        payload[8] = app.collation;
+    }
+    seq += 1;
+    up.send(&codec::frame(seq, &payload)).await?;
+    let user_text = String::from_utf8_lossy(&username).into_owned();
+    let exchange = async {
+        loop {
+            let packet = up
+                .message("the server's auth reply", |b| {
+                    codec::packet(b, codec::MAX_LOGIN_PACKET)
+                })
+                .await?;
+            seq = packet[3];
+            let body = &packet[4..];
+            match body.first() {
+                Some(0x00) => return Ok(body.to_vec()),
+                Some(0xff) => {
+                    let (code, _state, message) = codec::parse_err(body).unwrap_or_default();
+                    return Err(ConnError::new(
+                        Side::Upstream,
+                        Reason::AuthFailed,
+                        format!("{message} (server error {code})"),
+                    ));
+                }
+                Some(0xfe) => {
+                    let switch = AuthSwitchRequest::deserialize((), &mut ParseBuf(body))
+                        .map_err(|e| up.protocol(format!("malformed AuthSwitchRequest: {e}")))?;
+                    plugin = switch.auth_plugin().into_owned();
+                    let data = switch.plugin_data();
+                    scramble = data.strip_suffix(&[0]).unwrap_or(data).to_vec();
+                    debug!(plugin = %String::from_utf8_lossy(plugin.as_bytes()), "auth switch");
+                    proc = start_plugin(&plugin, on_tls)?;
+                    let answer = step(
+                        &mut proc,
+                        &plugin,
+                        &pw,
+                        on_tls,
+                        &scramble,
+                        &scramble.clone(),
+                        db,
+                    )?;
+                    seq = seq.wrapping_add(1);
+                    up.send(&codec::frame(seq, &answer.unwrap_or_default()))
+                        .await?;
+                }
+                Some(0x01) => {
+                    let answer = step(&mut proc, &plugin, &pw, on_tls, &scramble, &body[1..], db)?;
+                    if let Some(answer) = answer {
+                        seq = seq.wrapping_add(1);
+                        up.send(&codec::frame(seq, &answer)).await?;
+                    }
+                }
+                _ => return Err(up.protocol("unexpected packet during authentication".to_owned())),
+            }
+        }
+    };
+    let ok = tokio::time::timeout(res.handshake_timeout, exchange)
+        .await
+        .map_err(|_| {
+            ConnError::new(
+                Side::Upstream,
+                Reason::HandshakeTimeout,
+                format!("the server did not finish the login of user \"{user_text}\""),
+            )
+        })??;
+    Ok((up, ok))
+}
+
+fn start_plugin(plugin: &AuthPlugin<'_>, tls: bool) -> Result<AuthProc, ConnError> {
+    let refuse = |detail: String| ConnError::new(Side::Internal, Reason::AuthFailed, detail);
+    if matches!(plugin, AuthPlugin::MysqlClearPassword) && !tls {
+        return Err(refuse(
+            "the server asks for the password in clear text (mysql_clear_password) over a connection without TLS; keyward refuses".to_owned(),
+        ));
+    }
+    AuthProc::init(plugin).map_err(|e| refuse(format!("{e}: keyward speaks mysql_native_password, caching_sha2_password, client_ed25519 and mysql_clear_password")))
+}
+
+/// One plugin step; refuses caching_sha2_password's RSA exchange unless allowed.
+fn step(
+    proc: &mut AuthProc,
+    plugin: &AuthPlugin<'_>,
+    pw: &[u8],
+    tls: bool,
+    scramble: &[u8],
+    challenge: &[u8],
+    db: &DbRuntime,
+) -> Result<Option<Vec<u8>>, ConnError> {
+    let ctx = PluginContext {
+        password: pw,
+        tls,
+        scramble,
+    };
+    let response = proc.run(&ctx, challenge).map_err(|e| {
+        ConnError::new(
+            Side::Upstream,
+            Reason::AuthFailed,
+            format!(
+                "{} exchange failed: {e}",
+                String::from_utf8_lossy(plugin.as_bytes())
+            ),
+        )
+    })?;
+    let data = match &response {
+        Response::Next { packet } | Response::Last { packet } => packet.clone(),
+    };
+    if matches!(plugin, AuthPlugin::CachingSha2Password)
+        && !tls
+        && data.as_deref() == Some(&[0x02][..])
+        && !db.allow_rsa_key_exchange
+    {
+        return Err(ConnError::new(
+            Side::Internal,
+            Reason::AuthFailed,
+            "caching_sha2_password full authentication without TLS needs the server's RSA key; keyward refuses (use TLS, or set auth.allow_rsa_key_exchange: true)",
+        ));
+    }
+    Ok(data)
+}
+
+/// The ERR packet for a keyward failure (SQLSTATE 28000 for authentication, 08S01 otherwise).
+pub fn app_error(e: &ConnError, resource: &str) -> Vec<u8> {
+    let (code, state) = match e.reason {
+        Reason::AuthFailed => (1045, "28000"),
+        Reason::Protocol if e.side == Side::Client => (1043, "08S01"),
+        _ => (1159, "08S01"),
+    };
+    let message = match e.side {
+        Side::Client => format!("keyward: resource \"{resource}\": {}", e.detail),
+        _ => format!("keyward: upstream \"{resource}\": {}", e.detail),
+    };
+    codec::err(code, state, &message)
+}
+
+/// The app's side of the relay: COM_CHANGE_USER is answered with an ERR packet and dropped.
+struct ChangeUserGuard<S> {
+    inner: S,
+    watch: codec::CommandWatch,
+    raw: Vec<u8>,
+    out: Vec<u8>,
+    pos: usize,
+    inject: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ChangeUserGuard<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            // An ERR for a dropped COM_CHANGE_USER: the app waits for it, nothing else flows.
+            while !this.inject.is_empty() {
+                match Pin::new(&mut this.inner).poll_write(cx, &this.inject) {
+                    Poll::Ready(Ok(n)) => {
+                        this.inject.drain(..n);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if this.pos < this.out.len() {
+                let n = (this.out.len() - this.pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                if this.pos == this.out.len() {
+                    this.out.clear();
+                    this.pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = ReadBuf::new(&mut this.raw);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut raw) {
+                Poll::Ready(Ok(())) => {
+                    let n = raw.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let input = this.raw[..n].to_vec();
+                    let dropped = this.watch.feed(&input, COM_CHANGE_USER, &mut this.out);
+                    for _ in 0..dropped {
+                        this.inject.extend(codec::frame(
+                            1,
+                            &codec::err(1105, "HY000", "keyward: change user is not supported: keyward logs in with the resource's configured credentials"),
+                        ));
+                    }
+                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ChangeUserGuard<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,257 @@
+//! `protocol: mysql` end to end: a real MariaDB 10.11 (TLS, require_secure_transport, native,
+//! ed25519 and x509 users), the keyward binary, and the mariadb client / mysqlslap with no
+//! password pointed at keyward.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::maria::{self, mariadb, Maria};
+use crate::support::procs::{have, Keyward};
+use crate::support::{require, Pki};
+
+fn maria() -> Option<&'static Maria> {
+    require("MariaDB server and client", maria::available()).then(maria::shared)
+}
+
+fn resource(
+    name: &str,
+    m: &Maria,
+    user: &str,
+    password: Option<&str>,
+    tls_extra: &str,
+    extra: &str,
+) -> String {
+    let pw = password
+        .map(|p| format!("      password: {p}\n"))
+        .unwrap_or_default();
+    format!(
+        "  - name: {name}\n    protocol: mysql\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    tls:\n      ca: {}\n{tls_extra}{extra}    auth:\n      type: password\n      username: {user}\n{pw}",
+        m.port,
+        m.ca_pem.display()
+    )
+}
+
+fn start(dir: &Path, resources: &[String]) -> Keyward {
+    let path = dir.join("keyward.yaml");
+    std::fs::write(
+        &path,
+        format!("admin: null\nresources:\n{}", resources.concat()),
+    )
+    .unwrap();
+    Keyward::start(&path)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn mariadb_client_without_a_password_runs_as_each_configured_user_over_tls() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = m.client_cert(dir.path(), "proxy");
+    let mtls = format!(
+        "      client_cert: {}\n      client_key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    let kw = start(
+        dir.path(),
+        &[
+            resource("native", m, "nativeu", Some("nativepw"), "", ""),
+            resource("ed", m, "edu", Some("edpw"), "", ""),
+            resource("x509", m, "x509u", Some("x509pw"), &mtls, ""),
+        ],
+    );
+    for (res, user) in [("native", "nativeu"), ("ed", "edu"), ("x509", "x509u")] {
+        let out = mariadb(
+            kw.addr(res).port(),
+            &["--user=whoever", "app"],
+            "SELECT CURRENT_USER(), DATABASE(); SHOW SESSION STATUS LIKE 'Ssl_version'",
+        );
+        assert!(
+            out.status.success(),
+            "{res}: {}\n{}",
+            text(&out),
+            kw.log_text()
+        );
+        let t = text(&out);
+        assert!(
+            t.starts_with(&format!("{user}@127.0.0.1\tapp")),
+            "{res}: {t}"
+        );
+        assert!(t.contains("Ssl_version\tTLSv1.3"), "{res}: {t}");
+    }
+    // The app's character set is kept.
+    let out = mariadb(
+        kw.addr("native").port(),
+        &["--default-character-set=latin1"],
+        "SELECT @@character_set_client",
+    );
+    assert_eq!(text(&out), "latin1");
+}
+
+#[test]
+fn tls_and_login_failures_reach_the_mariadb_client_as_keyward_errors() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let other = Pki::new();
+    let other_ca = other.write_ca();
+    let wrong_ca = resource("wrongca", m, "nativeu", Some("nativepw"), "", "").replace(
+        &m.ca_pem.display().to_string(),
+        &other_ca.display().to_string(),
+    );
+    let wrong_name = resource(
+        "wrongname",
+        m,
+        "nativeu",
+        Some("nativepw"),
+        "      server_name: db.internal\n",
+        "",
+    );
+    let verify_ca = resource(
+        "verifyca",
+        m,
+        "nativeu",
+        Some("nativepw"),
+        "      server_name: db.internal\n      mode: verify-ca\n",
+        "",
+    );
+    let kw = start(
+        dir.path(),
+        &[
+            wrong_ca,
+            wrong_name,
+            verify_ca,
+            resource("badpw", m, "nativeu", Some("not-the-password"), "", ""),
+            resource(
+                "guarded",
+                m,
+                "nativeu",
+                Some("nativepw"),
+                "",
+                "    client_password: local-secret\n",
+            ),
+        ],
+    );
+    let run = |res: &str, args: &[&str]| text(&mariadb(kw.addr(res).port(), args, "SELECT 1"));
+    let out = run("wrongca", &[]);
+    assert!(
+        out.contains("ERROR 1159 (08S01)")
+            && out.contains("keyward: upstream \"wrongca\": unknown issuer"),
+        "{out}"
+    );
+    let out = run("wrongname", &[]);
+    assert!(
+        out.contains(
+            "keyward: upstream \"wrongname\": certificate not valid for name \"db.internal\""
+        ),
+        "{out}"
+    );
+    assert_eq!(run("verifyca", &[]), "1");
+    let out = run("badpw", &[]);
+    assert!(
+        out.contains("ERROR 1045 (28000)")
+            && out.contains("keyward: upstream \"badpw\": Access denied for user 'nativeu'"),
+        "{out}"
+    );
+    assert_eq!(run("guarded", &["--password=local-secret"]), "1");
+    let out = run("guarded", &["--password=wrong"]);
+    assert!(
+        out.contains("ERROR 1045 (28000)") && out.contains("keyward: resource \"guarded\""),
+        "{out}"
+    );
+}
+
+/// A hand-driven client: greeting, HandshakeResponse with no password, then COM_CHANGE_USER
+/// (answered with keyward's ERR, not forwarded) and COM_PING (the session still works).
+#[test]
+fn change_user_is_refused_and_the_session_goes_on() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let kw = start(
+        dir.path(),
+        &[resource("native", m, "nativeu", Some("nativepw"), "", "")],
+    );
+    let mut s = std::net::TcpStream::connect(kw.addr("native")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let read_packet = |s: &mut std::net::TcpStream| {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).unwrap();
+        let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+        let mut p = vec![0; len];
+        s.read_exact(&mut p).unwrap();
+        (h[3], p)
+    };
+    let (_, greeting) = read_packet(&mut s);
+    assert_eq!(greeting[0], 10, "HandshakeV10");
+    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000; // PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH
+    let mut resp = caps.to_le_bytes().to_vec();
+    resp.extend_from_slice(&(1u32 << 24).to_le_bytes());
+    resp.push(33);
+    resp.extend_from_slice(&[0; 23]);
+    resp.extend_from_slice(b"app\0");
+    resp.push(0);
+    resp.extend_from_slice(b"mysql_native_password\0");
+    let frame = |seq: u8, p: &[u8]| {
+        let mut f = (p.len() as u32).to_le_bytes()[..3].to_vec();
+        f.push(seq);
+        f.extend_from_slice(p);
+        f
+    };
+    s.write_all(&frame(1, &resp)).unwrap();
+    let (seq, ok) = read_packet(&mut s);
+    assert_eq!((seq, ok[0]), (2, 0x00), "{ok:?}");
+    s.write_all(&frame(0, b"\x11root\0\0\0\x21\0mysql_native_password\0"))
+        .unwrap();
+    let (_, err) = read_packet(&mut s);
+    assert_eq!(err[0], 0xff);
+    assert!(
+        String::from_utf8_lossy(&err).contains("keyward: change user is not supported"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    s.write_all(&frame(0, b"\x0e")).unwrap();
+    let (_, pong) = read_packet(&mut s);
+    assert_eq!(pong[0], 0x00, "COM_PING answered by the server");
+}
+
+#[test]
+fn mysqlslap_through_keyward_runs_clean() {
+    if !require("mysqlslap (mariadb-client)", have("mysqlslap")) {
+        return;
+    }
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let kw = start(
+        dir.path(),
+        &[resource("slap", m, "slapu", Some("slappw"), "", "")],
+    );
+    let out = Command::new("mysqlslap")
+        .arg("--no-defaults")
+        .args(["--protocol=TCP", "--host=127.0.0.1", "--skip-ssl"])
+        .arg(format!("--port={}", kw.addr("slap").port()))
+        .args([
+            "--user=app",
+            "--concurrency=4",
+            "--iterations=2",
+            "--number-of-queries=200",
+            "--auto-generate-sql",
+        ])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}\n{}", kw.log_text());
+    assert!(
+        t.contains("Average number of seconds to run all queries"),
+        "{t}"
+    );
+}
