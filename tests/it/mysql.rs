@@ -255,3 +255,107 @@ fn mysqlslap_through_keyward_runs_clean() {
         "{t}"
     );
 }
+
+/// caching_sha2_password (MySQL 8's default): keyward's client side against the in-process
+/// server written from the MySQL documentation, which is first proven faithful with the real
+/// `mariadb-admin` (libmariadb's caching_sha2_password plugin): full path over TLS, then the
+/// fast path from the cache, the RSA path without TLS, and a wrong password denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_sha2_password_fast_full_and_rsa_paths() {
+    use crate::support::mysql8::{Mysql8, Path as P};
+    if !require("mariadb-admin (mariadb-client)", have("mariadb-admin")) {
+        return;
+    }
+    let pki = Pki::new();
+    let ca = pki.write_ca();
+    let cert = pki.server(&["localhost", "127.0.0.1"]);
+    let tls_cfg = crate::support::server_config(&cert, None, &[&rustls::version::TLS13]);
+    let admin = |port: u16, args: Vec<String>, password: &str| {
+        let password = password.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = Command::new("mariadb-admin")
+                    .arg("--no-defaults")
+                    .args(["--protocol=TCP", "--host=127.0.0.1", "--connect-timeout=10"])
+                    .arg(format!("--port={port}"))
+                    .arg("--user=app8")
+                    .arg(format!("--password={password}"))
+                    .args(&args)
+                    .arg("ping")
+                    .output()
+                    .unwrap();
+                text(&out)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let tls_args = vec![
+        "--ssl".to_owned(),
+        format!("--ssl-ca={}", ca.display()),
+        "--ssl-verify-server-cert".to_owned(),
+    ];
+    let plain_args = vec!["--skip-ssl".to_owned()];
+
+    // The test server against the real client.
+    let real = Mysql8::start("app8", "pw8-secret", Some(tls_cfg.clone())).await;
+    assert_eq!(
+        admin(real.port, tls_args.clone(), "pw8-secret").await,
+        "mysqld is alive"
+    );
+    assert_eq!(
+        admin(real.port, tls_args.clone(), "pw8-secret").await,
+        "mysqld is alive"
+    );
+    let wrong = admin(real.port, tls_args.clone(), "wrong").await;
+    assert!(wrong.contains("Access denied"), "{wrong}");
+    let rsa_real = Mysql8::start("app8", "pw8-secret", None).await;
+    assert_eq!(
+        admin(rsa_real.port, plain_args.clone(), "pw8-secret").await,
+        "mysqld is alive"
+    );
+    assert_eq!(
+        *real.logins.lock().unwrap(),
+        [P::FullTls, P::Fast, P::Denied]
+    );
+    assert_eq!(*rsa_real.logins.lock().unwrap(), [P::FullRsa]);
+
+    // keyward's client side against fresh servers.
+    let over_tls = Mysql8::start("app8", "pw8-secret", Some(tls_cfg)).await;
+    let rsa = Mysql8::start("app8", "pw8-secret", None).await;
+    // A server whose cache is empty: the full path is needed, and keyward refuses RSA there.
+    let uncached = Mysql8::start("app8", "pw8-secret", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let res = |name: &str, port: u16, tls: &str, extra: &str| {
+        format!("  - name: {name}\n    protocol: mysql\n    listen: 127.0.0.1:0\n    upstream: localhost:{port}\n    tls:\n{tls}    auth:\n      type: password\n      username: app8\n      password: pw8-secret\n{extra}")
+    };
+    let ca_line = format!("      ca: {}\n", ca.display());
+    let kw = start(
+        dir.path(),
+        &[
+            res("tls8", over_tls.port, &ca_line, ""),
+            res(
+                "rsa8",
+                rsa.port,
+                "      mode: disable\n",
+                "      allow_rsa_key_exchange: true\n",
+            ),
+            res("norsa8", uncached.port, "      mode: disable\n", ""),
+        ],
+    );
+    let port = |name: &str| kw.addr(name).port();
+    let (tls8, rsa8, norsa8) = (port("tls8"), port("rsa8"), port("norsa8"));
+    let through = |p: u16| admin(p, plain_args.clone(), "");
+    assert_eq!(through(tls8).await, "mysqld is alive", "{}", kw.log_text());
+    assert_eq!(through(tls8).await, "mysqld is alive");
+    assert_eq!(*over_tls.logins.lock().unwrap(), [P::FullTls, P::Fast]);
+    assert_eq!(through(rsa8).await, "mysqld is alive", "{}", kw.log_text());
+    assert_eq!(*rsa.logins.lock().unwrap(), [P::FullRsa]);
+    let refused = through(norsa8).await;
+    assert!(
+        refused.contains(
+            "keyward: upstream \"norsa8\": caching_sha2_password full authentication without TLS"
+        ),
+        "{refused}"
+    );
+}

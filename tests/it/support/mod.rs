@@ -3,6 +3,7 @@
 
 pub mod httpd;
 pub mod maria;
+pub mod mysql8;
 pub mod pg;
 pub mod procs;
 

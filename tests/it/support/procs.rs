@@ -144,6 +144,7 @@ pub const TEST_SECRETS: &[&str] = &[
     "edpw",
     "x509pw",
     "slappw",
+    "pw8-secret",
 ];
 
 impl Drop for Keyward {
