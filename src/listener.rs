@@ -13,8 +13,15 @@ use tokio_util::either::Either;
 use crate::config::{ListenAddr, ResourceName};
 use crate::runtime::Runtime;
 
-/// A connection from an application.
-pub type ClientStream = Either<TcpStream, UnixStream>;
+/// A connection from an application, as accepted.
+pub type RawStream = Either<TcpStream, UnixStream>;
+
+/// A connection from an application: as accepted, or after keyward's own TLS (`listen_tls`).
+pub type ClientStream = Either<RawStream, Box<InboundStream>>;
+
+/// keyward's TLS with an app, over the accepted stream and any bytes read before the
+/// handshake (a MySQL client starts TLS right after its SSLRequest, without waiting).
+pub type InboundStream = tokio_rustls::server::TlsStream<crate::wire::Prefixed<RawStream>>;
 
 /// Where a listener actually bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,11 +167,11 @@ impl Listener {
             Self::Tcp(l) => {
                 let (stream, peer) = l.accept().await?;
                 stream.set_nodelay(true)?;
-                Ok((Either::Left(stream), peer.to_string()))
+                Ok((Either::Left(Either::Left(stream)), peer.to_string()))
             }
             Self::Unix(l) => {
                 let (stream, _) = l.accept().await?;
-                Ok((Either::Right(stream), "unix".to_owned()))
+                Ok((Either::Left(Either::Right(stream)), "unix".to_owned()))
             }
         }
     }

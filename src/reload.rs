@@ -304,6 +304,11 @@ pub(crate) fn resource_files(res: &ResourceConfig) -> Vec<PathBuf> {
     if let Auth::OAuth2(o) = &res.auth {
         tls(&o.tls);
     }
+    if let Some(l) = &res.listen_tls {
+        files.push(l.cert.path.clone());
+        files.push(l.key.path.clone());
+        files.extend(l.client_ca.iter().map(|f| f.path.clone()));
+    }
     files.extend(
         resource_secrets(res)
             .iter()

@@ -49,6 +49,8 @@ pub struct ResourceRuntime {
     pub http: Option<Arc<crate::http::HttpUpstream>>,
     /// For `postgres`, `mysql`, `redis`: the login and its options.
     pub db: Option<crate::db::DbRuntime>,
+    /// TLS on the listener (`listen_tls`).
+    pub inbound: Option<crate::tls::inbound::InboundTls>,
     /// Hash of everything this snapshot was built from (settings, file bytes, secrets).
     pub fingerprint: [u8; 32],
 }
@@ -97,6 +99,23 @@ impl Runtime {
             };
             let mut http = None;
             let mut db = None;
+            let mut inbound = None;
+            if let Some(listen_tls) = &res.listen_tls {
+                let alpn: &[&[u8]] = match res.protocol {
+                    // keyward serves HTTP/1.1 to apps.
+                    Protocol::Http => &[b"http/1.1"],
+                    Protocol::Postgres => &[b"postgresql"],
+                    _ => &[],
+                };
+                match crate::tls::inbound::InboundTls::build(listen_tls, alpn) {
+                    Ok(built) => inbound = Some(built),
+                    Err(found) => {
+                        for (site, message) in found {
+                            push(site, message);
+                        }
+                    }
+                }
+            }
             if matches!(
                 res.protocol,
                 Protocol::Postgres | Protocol::Mysql | Protocol::Redis
@@ -147,6 +166,7 @@ impl Runtime {
                 max_connections: res.max_connections,
                 http,
                 db,
+                inbound,
                 fingerprint: crate::reload::fingerprint(res, env),
             }));
         }

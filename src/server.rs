@@ -509,6 +509,26 @@ async fn accept_loop(
                 open.inc();
                 debug!("accepted");
                 let serving = async {
+                    // TLS from the first byte (postgres and mysql negotiate it in-protocol).
+                    let client = match (&runtime.inbound, runtime.protocol) {
+                        (Some(tls), Protocol::Tcp | Protocol::Http | Protocol::Redis) => {
+                            let tokio_util::either::Either::Left(raw) = client else {
+                                return Err(Failure::Open(ConnError::new(
+                                    Side::Internal,
+                                    Reason::Tls,
+                                    "connection is already TLS",
+                                )));
+                            };
+                            match tls
+                                .accept(raw, bytes::Bytes::new(), runtime.handshake_timeout)
+                                .await
+                            {
+                                Ok(tls) => tokio_util::either::Either::Right(Box::new(tls)),
+                                Err(e) => return Err(Failure::Open(e)),
+                            }
+                        }
+                        _ => client,
+                    };
                     match (runtime.protocol, runtime.http.clone()) {
                         (_, Some(http)) => crate::http::serve(client, http, state.clone())
                             .await

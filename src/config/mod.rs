@@ -168,6 +168,8 @@ pub struct ResourceConfig {
     pub http: HttpOptions,
     /// Database options (used by `postgres`, `mysql`, `redis`).
     pub db: DbOptions,
+    /// TLS on keyward's own listener.
+    pub listen_tls: Option<ListenTls>,
     /// Where the resource starts in the file.
     pub site: Site,
 }
@@ -199,6 +201,39 @@ impl Default for HttpOptions {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             max_signed_body: DEFAULT_MAX_SIGNED_BODY,
         }
+    }
+}
+
+/// `listen_tls`: keyward terminates TLS from the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    /// keyward's certificate chain (PEM).
+    pub cert: FileRef,
+    /// Its key.
+    pub key: FileRef,
+    /// CA bundle for client certificates.
+    pub client_ca: Option<FileRef>,
+    /// Refuse clients without a verified certificate.
+    pub require_client_cert: bool,
+    /// Allowed client identities (empty lists: any verified client).
+    pub allow: AllowList,
+}
+
+/// Client identities allowed on an inbound TLS listener (glob `*`, as ghostunnel).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// Subject common names.
+    pub cn: Vec<String>,
+    /// DNS SANs.
+    pub dns: Vec<String>,
+    /// URI SANs (SPIFFE IDs).
+    pub uri: Vec<String>,
+}
+
+impl AllowList {
+    /// Whether any pattern is set.
+    pub fn is_empty(&self) -> bool {
+        self.cn.is_empty() && self.dns.is_empty() && self.uri.is_empty()
     }
 }
 
@@ -703,6 +738,10 @@ impl Ctx {
         );
         let http = self.http_options(res, protocol, at);
         let db = self.db_options(res, protocol, at);
+        let listen_tls = res
+            .listen_tls
+            .as_ref()
+            .and_then(|t| self.listen_tls(t, &format!("{at}.listen_tls")));
         let auth = match &res.auth {
             Some(auth) => self.auth(protocol, auth, &format!("{at}.auth")),
             None => Some(Auth::None),
@@ -754,7 +793,54 @@ impl Ctx {
             max_connections,
             http,
             db,
+            listen_tls,
             site: site(&res.name, at),
+        })
+    }
+
+    fn listen_tls(&mut self, t: &raw::ListenTls, at: &str) -> Option<ListenTls> {
+        let cert = self.file_ref(&t.cert, format!("{at}.cert"));
+        let key = self.file_ref(&t.key, format!("{at}.key"));
+        let client_ca = t
+            .client_ca
+            .as_ref()
+            .map(|v| self.file_ref(v, format!("{at}.client_ca")));
+        let allow = t
+            .allow
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let allow = AllowList {
+            cn: allow.cn,
+            dns: allow.dns,
+            uri: allow.uri,
+        };
+        if client_ca.is_none() && (t.require_client_cert || !allow.is_empty()) {
+            let s = match &t.allow {
+                Some(a) if !allow.is_empty() => site(a, format!("{at}.allow")),
+                _ => site(&t.cert, format!("{at}.require_client_cert")),
+            };
+            self.problem(
+                s,
+                "client certificates need listen_tls.client_ca, the CA that issues them",
+            );
+            return None;
+        }
+        if !allow.is_empty() && !t.require_client_cert {
+            if let Some(a) = &t.allow {
+                self.problem(
+                    site(a, format!("{at}.allow")),
+                    "an allow-list needs require_client_cert: true (a client without a certificate would pass it)",
+                );
+                return None;
+            }
+        }
+        Some(ListenTls {
+            cert,
+            key,
+            client_ca,
+            require_client_cert: t.require_client_cert,
+            allow,
         })
     }
 

@@ -84,6 +84,31 @@ pub struct Resource {
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub max_signed_body: Option<Spanned<u64>>,
     pub client_password: Option<Spanned<String>>,
+    pub listen_tls: Option<ListenTls>,
+}
+
+/// `resources[].listen_tls`: TLS on keyward's own listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Option<Spanned<String>>,
+    #[serde(default)]
+    pub require_client_cert: bool,
+    pub allow: Option<Spanned<Allow>>,
+}
+
+/// `listen_tls.allow`: who may connect, by the verified client certificate.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allow {
+    #[serde(default)]
+    pub cn: Vec<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    #[serde(default)]
+    pub uri: Vec<String>,
 }
 
 /// `resources[].http2`: whether the upstream connection may or must use HTTP/2.

@@ -241,3 +241,20 @@ fn rds_iam_needs_verified_tls() {
         ["k.yaml:7:13: resources[0].tls.mode: auth type \"rds_iam\" sends its token as a password: it needs a verified TLS connection, not tls.mode insecure"]
     );
 }
+
+#[test]
+fn listen_tls_allow_lists_need_a_client_ca_and_required_certificates() {
+    let head = "resources:\n  - name: t\n    protocol: tcp\n    listen: 127.0.0.1:7000\n    upstream: db:5432\n    listen_tls:\n      cert: c.pem\n      key: k.pem\n";
+    assert_eq!(
+        problems(&format!("{head}      allow:\n        cn: [app]\n")),
+        ["k.yaml:10:9: resources[0].listen_tls.allow: client certificates need listen_tls.client_ca, the CA that issues them"]
+    );
+    assert_eq!(
+        problems(&format!("{head}      client_ca: ca.pem\n      allow:\n        uri: [\"spiffe://x/*\"]\n")),
+        ["k.yaml:11:9: resources[0].listen_tls.allow: an allow-list needs require_client_cert: true (a client without a certificate would pass it)"]
+    );
+    let c = ok(&format!("{head}      client_ca: ca.pem\n      require_client_cert: true\n      allow:\n        dns: [\"*.svc\"]\n"));
+    let l = c.resources[0].listen_tls.as_ref().unwrap();
+    assert!(l.require_client_cert);
+    assert_eq!(l.allow.dns, ["*.svc"]);
+}

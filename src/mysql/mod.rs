@@ -109,7 +109,10 @@ pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Re
         ),
     };
     let scramble = random::<20>();
-    let caps = server_caps & supported();
+    let mut caps = server_caps & supported();
+    if res.inbound.is_some() {
+        caps |= CapabilityFlags::CLIENT_SSL;
+    }
     let hello = HandshakePacket::new(
         10,
         Cow::Owned(version.clone()),
@@ -125,11 +128,44 @@ pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Re
     .with_mariadb_ext_capabilities(ext_caps);
     let mut payload = Vec::new();
     hello.serialize(&mut payload);
-    let app_login = async {
-        app.send(&codec::frame(0, &payload)).await?;
-        read_app_response(&mut app, db, &scramble, name).await
-    };
-    let (response, mut seq) = match app_login.await {
+    if let Err(e) = app.send(&codec::frame(0, &payload)).await {
+        return Err(Failure::Open(e));
+    }
+    // With listen_tls, the app may ask for TLS (SSLRequest: a 32-byte response with
+    // CLIENT_SSL), then sends its HandshakeResponse through it.
+    if let Some(tls) = res.inbound.as_ref() {
+        let first = app
+            .message("the HandshakeResponse", |b| {
+                codec::packet(b, codec::MAX_LOGIN_PACKET)
+            })
+            .await
+            .map_err(Failure::Open)?;
+        let wants_tls = first.len() == 4 + 32
+            && u32::from_le_bytes([first[4], first[5], first[6], first[7]])
+                & CapabilityFlags::CLIENT_SSL.bits()
+                != 0;
+        if wants_tls {
+            // The client starts TLS right after SSLRequest: what was read is its ClientHello.
+            let early = app.buf.split().freeze();
+            let Either::Left(raw) = app.io else {
+                return Err(Failure::Open(ConnError::new(
+                    Side::Internal,
+                    Reason::Tls,
+                    "connection is already TLS",
+                )));
+            };
+            let secured = tls
+                .accept(raw, early, res.handshake_timeout)
+                .await
+                .map_err(Failure::Open)?;
+            app = Wire::new(Either::Right(Box::new(secured)), Side::Client);
+        } else {
+            let rest = app.buf.split();
+            app.buf.extend_from_slice(&first);
+            app.buf.extend_from_slice(&rest);
+        }
+    }
+    let (response, mut seq) = match read_app_response(&mut app, db, &scramble, name).await {
         Ok(found) => found,
         Err(AppError::Refuse(e, seq)) => {
             let _ = app.send(&codec::frame(seq, &app_error(&e, name))).await;
@@ -224,6 +260,7 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
     if response
         .capabilities()
         .contains(CapabilityFlags::CLIENT_SSL)
+        && seq < 2
     {
         return Err(refuse(
             "the app asked for TLS, which this listener does not offer (no listen_tls): connect without TLS to keyward on loopback"

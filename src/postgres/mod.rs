@@ -37,42 +37,106 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one app connection.
 pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let client = match tokio::time::timeout_at(deadline, direct_tls(client, &res)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(Failure::Open(e)),
+        Err(_) => return Ok(Relayed::default()),
+    };
     let mut app = Wire::new(client, Side::Client);
-    let startup = match tokio::time::timeout(STARTUP_TIMEOUT, read_startup(&mut app, &res)).await {
-        Ok(Ok(Some(startup))) => startup,
-        Ok(Ok(None)) => return Ok(Relayed::default()),
-        Ok(Err(e)) => {
-            if e.reason == Reason::Protocol {
-                let _ = app
-                    .send(&codec::error_response(
-                        "FATAL",
-                        "08P01",
-                        &format!("keyward: {}", e.detail),
-                    ))
-                    .await;
+    let startup = loop {
+        let can_upgrade = res.inbound.is_some() && matches!(app.io, Either::Left(_));
+        let next = tokio::time::timeout_at(deadline, read_startup(&mut app, &res, can_upgrade));
+        match next.await {
+            Ok(Ok(Next::Startup(startup))) => break startup,
+            Ok(Ok(Next::Done)) => return Ok(Relayed::default()),
+            Ok(Ok(Next::Upgrade)) => {
+                if !app.buf.is_empty() {
+                    // Bytes sent before the TLS handshake must not be taken as if they came
+                    // through it (CVE-2021-23214).
+                    return Err(Failure::Open(ConnError::new(
+                        Side::Client,
+                        Reason::Protocol,
+                        "unencrypted data after SSLRequest",
+                    )));
+                }
+                let (Some(tls), Either::Left(raw)) = (res.inbound.as_ref(), app.io) else {
+                    return Err(Failure::Open(ConnError::new(
+                        Side::Internal,
+                        Reason::Tls,
+                        "TLS upgrade without listen_tls",
+                    )));
+                };
+                let secured = tls
+                    .accept(raw, bytes::Bytes::new(), res.handshake_timeout)
+                    .await
+                    .map_err(Failure::Open)?;
+                app = Wire::new(Either::Right(Box::new(secured)), Side::Client);
             }
-            return Err(Failure::Open(e));
-        }
-        Err(_) => {
-            let e = ConnError::new(
-                Side::Client,
-                Reason::Protocol,
-                format!(
-                    "no startup message within {}",
-                    humantime::format_duration(STARTUP_TIMEOUT)
-                ),
-            );
-            let _ = app
-                .send(&codec::error_response(
-                    "FATAL",
-                    "08P01",
-                    &format!("keyward: {}", e.detail),
-                ))
-                .await;
-            return Err(Failure::Open(e));
+            Ok(Err(e)) => {
+                if e.reason == Reason::Protocol {
+                    let text = format!("keyward: {}", e.detail);
+                    let _ = app
+                        .send(&codec::error_response("FATAL", "08P01", &text))
+                        .await;
+                }
+                return Err(Failure::Open(e));
+            }
+            Err(_) => {
+                let e = ConnError::new(
+                    Side::Client,
+                    Reason::Protocol,
+                    format!(
+                        "no startup message within {}",
+                        humantime::format_duration(STARTUP_TIMEOUT)
+                    ),
+                );
+                let text = format!("keyward: {}", e.detail);
+                let _ = app
+                    .send(&codec::error_response("FATAL", "08P01", &text))
+                    .await;
+                return Err(Failure::Open(e));
+            }
         }
     };
     session(app, startup, res).await
+}
+
+/// PostgreSQL 17 direct TLS: with `listen_tls`, a connection whose first byte is a TLS
+/// handshake record is secured before any PostgreSQL message.
+async fn direct_tls(
+    client: ClientStream,
+    res: &ResourceRuntime,
+) -> Result<ClientStream, ConnError> {
+    let Some(tls) = res.inbound.as_ref() else {
+        return Ok(client);
+    };
+    let Either::Left(Either::Left(tcp)) = client else {
+        return Ok(client);
+    };
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(1) if first[0] == 0x16 => {
+            let secured = tls
+                .accept(
+                    Either::Left(tcp),
+                    bytes::Bytes::new(),
+                    res.handshake_timeout,
+                )
+                .await?;
+            Ok(Either::Right(Box::new(secured)))
+        }
+        _ => Ok(Either::Left(Either::Left(tcp))),
+    }
+}
+
+/// What the first packets asked for.
+enum Next {
+    Startup(Startup),
+    /// SSLRequest answered `S`: TLS starts now.
+    Upgrade,
+    /// Nothing more to do (a cancel, or the app left).
+    Done,
 }
 
 /// Reads SSLRequest / GSSENCRequest (answered `N`), CancelRequest (forwarded) or the
@@ -80,7 +144,8 @@ pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Re
 async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
     app: &mut Wire<S>,
     res: &Arc<ResourceRuntime>,
-) -> Result<Option<Startup>, ConnError> {
+    can_upgrade: bool,
+) -> Result<Next, ConnError> {
     loop {
         let (initial, len) = loop {
             match codec::parse_initial(&app.buf) {
@@ -88,7 +153,7 @@ async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(None) if app.buf.is_empty() => match app.fill("a startup packet").await {
                     Ok(()) => {}
                     // A client that connects and leaves (a port probe) is not an error.
-                    Err(e) if e.reason == Reason::Truncated => return Ok(None),
+                    Err(e) if e.reason == Reason::Truncated => return Ok(Next::Done),
                     Err(e) => return Err(e),
                 },
                 Ok(None) => app.fill("a startup packet").await?,
@@ -97,12 +162,16 @@ async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let _ = app.buf.split_to(len);
         match initial {
+            Initial::Ssl if can_upgrade => {
+                app.send(b"S").await?;
+                return Ok(Next::Upgrade);
+            }
             Initial::Ssl | Initial::GssEnc => app.send(b"N").await?,
             Initial::Cancel { pid, key } => {
                 cancel::forward(res, pid, &key).await;
-                return Ok(None);
+                return Ok(Next::Done);
             }
-            Initial::Startup(startup) => return Ok(Some(startup)),
+            Initial::Startup(startup) => return Ok(Next::Startup(startup)),
         }
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod verify;
 
+pub mod inbound;
+
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 

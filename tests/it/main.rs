@@ -7,6 +7,7 @@ mod check;
 mod deploy;
 mod e2e;
 mod http;
+mod inbound;
 mod limbo;
 mod mysql;
 mod oauth2;

@@ -1,0 +1,240 @@
+//! TLS on keyward's own listeners (`listen_tls`): keyward's certificate, TLS 1.2+ with
+//! rustls's (strong-only) cipher suites, optional client certificates verified against
+//! `client_ca`, and an allow-list on the verified identity (CN, DNS and URI SANs; `*` globs
+//! as ghostunnel's `--allow-*` flags). Built once per runtime snapshot; reload swaps it.
+
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{AllowList, ListenTls, Site};
+use crate::error::{ConnError, Reason, Side};
+
+/// A resource's inbound TLS.
+#[derive(Clone)]
+pub struct InboundTls {
+    /// The acceptor.
+    pub acceptor: TlsAcceptor,
+    allow: AllowList,
+    require_client_cert: bool,
+}
+
+impl std::fmt::Debug for InboundTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundTls")
+            .field("allow", &self.allow)
+            .field("require_client_cert", &self.require_client_cert)
+            .finish()
+    }
+}
+
+impl InboundTls {
+    /// Reads the files and builds the server config, offering `alpn`.
+    pub fn build(settings: &ListenTls, alpn: &[&[u8]]) -> Result<Self, Vec<(Site, String)>> {
+        let mut problems = Vec::new();
+        let certs = super::read_certs(&settings.cert)
+            .map_err(|p| problems.push(p))
+            .ok();
+        let key = super::read_key(&settings.key)
+            .map_err(|p| problems.push(p))
+            .ok();
+        let provider = super::provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| vec![(settings.cert.site.clone(), e.to_string())])?;
+        let builder = match &settings.client_ca {
+            Some(ca_file) => {
+                let mut roots = RootCertStore::empty();
+                match super::read_certs(ca_file) {
+                    Ok(cas) => {
+                        for ca in cas {
+                            if let Err(e) = roots.add(ca) {
+                                problems.push((
+                                    ca_file.site.clone(),
+                                    format!(
+                                        "{}: not a usable CA certificate: {e}",
+                                        ca_file.path.display()
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    Err(p) => problems.push(p),
+                }
+                if !problems.is_empty() {
+                    return Err(problems);
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if settings.require_client_cert {
+                    verifier.build()
+                } else {
+                    verifier.allow_unauthenticated().build()
+                };
+                match verifier {
+                    Ok(v) => builder.with_client_cert_verifier(v),
+                    Err(e) => return Err(vec![(ca_file.site.clone(), e.to_string())]),
+                }
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let (Some(certs), Some(key)) = (certs, key) else {
+            return Err(problems);
+        };
+        let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+            vec![(
+                settings.key.site.clone(),
+                format!(
+                    "{} does not match the certificate in {}: {e}",
+                    settings.key.path.display(),
+                    settings.cert.path.display()
+                ),
+            )]
+        })?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            allow: settings.allow.clone(),
+            require_client_cert: settings.require_client_cert,
+        })
+    }
+
+    /// TLS with the app within `timeout`, then the allow-list check.
+    pub async fn accept(
+        &self,
+        stream: crate::listener::RawStream,
+        early: bytes::Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<crate::listener::InboundStream, ConnError> {
+        let stream = crate::wire::Prefixed::new(stream, early);
+        let tls = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let mut err = ConnError::from_io(Side::Client, &e);
+                err.reason = Reason::Tls;
+                err.detail = format!("TLS handshake with the app failed: {}", err.detail);
+                return Err(err);
+            }
+            Err(_) => {
+                return Err(ConnError::new(
+                    Side::Client,
+                    Reason::HandshakeTimeout,
+                    "the app did not complete the TLS handshake",
+                ))
+            }
+        };
+        if !self.allow.is_empty() {
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let allowed = leaf.is_some_and(|leaf| allowed(&self.allow, leaf.as_ref()));
+            if !allowed {
+                return Err(ConnError::new(
+                    Side::Client,
+                    Reason::ClientCertRejected,
+                    "the app's client certificate is not in listen_tls.allow",
+                ));
+            }
+        }
+        Ok(tls)
+    }
+}
+
+/// Whether a certificate's CN, DNS or URI SANs match the allow-list.
+pub fn allowed(allow: &AllowList, der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let cns = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned));
+    for cn in cns {
+        if allow.cn.iter().any(|p| glob(p, &cn, '.')) {
+            return true;
+        }
+    }
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        use x509_parser::extensions::GeneralName;
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) if allow.dns.iter().any(|p| glob(p, d, '.')) => {
+                    return true
+                }
+                GeneralName::URI(u) if allow.uri.iter().any(|p| glob(p, u, '/')) => return true,
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
+/// `*` matches any run of characters other than `sep` (one DNS label, one URI path segment).
+fn glob(pattern: &str, text: &str, sep: char) -> bool {
+    match pattern.split_once('*') {
+        None => pattern.eq_ignore_ascii_case(text),
+        Some((head, tail)) => {
+            if text.len() < head.len() || !text[..head.len()].eq_ignore_ascii_case(head) {
+                return false;
+            }
+            let rest = &text[head.len()..];
+            for (i, c) in rest.char_indices() {
+                if glob(tail, &rest[i..], sep) {
+                    return true;
+                }
+                if c == sep {
+                    return false;
+                }
+            }
+            glob(tail, "", sep)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_one_label_or_segment() {
+        assert!(glob("*.svc.cluster.local", "api.svc.cluster.local", '.'));
+        assert!(!glob("*.svc.cluster.local", "a.b.svc.cluster.local", '.'));
+        assert!(glob(
+            "spiffe://prod/ns/*/sa/web",
+            "spiffe://prod/ns/shop/sa/web",
+            '/'
+        ));
+        assert!(!glob(
+            "spiffe://prod/ns/*/sa/web",
+            "spiffe://prod/ns/a/b/sa/web",
+            '/'
+        ));
+        assert!(glob("App", "app", '.'));
+        assert!(!glob("app", "app2", '.'));
+        assert!(glob("*", "anything", '/'));
+    }
+
+    #[test]
+    fn allow_list_checks_cn_dns_and_uri() {
+        let ca = crate::pki::Ca::new("allow test CA").unwrap();
+        let leaf = ca
+            .leaf(
+                "billing-worker",
+                &["worker.billing.svc"],
+                crate::pki::Usage::Client,
+            )
+            .unwrap();
+        let der = leaf.cert_der.as_ref();
+        let list = |cn: &[&str], dns: &[&str], uri: &[&str]| AllowList {
+            cn: cn.iter().map(|s| s.to_string()).collect(),
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            uri: uri.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(allowed(&list(&["billing-*"], &[], &[]), der));
+        assert!(allowed(&list(&[], &["*.billing.svc"], &[]), der));
+        assert!(!allowed(
+            &list(&["other"], &["*.other.svc"], &["spiffe://x/*"]),
+            der
+        ));
+    }
+}
