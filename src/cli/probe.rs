@@ -40,7 +40,7 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
         res.upstream
     );
     let _ = writeln!(out, "configured tls.mode: {}", res.tls.mode.as_str());
-    let tcp = match connect::connect(&res.upstream, res.connect_timeout).await {
+    let mut tcp = match connect::connect(&res.upstream, res.connect_timeout).await {
         Ok(tcp) => {
             let _ = writeln!(
                 out,
@@ -55,14 +55,26 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
         }
     };
     if res.tls.mode == TlsMode::Disable {
-        let _ = writeln!(out, "tls: disabled (plaintext); nothing more to check");
-        return Ok((out, true));
+        let _ = writeln!(out, "tls: disabled (plaintext)");
+        let ok = auth_report(&config, res, &mut out).await;
+        return Ok((out, ok));
+    }
+    // Databases negotiate TLS in their own protocol first.
+    let negotiated = match res.protocol {
+        Protocol::Postgres => crate::postgres::probe_ssl_request(&mut tcp, res).await,
+        Protocol::Mysql => crate::mysql::probe_ssl_request(&mut tcp).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = negotiated {
+        let _ = writeln!(out, "tls negotiation: FAILED: {e}");
+        return Ok((out, false));
     }
     // Handshake verifying nothing, to see what the server presents; then judge it per mode.
     let mut look = res.tls.clone();
     look.mode = TlsMode::Insecure;
     let alpn = match res.protocol {
         Protocol::Http => crate::http::alpn(res.http.http2),
+        Protocol::Postgres => &[b"postgresql".as_slice()][..],
         _ => &[],
     };
     let client = match tls::build_client(&look, alpn) {
@@ -184,16 +196,65 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
             }
         }
     }
+    if matches!(
+        res.protocol,
+        Protocol::Postgres | Protocol::Mysql | Protocol::Redis
+    ) {
+        configured_ok &= auth_report(&config, res, &mut out).await;
+    }
     let _ = writeln!(
         out,
         "result: {}",
         if configured_ok {
-            "the configured mode works"
+            "the configured resource works"
         } else {
-            "the configured mode FAILS against this upstream"
+            "the configured resource FAILS against this upstream (see above)"
         }
     );
     Ok((out, configured_ok))
+}
+
+/// For databases: a whole login with the configured credential. Whether it succeeded.
+async fn auth_report(
+    config: &config::Config,
+    res: &config::ResourceConfig,
+    out: &mut String,
+) -> bool {
+    if !matches!(
+        res.protocol,
+        Protocol::Postgres | Protocol::Mysql | Protocol::Redis
+    ) {
+        return true;
+    }
+    let one = config::Config {
+        resources: vec![res.clone()],
+        ..config.clone()
+    };
+    let runtime = match crate::runtime::Runtime::build(&one, &crate::secret::ProcessEnv) {
+        Ok(rt) => rt,
+        Err(problems) => {
+            let _ = writeln!(out, "auth: cannot build the resource: {problems}");
+            return false;
+        }
+    };
+    let Some(rt) = runtime.resources.first() else {
+        return false;
+    };
+    let result = match res.protocol {
+        Protocol::Postgres => crate::postgres::probe_login(rt).await,
+        Protocol::Mysql => crate::mysql::probe_login(rt).await,
+        _ => crate::redis::probe_login(rt).await,
+    };
+    match result {
+        Ok(what) => {
+            let _ = writeln!(out, "auth: ok, {what}");
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(out, "auth: FAILED: {e}");
+            false
+        }
+    }
 }
 
 fn sni(name: &rustls::pki_types::ServerName<'_>) -> String {

@@ -403,6 +403,9 @@ async fn login(
     } else {
         caps.remove(CapabilityFlags::CLIENT_CONNECT_WITH_DB);
     }
+    if app.attrs.is_none() {
+        caps.remove(CapabilityFlags::CLIENT_CONNECT_ATTRS);
+    }
     let ext = app.ext & greeting.mariadb_ext_capabilities();
     let mut seq: u8 = 0;
     let Wire {
@@ -695,4 +698,67 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ChangeUserGuard<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// `keyward probe`: the whole login as the resource would do it.
+pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
+    let db = res
+        .db
+        .as_ref()
+        .ok_or_else(|| ConnError::new(Side::Internal, Reason::Protocol, "no database runtime"))?;
+    let (tcp, greeting) = greeting(res).await?;
+    let user = db.username().unwrap_or("root").as_bytes().to_vec();
+    let app = AppHello {
+        caps: supported(),
+        ext: greeting.mariadb_ext_capabilities(),
+        collation: 45,
+        user: user.clone(),
+        db: db.database.as_ref().map(|d| d.as_bytes().to_vec()),
+        attrs: None,
+    };
+    login(tcp, &greeting, &app, res, db).await?;
+    Ok(format!(
+        "user \"{}\" logged in to {} {}",
+        String::from_utf8_lossy(&user),
+        if greeting.server_version_str().contains("MariaDB") {
+            "MariaDB"
+        } else {
+            "MySQL"
+        },
+        greeting.server_version_str()
+    ))
+}
+
+/// `keyward probe`: read the greeting and send SSLRequest (for the TLS report).
+pub async fn probe_ssl_request(tcp: &mut TcpStream) -> Result<(), ConnError> {
+    use tokio::io::AsyncWriteExt;
+    let mut w = Wire::new(&mut *tcp, Side::Upstream);
+    let packet = w
+        .message("the server's greeting", |b| {
+            codec::packet(b, codec::MAX_LOGIN_PACKET)
+        })
+        .await?;
+    let greeting = HandshakePacket::deserialize((), &mut ParseBuf(&packet[4..])).map_err(|e| {
+        ConnError::new(
+            Side::Upstream,
+            Reason::Protocol,
+            format!("malformed greeting: {e}"),
+        )
+    })?;
+    if !greeting
+        .capabilities()
+        .contains(CapabilityFlags::CLIENT_SSL)
+    {
+        return Err(ConnError::new(
+            Side::Upstream,
+            Reason::Tls,
+            "the server does not support TLS (no SSL capability)",
+        ));
+    }
+    let caps = supported() | CapabilityFlags::CLIENT_SSL;
+    let mut payload = Vec::new();
+    SslRequest::new(caps, 16 * 1024 * 1024, 45).serialize(&mut payload);
+    tcp.write_all(&codec::frame(1, &payload))
+        .await
+        .map_err(|e| ConnError::from_io(Side::Upstream, &e))
 }

@@ -628,3 +628,86 @@ async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
         }
     }
 }
+
+/// `keyward probe`: a whole login as the resource would do it (TLS per mode, the configured
+/// credential), then Terminate. Returns what was logged in as.
+pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
+    let db = res
+        .db
+        .as_ref()
+        .ok_or_else(|| ConnError::new(Side::Internal, Reason::Protocol, "no database runtime"))?;
+    let user = db.username().unwrap_or("postgres").to_owned();
+    let database = db.database.clone().unwrap_or_else(|| "postgres".to_owned());
+    let startup = Startup {
+        major: 3,
+        minor: 0,
+        params: vec![
+            ("user".to_owned(), user.clone()),
+            ("database".to_owned(), database.clone()),
+            ("application_name".to_owned(), "keyward-probe".to_owned()),
+        ],
+    };
+    let upstream = open(res, db).await?;
+    let binding = match &upstream {
+        Either::Right(tls) => Some(
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| crate::tls::tls_server_end_point(leaf)),
+        ),
+        Either::Left(_) => None,
+    };
+    let mut up = Wire::new(upstream, Side::Upstream);
+    up.send(&startup.encode()).await?;
+    let password = db.password(res.name.as_str())?;
+    let result = tokio::time::timeout(
+        res.handshake_timeout,
+        login(&mut up, db, &user, password, binding, res.name.as_str()),
+    )
+    .await
+    .map_err(|_| ConnError::new(Side::Upstream, Reason::HandshakeTimeout, "login timed out"))?;
+    match result {
+        Ok(_) => {
+            let _ = up.send(&[b'X', 0, 0, 0, 4]).await;
+            Ok(format!(
+                "user \"{user}\" logged in to database \"{database}\""
+            ))
+        }
+        Err(LoginError::Keyward(e)) => Err(e),
+        Err(LoginError::Server { code, message, .. }) => Err(ConnError::new(
+            Side::Upstream,
+            Reason::AuthFailed,
+            format!("{message} (SQLSTATE {code})"),
+        )),
+    }
+}
+
+/// `keyward probe`: SSLRequest on a fresh connection (for the TLS report).
+pub async fn probe_ssl_request(
+    tcp: &mut TcpStream,
+    res: &crate::config::ResourceConfig,
+) -> Result<(), ConnError> {
+    if res.tls.negotiation == Negotiation::Direct {
+        return Ok(());
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(&codec::ssl_request())
+        .await
+        .map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
+    match answer[0] {
+        b'S' => Ok(()),
+        other => Err(ConnError::new(
+            Side::Upstream,
+            Reason::Tls,
+            format!(
+                "the server answered {:?} to SSLRequest: it does not support TLS",
+                other as char
+            ),
+        )),
+    }
+}

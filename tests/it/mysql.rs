@@ -359,3 +359,37 @@ async fn caching_sha2_password_fast_full_and_rsa_paths() {
         "{refused}"
     );
 }
+
+#[test]
+fn probe_logs_in_to_mariadb() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("keyward.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "admin: null\nresources:\n{}{}",
+            resource("ed", m, "edu", Some("edpw"), "", ""),
+            resource("badpw", m, "nativeu", Some("not-the-password"), "", "")
+        ),
+    )
+    .unwrap();
+    let probe = |res: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["probe", "-c"])
+            .arg(&conf)
+            .arg(res)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, t) = probe("ed");
+    assert_eq!(code, Some(0), "{t}");
+    assert!(
+        t.contains("auth: ok, user \"edu\" logged in to MariaDB"),
+        "{t}"
+    );
+    let (code, t) = probe("badpw");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("auth: FAILED: Access denied"), "{t}");
+}

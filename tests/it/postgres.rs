@@ -420,3 +420,39 @@ fn direct_tls_negotiation_reaches_postgresql_17_and_is_refused_by_15() {
         stderr(&out)
     );
 }
+
+/// `keyward probe` on database resources: the TLS report and a whole login.
+#[test]
+fn probe_reports_tls_and_whether_the_login_succeeds() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = Res::new("bad", "scramuser", Some("not-the-password"));
+    bad.extra = "";
+    let conf = config(
+        dir.path(),
+        pg,
+        &[Res::new("good", "scramuser", Some("scrampw")), bad],
+    );
+    let probe = |res: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["probe", "-c"])
+            .arg(&conf)
+            .arg(res)
+            .output()
+            .unwrap();
+        (out.status.code(), stdout(&out) + &stderr(&out))
+    };
+    let (code, text) = probe("good");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("verify-full  ok"), "{text}");
+    assert!(
+        text.contains("auth: ok, user \"scramuser\" logged in"),
+        "{text}"
+    );
+    let (code, text) = probe("bad");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("auth: FAILED: password authentication failed for user \"scramuser\""),
+        "{text}"
+    );
+}

@@ -301,3 +301,45 @@ fn redis_benchmark_through_keyward_runs_without_errors() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "1");
 }
+
+#[test]
+fn probe_authenticates_to_redis() {
+    let Some(s) = setup(ACL) else { return };
+    let conf = s.pki.dir.path().join("probe.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "admin: null\nresources:\n{}{}",
+            resource("cache", &s, PROXYUSER, ""),
+            resource(
+                "badpw",
+                &s,
+                "      type: password\n      username: proxyuser\n      password: not-the-password\n",
+                ""
+            )
+        ),
+    )
+    .unwrap();
+    let probe = |res: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["probe", "-c"])
+            .arg(&conf)
+            .arg(res)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, t) = probe("cache");
+    assert_eq!(code, Some(0), "{t}");
+    assert!(
+        t.contains("auth: ok, AUTH accepted for user \"proxyuser\""),
+        "{t}"
+    );
+    let (code, t) = probe("badpw");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("auth: FAILED: WRONGPASS"), "{t}");
+}

@@ -747,7 +747,7 @@ async fn probe_reports_the_chain_and_each_mode_with_the_reason() {
         "SANs    DNS:localhost",
         "verify-full  ok  ← configured",
         "session: accepted",
-        "result: the configured mode works",
+        "result: the configured resource works",
     ] {
         assert!(out.contains(expected), "{expected} missing:\n{out}");
     }
