@@ -344,6 +344,33 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewriting<S> {
     }
 }
 
+/// `keyward probe`: connect and AUTH as the resource would.
+pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
+    let db = res
+        .db
+        .as_ref()
+        .ok_or_else(|| ConnError::new(Side::Internal, Reason::Protocol, "no database runtime"))?;
+    let upstream = connect::open(res).await?;
+    let mut up = Wire::new(upstream, Side::Upstream);
+    let username = db.username().map(str::to_owned);
+    match db.password(res.name.as_str())? {
+        Some(password) => {
+            login(
+                &mut up,
+                username.as_deref(),
+                &password,
+                res.handshake_timeout,
+            )
+            .await?;
+            Ok(format!(
+                "AUTH accepted for user \"{}\"",
+                username.as_deref().unwrap_or("default")
+            ))
+        }
+        None => Ok("connected (no credential configured)".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,32 +411,5 @@ mod tests {
             rewrite_auth(vec![b"HELLO".to_vec(), b"2".to_vec()], None, &pw),
             scan::command(&[b"HELLO", b"2"])
         );
-    }
-}
-
-/// `keyward probe`: connect and AUTH as the resource would.
-pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
-    let db = res
-        .db
-        .as_ref()
-        .ok_or_else(|| ConnError::new(Side::Internal, Reason::Protocol, "no database runtime"))?;
-    let upstream = connect::open(res).await?;
-    let mut up = Wire::new(upstream, Side::Upstream);
-    let username = db.username().map(str::to_owned);
-    match db.password(res.name.as_str())? {
-        Some(password) => {
-            login(
-                &mut up,
-                username.as_deref(),
-                &password,
-                res.handshake_timeout,
-            )
-            .await?;
-            Ok(format!(
-                "AUTH accepted for user \"{}\"",
-                username.as_deref().unwrap_or("default")
-            ))
-        }
-        None => Ok("connected (no credential configured)".to_owned()),
     }
 }
