@@ -75,6 +75,7 @@ fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
     yaml_files(&repo("examples"), &mut files);
     assert!(files.len() >= 2, "{files:?}");
     let mut configs = 0;
+    let mut compose_checked = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text)
@@ -110,9 +111,33 @@ fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
                     );
                 }
             }
-            let Some(config) = doc["data"]["keyward.yaml"].as_str() else {
+            if let Some(services) = doc.get("services") {
+                compose_checked += 1;
+                assert!(
+                    services["postgres"]["command"]
+                        .to_string()
+                        .contains("ssl=on"),
+                    "{}: PostgreSQL runs with TLS",
+                    file.display()
+                );
+                assert_eq!(
+                    services["app"]["network_mode"], "service:keyward",
+                    "the app reaches keyward on 127.0.0.1"
+                );
+                assert!(services["keyward"]["volumes"]
+                    .to_string()
+                    .contains("/etc/keyward/keyward.yaml"));
+            }
+            let standalone = (file.file_name().is_some_and(|n| n == "keyward.yaml"))
+                .then(|| text.clone());
+            let Some(config) = doc["data"]["keyward.yaml"]
+                .as_str()
+                .map(str::to_owned)
+                .or(standalone)
+            else {
                 continue;
             };
+            let config = config.as_str();
             configs += 1;
             // Stand-ins for the mounted Secrets.
             let pki = Pki::new();
@@ -125,6 +150,7 @@ fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
             std::fs::copy(client_cert, root.join("tls/tls.crt")).unwrap();
             std::fs::copy(client_key, root.join("tls/tls.key")).unwrap();
             std::fs::write(root.join("secrets/payments-token"), "example-token\n").unwrap();
+            std::fs::write(root.join("secrets/db-password"), "example-password").unwrap();
             let cfg = root.join("config/keyward.yaml");
             std::fs::write(
                 &cfg,
@@ -145,9 +171,10 @@ fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
         }
     }
     assert!(
-        configs >= 2,
-        "every Kubernetes example carries its keyward config"
+        configs >= 3,
+        "every Kubernetes example carries its keyward config, and compose has its own"
     );
+    assert_eq!(compose_checked, 1, "examples/docker-compose/docker-compose.yaml");
     let unit = std::fs::read_to_string(repo("examples/systemd/keyward.service")).unwrap();
     assert!(unit.contains(
         "ExecStart=/usr/local/bin/keyward --log-format json run -c /etc/keyward/keyward.yaml"
