@@ -212,8 +212,17 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// The runtime: one worker per core, or `KEYWARD_WORKER_THREADS` (a sidecar may want 1).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("KEYWARD_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("starting the tokio runtime")
