@@ -124,8 +124,17 @@ impl DbRuntime {
                 region,
                 database,
                 credentials,
-            } => match crate::rds::RdsIam::build(username, region, &res.upstream, credentials, env)
-            {
+            } => match crate::rds::RdsIam::build(
+                username,
+                region,
+                &res.upstream,
+                credentials,
+                env,
+                &crate::config::Site {
+                    path: format!("{}.auth", res.site.path),
+                    ..res.site.clone()
+                },
+            ) {
                 Ok(rds) => (Login::RdsIam(rds), database.clone()),
                 Err(found) => {
                     problems.extend(found);

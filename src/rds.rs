@@ -29,13 +29,14 @@ impl RdsIam {
         upstream: &Upstream,
         credentials: &AwsCredentials,
         env: &dyn Env,
+        site: &Site,
     ) -> Result<Self, Vec<(Site, String)>> {
         let resolved = resolve_credentials(credentials, env).map_err(|message| {
             let site = credentials
                 .access_key_id
                 .as_ref()
                 .map(|s| s.site.clone())
-                .unwrap_or_default();
+                .unwrap_or_else(|| site.clone());
             vec![(site, message)]
         })?;
         Ok(Self {

@@ -128,8 +128,8 @@ fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
                     .to_string()
                     .contains("/etc/keyward/keyward.yaml"));
             }
-            let standalone = (file.file_name().is_some_and(|n| n == "keyward.yaml"))
-                .then(|| text.clone());
+            let standalone =
+                (file.file_name().is_some_and(|n| n == "keyward.yaml")).then(|| text.clone());
             let Some(config) = doc["data"]["keyward.yaml"]
                 .as_str()
                 .map(str::to_owned)
@@ -174,7 +174,10 @@ fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
         configs >= 3,
         "every Kubernetes example carries its keyward config, and compose has its own"
     );
-    assert_eq!(compose_checked, 1, "examples/docker-compose/docker-compose.yaml");
+    assert_eq!(
+        compose_checked, 1,
+        "examples/docker-compose/docker-compose.yaml"
+    );
     let unit = std::fs::read_to_string(repo("examples/systemd/keyward.service")).unwrap();
     assert!(unit.contains(
         "ExecStart=/usr/local/bin/keyward --log-format json run -c /etc/keyward/keyward.yaml"

@@ -287,7 +287,9 @@ fn rds_iam_tokens_match_botocore() {
             url: None,
         };
         let env = |_: &str| None;
-        let rds = keyward::rds::RdsIam::build(user, region, &upstream, &creds, &env).unwrap();
+        let rds =
+            keyward::rds::RdsIam::build(user, region, &upstream, &creds, &env, &Default::default())
+                .unwrap();
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
         ours.push(rds.token_at(at).unwrap().expose().to_owned());
         input.push(serde_json::json!({

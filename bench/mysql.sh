@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Benchmark: mysqlslap through a keyward `mysql` resource (app plaintext on loopback, no
+# password → keyward → TLS verify-full + login injected → MariaDB) versus mysqlslap speaking TLS
+# (--ssl-verify-server-cert) to MariaDB directly. One run, interleaved repetitions. Prints the
+# average seconds per run and the ratio (throughput keyward/direct).
+#
+#   bash bench/mysql.sh          # needs mariadb-server, mariadb-client (mysqlslap), openssl; root
+#   REPS=5 QUERIES=20000 CONCURRENCY=8 bash bench/mysql.sh
+#
+# It asserts nothing; the numbers go in README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-3}
+QUERIES=${QUERIES:-10000}
+CONCURRENCY=${CONCURRENCY:-8}
+T=$(mktemp -d /dev/shm/keyward-bench-my.XXXXXX 2>/dev/null || mktemp -d /tmp/keyward-bench-my.XXXXXX)
+chmod 755 "$T"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+cargo build --release --locked --quiet
+openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$T/ca.key" -out "$T/ca.pem" \
+  -days 2 -subj "/CN=bench-ca" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$T/server.key" -out "$T/server.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$T/server.ext"
+openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 -extfile "$T/server.ext" -out "$T/server.pem" 2>/dev/null
+user=()
+if [ "$(id -u)" = 0 ]; then chown -R mysql:mysql "$T"; user=(--user=mysql); fi
+mariadb-install-db --no-defaults "${user[@]}" --datadir="$T/data" --auth-root-authentication-method=socket \
+  --skip-test-db --innodb-buffer-pool-size=64M --innodb-log-file-size=16M >/dev/null
+MPORT=$(free_port)
+/usr/sbin/mariadbd --no-defaults "${user[@]}" --datadir="$T/data" --socket="$T/mysqld.sock" --pid-file="$T/mysqld.pid" \
+  --log-error="$T/error.log" --bind-address=127.0.0.1 --port="$MPORT" --skip-name-resolve \
+  --ssl-ca="$T/ca.pem" --ssl-cert="$T/server.pem" --ssl-key="$T/server.key" --require-secure-transport=ON \
+  --innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=0 --skip-log-bin --max-connections=500 &
+pids+=($!)
+until mariadb-admin --no-defaults --socket="$T/mysqld.sock" -uroot ping >/dev/null 2>&1; do sleep 0.05; done
+mariadb --no-defaults --socket="$T/mysqld.sock" -uroot -e "CREATE USER 'bench'@'127.0.0.1' IDENTIFIED BY 'benchpw'; GRANT ALL ON *.* TO 'bench'@'127.0.0.1'"
+
+KPORT=$(free_port)
+cat > "$T/keyward.yaml" <<YAML
+admin: null
+log: { level: warn }
+resources:
+  - name: my
+    protocol: mysql
+    listen: 127.0.0.1:$KPORT
+    upstream: localhost:$MPORT
+    tls: { ca: $T/ca.pem }
+    auth: { type: password, username: bench, password: benchpw }
+YAML
+./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+pids+=($!)
+until mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$KPORT" --skip-ssl -e "select 1" >/dev/null 2>&1; do sleep 0.05; done
+
+slap() { # extra args → average seconds
+  mysqlslap --no-defaults --protocol=TCP --host=127.0.0.1 "$@" --concurrency="$CONCURRENCY" --iterations=1 \
+    --number-of-queries="$QUERIES" --auto-generate-sql --auto-generate-sql-load-type=read 2>/dev/null |
+    awk '/Average number of seconds/ { print $(NF-1) }'
+}
+echo "mysqlslap read load, $QUERIES queries, concurrency $CONCURRENCY, $REPS interleaved repetitions (seconds)"
+d_all=(); k_all=()
+for r in $(seq "$REPS"); do
+  d=$(slap --port="$MPORT" --user=bench --password=benchpw --ssl --ssl-ca="$T/ca.pem" --ssl-verify-server-cert --host=localhost)
+  k=$(slap --port="$KPORT" --user=app --skip-ssl)
+  echo "  rep $r  direct TLS: ${d}s   keyward: ${k}s"
+  d_all+=("$d"); k_all+=("$k")
+done
+python3 - "${d_all[*]}" "${k_all[*]}" <<'PY'
+import statistics, sys
+d = statistics.median(float(x) for x in sys.argv[1].split()); k = statistics.median(float(x) for x in sys.argv[2].split())
+print(f"direct TLS {d:.3f} s | keyward {k:.3f} s | throughput keyward/direct {d/k:.2f}")
+PY
