@@ -329,3 +329,55 @@ fn testssl_finds_nothing_serious_on_an_inbound_listener() {
         assert!(f.is_empty() || f.contains("not offered"), "{weak}: {f}");
     }
 }
+
+/// listen_tls material hot-reloads: after the certificate and key files are replaced, new
+/// connections get the new certificate while an open TLS session goes on.
+#[test]
+fn a_rotated_listener_certificate_is_served_to_new_connections() {
+    if !require("openssl", have("openssl")) {
+        return;
+    }
+    let l = listener(false, &[]);
+    // An echo-less upstream is enough: the TLS handshake with keyward is what is checked.
+    let yaml = format!(
+        "  - name: rot\n    protocol: tcp\n    listen: 127.0.0.1:0\n{}    upstream: localhost:1\n    tls:\n      mode: disable\n",
+        l.block
+    );
+    let kw = start(l.pki.dir.path(), &yaml);
+    let port = kw.addr("rot").port();
+    let subject = || {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(subject().contains("upstream"), "{}", subject());
+    let next = l
+        .pki
+        .ca
+        .leaf(
+            "rotated-listener",
+            &["localhost"],
+            keyward::pki::Usage::Server,
+        )
+        .unwrap();
+    // Key first, then the certificate (each written whole by rename).
+    for (name, text) in [
+        ("listen.key", &next.key_pem),
+        ("listen.pem", &next.cert_pem),
+    ] {
+        let tmp = l.pki.path(&format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, l.pki.path(name)).unwrap();
+    }
+    crate::support::procs::wait_until("the rotated listener certificate", || {
+        subject().contains("rotated-listener")
+    });
+}
