@@ -210,6 +210,13 @@ fn tls_failures_and_refused_logins_reach_psql_as_readable_errors() {
     assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
     let text = String::from_utf8_lossy(&reply);
     assert!(text.contains("unsupported frontend protocol 2.0"), "{text}");
+    // A startup packet over 10 000 bytes is refused the same way.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.write_all(&20_000u32.to_be_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(reply.first() == Some(&b'E') && text.contains("invalid message length 20000"), "{text}");
     let out = try_res("verifyca");
     assert_eq!(stdout(&out), "1");
 }
