@@ -184,3 +184,14 @@ impl DbRuntime {
         matches!(self.login, Login::RdsIam(_))
     }
 }
+
+/// The database runtime of a `postgres`/`mysql`/`redis` resource.
+pub fn db_of(res: &crate::runtime::ResourceRuntime) -> Result<&DbRuntime, ConnError> {
+    res.db.as_ref().ok_or_else(|| {
+        ConnError::new(
+            Side::Internal,
+            Reason::Protocol,
+            "resource has no database runtime",
+        )
+    })
+}

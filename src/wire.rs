@@ -85,36 +85,104 @@ fn side_noun(side: Side) -> &'static str {
     }
 }
 
-/// The upstream side of the relay, with bytes already read during login served first.
-pub struct Prefixed<S> {
+/// What a [`Filtered`] stream does with each chunk read from its inner stream: appends what
+/// the reader sees to `out`, and anything to write back to the inner stream to `reply`.
+pub type Filter = Box<dyn FnMut(&[u8], &mut Vec<u8>, &mut Vec<u8>) + Send>;
+
+/// A stream whose reads serve `prefix` first (bytes read during a login), then pass through
+/// an optional [`Filter`]; replies the filter asks for are written to the inner stream before
+/// reading on. Writes go to the inner stream unchanged.
+pub struct Filtered<S> {
     inner: S,
-    prefix: bytes::Bytes,
+    filter: Option<Filter>,
+    raw: Vec<u8>,
+    out: Vec<u8>,
+    pos: usize,
+    reply: Vec<u8>,
 }
 
-impl<S> Prefixed<S> {
-    /// `inner`, with `prefix` read first.
+/// A stream with bytes already read served first.
+pub type Prefixed<S> = Filtered<S>;
+
+impl<S> Filtered<S> {
+    /// `inner`, with `prefix` read first, unfiltered.
     pub fn new(inner: S, prefix: bytes::Bytes) -> Self {
-        Self { inner, prefix }
+        Self {
+            inner,
+            filter: None,
+            raw: Vec::new(),
+            out: prefix.to_vec(),
+            pos: 0,
+            reply: Vec::new(),
+        }
+    }
+
+    /// `inner`, with `prefix` and everything read after it passed through `filter`.
+    pub fn with_filter(inner: S, prefix: &[u8], mut filter: Filter) -> Self {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let mut reply = Vec::new();
+        filter(prefix, &mut out, &mut reply);
+        Self {
+            inner,
+            filter: Some(filter),
+            raw: vec![0; 16 * 1024],
+            out,
+            pos: 0,
+            reply,
+        }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Filtered<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
+        loop {
+            // The peer waits for these (e.g. an ERR for a refused command): nothing else flows.
+            while !this.reply.is_empty() {
+                match Pin::new(&mut this.inner).poll_write(cx, &this.reply) {
+                    Poll::Ready(Ok(n)) => {
+                        this.reply.drain(..n);
+                        if this.reply.is_empty() {
+                            let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if this.pos < this.out.len() {
+                let n = (this.out.len() - this.pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                if this.pos == this.out.len() {
+                    this.out.clear();
+                    this.pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let Some(filter) = this.filter.as_mut() else {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            };
+            let mut raw = ReadBuf::new(&mut this.raw);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut raw) {
+                Poll::Ready(Ok(())) => {
+                    let n = raw.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    filter(&this.raw[..n], &mut this.out, &mut this.reply);
+                }
+                other => return other,
+            }
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Filtered<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -16,9 +16,7 @@ pub mod codec;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use mysql_common::auth::plugins::{AuthProc, ChallengeResponsePlugin, Response};
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
@@ -27,7 +25,7 @@ use mysql_common::packets::{
     AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse, SslRequest,
 };
 use mysql_common::proto::{MyDeserialize, MySerialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::debug;
@@ -42,6 +40,8 @@ use crate::tcp::Failure;
 use crate::wire::Wire;
 
 const COM_CHANGE_USER: u8 = 0x11;
+const CHANGE_USER_REFUSED: &str =
+    "keyward: change user is not supported: keyward logs in with the resource's configured credentials";
 const NATIVE: &[u8] = b"mysql_native_password";
 /// What keyward offers the app (and asks of the server), at most.
 fn supported() -> CapabilityFlags {
@@ -85,13 +85,7 @@ fn random<const N: usize>() -> [u8; N] {
 /// Serves one app connection.
 pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
     let name = res.name.as_str();
-    let Some(db) = res.db.as_ref() else {
-        return Err(Failure::Open(ConnError::new(
-            Side::Internal,
-            Reason::Protocol,
-            "resource has no database runtime",
-        )));
-    };
+    let db = crate::db::db_of(&res).map_err(Failure::Open)?;
     let mut app = Wire::new(client, Side::Client);
     let started = tokio::time::Instant::now();
     // The server's greeting first: its version and capabilities shape keyward's.
@@ -197,14 +191,20 @@ pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Re
     };
     send_ok.await.map_err(Failure::Relay)?;
     let Wire { io: up_io, buf, .. } = up;
-    let app_side = ChangeUserGuard {
-        inner: app.io,
-        watch: codec::CommandWatch::default(),
-        raw: vec![0; 16 * 1024],
-        out: app.buf.to_vec(),
-        pos: 0,
-        inject: Vec::new(),
-    };
+    // COM_CHANGE_USER is answered with an ERR packet and dropped.
+    let mut watch = codec::CommandWatch::default();
+    let app_side = crate::wire::Filtered::with_filter(
+        app.io,
+        &app.buf,
+        Box::new(move |input, out, reply| {
+            for _ in 0..watch.feed(input, COM_CHANGE_USER, out) {
+                reply.extend(codec::frame(
+                    1,
+                    &codec::err(1105, "HY000", CHANGE_USER_REFUSED),
+                ));
+            }
+        }),
+    );
     let up_side = crate::wire::Prefixed::new(up_io, buf.freeze());
     relay(app_side, up_side, res.idle_timeout)
         .await
@@ -623,89 +623,9 @@ pub fn app_error(e: &ConnError, resource: &str) -> Vec<u8> {
     codec::err(code, state, &message)
 }
 
-/// The app's side of the relay: COM_CHANGE_USER is answered with an ERR packet and dropped.
-struct ChangeUserGuard<S> {
-    inner: S,
-    watch: codec::CommandWatch,
-    raw: Vec<u8>,
-    out: Vec<u8>,
-    pos: usize,
-    inject: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ChangeUserGuard<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            // An ERR for a dropped COM_CHANGE_USER: the app waits for it, nothing else flows.
-            while !this.inject.is_empty() {
-                match Pin::new(&mut this.inner).poll_write(cx, &this.inject) {
-                    Poll::Ready(Ok(n)) => {
-                        this.inject.drain(..n);
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            if this.pos < this.out.len() {
-                let n = (this.out.len() - this.pos).min(buf.remaining());
-                buf.put_slice(&this.out[this.pos..this.pos + n]);
-                this.pos += n;
-                if this.pos == this.out.len() {
-                    this.out.clear();
-                    this.pos = 0;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            let mut raw = ReadBuf::new(&mut this.raw);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut raw) {
-                Poll::Ready(Ok(())) => {
-                    let n = raw.filled().len();
-                    if n == 0 {
-                        return Poll::Ready(Ok(()));
-                    }
-                    let input = this.raw[..n].to_vec();
-                    let dropped = this.watch.feed(&input, COM_CHANGE_USER, &mut this.out);
-                    for _ in 0..dropped {
-                        this.inject.extend(codec::frame(
-                            1,
-                            &codec::err(1105, "HY000", "keyward: change user is not supported: keyward logs in with the resource's configured credentials"),
-                        ));
-                    }
-                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for ChangeUserGuard<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 /// `keyward probe`: the whole login as the resource would do it.
 pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
-    let db = res
-        .db
-        .as_ref()
-        .ok_or_else(|| ConnError::new(Side::Internal, Reason::Protocol, "no database runtime"))?;
+    let db = crate::db::db_of(res)?;
     let (tcp, greeting) = greeting(res).await?;
     let user = db.username().unwrap_or("root").as_bytes().to_vec();
     let app = AppHello {

@@ -182,13 +182,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     res: Arc<ResourceRuntime>,
 ) -> Result<Relayed, Failure> {
     let name = res.name.as_str();
-    let Some(db) = res.db.as_ref() else {
-        return Err(Failure::Open(ConnError::new(
-            Side::Internal,
-            Reason::Protocol,
-            "resource has no database runtime",
-        )));
-    };
+    let db = crate::db::db_of(&res).map_err(Failure::Open)?;
     if let Some(expected) = &db.client_password {
         if let Err(e) = check_app_password(&mut app, &expected.current(name)).await {
             let _ = app.send(&app_error(&e, name)).await;
@@ -205,16 +199,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let started = tokio::time::Instant::now();
     let login = async {
         let upstream = open(&res, db).await?;
-        let binding = match &upstream {
-            Either::Right(tls) => Some(
-                tls.get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|leaf| crate::tls::tls_server_end_point(leaf)),
-            ),
-            Either::Left(_) => None,
-        };
+        let binding = channel_binding(&upstream);
         let mut up = Wire::new(upstream, Side::Upstream);
         up.send(&startup.encode()).await?;
         let password = db.password(name)?;
@@ -284,6 +269,21 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     relay(app.io, up.io, res.idle_timeout)
         .await
         .map_err(Failure::Relay)
+}
+
+/// `None` without TLS; with TLS, the `tls-server-end-point` data of the server's certificate
+/// (`None` inside when its signature algorithm has no single hash).
+fn channel_binding(upstream: &UpstreamStream) -> Option<Option<Vec<u8>>> {
+    match upstream {
+        Either::Right(tls) => Some(
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| crate::tls::tls_server_end_point(leaf)),
+        ),
+        Either::Left(_) => None,
+    }
 }
 
 /// SCRAM-SHA-256 with the app, for `client_password`.
@@ -632,10 +632,7 @@ async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
 /// `keyward probe`: a whole login as the resource would do it (TLS per mode, the configured
 /// credential), then Terminate. Returns what was logged in as.
 pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
-    let db = res
-        .db
-        .as_ref()
-        .ok_or_else(|| ConnError::new(Side::Internal, Reason::Protocol, "no database runtime"))?;
+    let db = crate::db::db_of(res)?;
     let user = db.username().unwrap_or("postgres").to_owned();
     let database = db.database.clone().unwrap_or_else(|| "postgres".to_owned());
     let startup = Startup {
@@ -648,16 +645,7 @@ pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
         ],
     };
     let upstream = open(res, db).await?;
-    let binding = match &upstream {
-        Either::Right(tls) => Some(
-            tls.get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|leaf| crate::tls::tls_server_end_point(leaf)),
-        ),
-        Either::Left(_) => None,
-    };
+    let binding = channel_binding(&upstream);
     let mut up = Wire::new(upstream, Side::Upstream);
     up.send(&startup.encode()).await?;
     let password = db.password(res.name.as_str())?;

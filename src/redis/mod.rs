@@ -12,12 +12,11 @@
 
 pub mod scan;
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::connect;
@@ -35,13 +34,7 @@ const ERROR_GRACE: Duration = Duration::from_secs(5);
 /// Serves one app connection.
 pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
     let name = res.name.as_str();
-    let Some(db) = res.db.as_ref() else {
-        return Err(Failure::Open(ConnError::new(
-            Side::Internal,
-            Reason::Protocol,
-            "resource has no database runtime",
-        )));
-    };
+    let db = crate::db::db_of(&res).map_err(Failure::Open)?;
     let mut app = Wire::new(client, Side::Client);
     if let Some(expected) = &db.client_password {
         match client_auth(&mut app, &expected.current(name)).await {
@@ -89,7 +82,21 @@ pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Re
         _ => None,
     };
     let early = app.buf.split().freeze();
-    let app = Rewriting::new(app.io, early, rewrite);
+    let app = match rewrite {
+        Some((user, password)) => {
+            let mut scanner = scan::Scanner::new();
+            crate::wire::Filtered::with_filter(
+                app.io,
+                &early,
+                Box::new(move |input, out, _reply| {
+                    scanner.feed(input, out, &mut |args| {
+                        rewrite_auth(args, user.as_deref(), &password)
+                    })
+                }),
+            )
+        }
+        None => crate::wire::Filtered::new(app.io, early),
+    };
     let Wire { io: up_io, buf, .. } = up;
     let up_io = crate::wire::Prefixed::new(up_io, buf.freeze());
     relay(app, up_io, res.idle_timeout)
@@ -252,104 +259,9 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     .await;
 }
 
-/// The app's side of the relay: bytes read from it pass through the [`scan::Scanner`], which
-/// replaces AUTH/HELLO AUTH with keyward's credentials. Writes go to the app unchanged.
-struct Rewriting<S> {
-    inner: S,
-    scanner: scan::Scanner,
-    rewrite: Option<(Option<String>, Secret)>,
-    raw: Vec<u8>,
-    out: Vec<u8>,
-    pos: usize,
-}
-
-impl<S> Rewriting<S> {
-    fn new(inner: S, early: bytes::Bytes, rewrite: Option<(Option<String>, Secret)>) -> Self {
-        let mut this = Self {
-            inner,
-            scanner: scan::Scanner::new(),
-            rewrite,
-            raw: vec![0; 16 * 1024],
-            out: Vec::with_capacity(16 * 1024),
-            pos: 0,
-        };
-        this.push(&early.clone());
-        this
-    }
-
-    fn push(&mut self, input: &[u8]) {
-        match &self.rewrite {
-            None => self.out.extend_from_slice(input),
-            Some((user, password)) => {
-                let (user, password) = (user.clone(), password.clone());
-                self.scanner.feed(input, &mut self.out, &mut |args| {
-                    rewrite_auth(args, user.as_deref(), &password)
-                });
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewriting<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if this.pos < this.out.len() {
-                let n = (this.out.len() - this.pos).min(buf.remaining());
-                buf.put_slice(&this.out[this.pos..this.pos + n]);
-                this.pos += n;
-                if this.pos == this.out.len() {
-                    this.out.clear();
-                    this.pos = 0;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if this.rewrite.is_none() {
-                // Nothing to rewrite: read straight into the caller's buffer.
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
-            }
-            let mut raw = ReadBuf::new(&mut this.raw);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut raw) {
-                Poll::Ready(Ok(())) => {
-                    let n = raw.filled().len();
-                    if n == 0 {
-                        return Poll::Ready(Ok(()));
-                    }
-                    let input = this.raw[..n].to_vec();
-                    this.push(&input);
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewriting<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 /// `keyward probe`: connect and AUTH as the resource would.
 pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
-    let db = res
-        .db
-        .as_ref()
-        .ok_or_else(|| ConnError::new(Side::Internal, Reason::Protocol, "no database runtime"))?;
+    let db = crate::db::db_of(res)?;
     let upstream = connect::open(res).await?;
     let mut up = Wire::new(upstream, Side::Upstream);
     let username = db.username().map(str::to_owned);

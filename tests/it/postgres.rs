@@ -216,7 +216,10 @@ fn tls_failures_and_refused_logins_reach_psql_as_readable_errors() {
     let mut reply = Vec::new();
     let _ = raw.read_to_end(&mut reply);
     let text = String::from_utf8_lossy(&reply);
-    assert!(reply.first() == Some(&b'E') && text.contains("invalid message length 20000"), "{text}");
+    assert!(
+        reply.first() == Some(&b'E') && text.contains("invalid message length 20000"),
+        "{text}"
+    );
     let out = try_res("verifyca");
     assert_eq!(stdout(&out), "1");
 }
