@@ -306,6 +306,22 @@ http {{
     }
 }
 
+impl Drop for Nginx {
+    /// SIGTERM, not SIGKILL: a killed master would leave its workers running.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self._proc.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self._proc.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// nginx lives in /usr/sbin, which may not be on a test's PATH.
 pub fn nginx_bin() -> &'static str {
     if have("/usr/sbin/nginx") {
