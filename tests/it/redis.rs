@@ -343,3 +343,42 @@ fn probe_authenticates_to_redis() {
     assert_eq!(code, Some(1), "{t}");
     assert!(t.contains("auth: FAILED: WRONGPASS"), "{t}");
 }
+
+/// `listen_tls` on a redis resource: TLS from the first byte, then the same AUTH injection.
+#[test]
+fn redis_cli_over_tls_to_keyward() {
+    let Some(s) = setup(ACL) else { return };
+    let listen = s.pki.server(&["localhost", "127.0.0.1"]);
+    let cert = s.pki.write("listen.pem", &listen.cert_pem);
+    let key = s.pki.write("listen.key", &listen.key_pem);
+    let tls = format!(
+        "    listen_tls:\n      cert: {}\n      key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    let kw = start(
+        s.pki.dir.path(),
+        &[resource("tlscache", &s, PROXYUSER, &tls)],
+    );
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(&s.ca)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &kw.addr("tlscache").port().to_string(),
+        ])
+        .args(["ACL", "WHOAMI"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "proxyuser",
+        "{}",
+        kw.log_text()
+    );
+    // A plaintext client gets nothing from a TLS listener.
+    let plain = cli(&kw, "tlscache", &["PING"]);
+    assert!(!plain.contains("PONG"), "{plain}");
+}
