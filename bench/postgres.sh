@@ -65,6 +65,7 @@ resources:
     upstream: localhost:$PGPORT
     tls: { ca: $T/ca.pem }
     auth: { type: password, username: benchuser, password: benchpw }
+    pool_max_idle: ${POOL_MAX_IDLE:-20}   # server connections kept for reuse (0: each app connection logs in)
 YAML
 ./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 pids+=($!)

@@ -84,6 +84,8 @@ pub struct DbRuntime {
     pub pass_client_auth: bool,
     /// `postgres`: SSLRequest or direct TLS.
     pub negotiation: Negotiation,
+    /// `postgres`: logged-in server connections kept for reuse.
+    pub pool: crate::postgres::pool::Pool,
 }
 
 impl DbRuntime {
@@ -105,6 +107,8 @@ impl DbRuntime {
             allow_cleartext_password,
             allow_rsa_key_exchange,
             pass_client_auth,
+            pool_max_idle,
+            pool_idle_timeout,
         } = &res.db;
         let client_password = client_password.as_ref().and_then(&mut credential);
         let (login, database) = match &res.auth {
@@ -154,6 +158,7 @@ impl DbRuntime {
             allow_rsa_key_exchange: *allow_rsa_key_exchange,
             pass_client_auth: *pass_client_auth,
             negotiation: res.tls.negotiation,
+            pool: crate::postgres::pool::Pool::new(*pool_max_idle, *pool_idle_timeout),
         })
     }
 

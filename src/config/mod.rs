@@ -238,7 +238,7 @@ impl AllowList {
 }
 
 /// Options of the database protocols (`postgres`, `mysql`, `redis`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbOptions {
     /// A password the app must present to keyward (`postgres`: SCRAM-SHA-256 on keyward's
     /// side; `mysql`: mysql_native_password; `redis`: `AUTH`). `None`: any local client.
@@ -249,6 +249,24 @@ pub struct DbOptions {
     pub allow_rsa_key_exchange: bool,
     /// `redis`: forward the app's own `AUTH`/`HELLO AUTH` instead of answering it.
     pub pass_client_auth: bool,
+    /// `postgres`: how many logged-in server connections to keep for reuse after their app
+    /// session ends (reset with `DISCARD ALL`); 0 = none, each app connection logs in anew.
+    pub pool_max_idle: usize,
+    /// `postgres`: how long an idle server connection is kept.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            client_password: None,
+            allow_cleartext_password: false,
+            allow_rsa_key_exchange: false,
+            pass_client_auth: false,
+            pool_max_idle: 0,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// A listening address.
@@ -861,6 +879,23 @@ impl Ctx {
                 );
             }
         }
+        if let Some(v) = &res.pool_max_idle {
+            if protocol == Protocol::Postgres {
+                opts.pool_max_idle = v.value as usize;
+            } else {
+                self.problem(
+                    site(v, format!("{at}.pool_max_idle")),
+                    "pool_max_idle applies to protocol postgres only",
+                );
+            }
+        }
+        if protocol == Protocol::Postgres {
+            if let Some(v) = &res.pool_idle_timeout {
+                opts.pool_idle_timeout = self
+                    .duration(v, &format!("{at}.pool_idle_timeout"), false)
+                    .unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT);
+            }
+        }
         if protocol == Protocol::Redis {
             opts.pass_client_auth = res.pass_client_auth.unwrap_or(false);
             if opts.pass_client_auth && opts.client_password.is_some() {
@@ -910,7 +945,10 @@ impl Ctx {
                 res.pass_client_auth.is_some() && protocol != Protocol::Redis,
             ),
             ("response_timeout", res.response_timeout.is_some()),
-            ("pool_idle_timeout", res.pool_idle_timeout.is_some()),
+            (
+                "pool_idle_timeout",
+                res.pool_idle_timeout.is_some() && protocol != Protocol::Postgres,
+            ),
             ("max_signed_body", res.max_signed_body.is_some()),
         ];
         if protocol != Protocol::Http {

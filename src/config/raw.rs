@@ -85,6 +85,7 @@ pub struct Resource {
     pub max_signed_body: Option<Spanned<u64>>,
     pub client_password: Option<Spanned<String>>,
     pub listen_tls: Option<ListenTls>,
+    pub pool_max_idle: Option<Spanned<u32>>,
 }
 
 /// `resources[].listen_tls`: TLS on keyward's own listener.

@@ -354,6 +354,35 @@ pub fn auth_sasl_data(code: u32, data: &[u8]) -> Vec<u8> {
     tagged(b'R', &body)
 }
 
+/// AuthenticationOk.
+pub fn auth_ok() -> Vec<u8> {
+    tagged(b'R', &0u32.to_be_bytes())
+}
+
+/// ReadyForQuery with a transaction status.
+pub fn ready_for_query(status: u8) -> Vec<u8> {
+    tagged(b'Z', &[status])
+}
+
+/// A simple Query.
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    tagged(b'Q', &body)
+}
+
+/// The messages with `tag` among whole tagged messages, concatenated.
+pub fn messages_tagged(mut messages: &[u8], tag: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(len)) = frame(messages, usize::MAX) {
+        if messages[0] == tag {
+            out.extend_from_slice(&messages[..len]);
+        }
+        messages = &messages[len..];
+    }
+    out
+}
+
 /// BackendKeyData.
 pub fn backend_key_data(pid: i32, key: &[u8]) -> Vec<u8> {
     let mut body = pid.to_be_bytes().to_vec();

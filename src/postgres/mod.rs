@@ -9,6 +9,7 @@
 
 pub mod cancel;
 pub mod codec;
+pub mod pool;
 pub mod scram;
 
 use std::sync::Arc;
@@ -197,11 +198,31 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let user = startup.get("user").unwrap_or_default().to_owned();
     let started = tokio::time::Instant::now();
+    let pool_key = startup.encode();
+    let pooled = if db.pool.enabled() {
+        take_alive(&db.pool, &pool_key).await
+    } else {
+        None
+    };
+    let reused = pooled.is_some();
     let login = async {
+        if let Some(idle) = pooled {
+            // A reset server session: the app gets its login messages again.
+            let mut messages = codec::auth_ok();
+            messages.extend_from_slice(&idle.params);
+            let key_at = messages.len();
+            messages.extend_from_slice(&codec::ready_for_query(b'I'));
+            let greeting = Greeting {
+                messages,
+                backend_key: Some((idle.pid, idle.key)),
+                key_at,
+            };
+            return Ok::<_, LoginError>((idle.up, greeting, idle.params));
+        }
         let upstream = open(&res, db).await?;
         let binding = channel_binding(&upstream);
         let mut up = Wire::new(upstream, Side::Upstream);
-        up.send(&startup.encode()).await?;
+        up.send(&pool_key).await?;
         let password = db.password(name)?;
         let greeting = tokio::time::timeout(
             res.handshake_timeout,
@@ -218,9 +239,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 ),
             )
         })??;
-        Ok::<_, LoginError>((up, greeting))
+        let params = codec::messages_tagged(&greeting.messages, b'S');
+        Ok((up, greeting, params))
     };
-    let (mut up, mut greeting) = match login.await {
+    let (mut up, mut greeting, params) = match login.await {
         Ok(done) => done,
         Err(LoginError::Keyward(e)) => {
             let _ = app.send(&app_error(&e, name)).await;
@@ -237,11 +259,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             )));
         }
     };
-    crate::metrics::metrics()
-        .auth_seconds
-        .with_label_values(&[name])
-        .observe(started.elapsed().as_secs_f64());
+    if !reused {
+        crate::metrics::metrics()
+            .auth_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+    }
     // Rewrite BackendKeyData: the app gets a key of keyward's own.
+    let server_key = greeting.backend_key.clone();
     let _registration = match greeting.backend_key.take() {
         Some((pid, key)) => {
             let (registration, own_pid, own_key) = cancel::register(res.clone(), pid, key);
@@ -253,7 +278,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         None => None,
     };
-    debug!(user = %user, "logged in upstream");
+    debug!(user = %user, reused, "logged in upstream");
     // Whatever either side sent past the login goes first.
     greeting.messages.extend_from_slice(&up.buf);
     up.buf.clear();
@@ -266,9 +291,112 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         Ok::<_, ConnError>(())
     };
     sent.await.map_err(Failure::Relay)?;
-    relay(app.io, up.io, res.idle_timeout)
+    let Some((pid, key)) = server_key.filter(|_| db.pool.enabled() && early.is_empty()) else {
+        return relay(app.io, up.io, res.idle_timeout)
+            .await
+            .map_err(Failure::Relay);
+    };
+    let (relayed, clean) = pooled_relay(&mut app.io, &mut up.io, res.idle_timeout)
         .await
-        .map_err(Failure::Relay)
+        .map_err(Failure::Relay)?;
+    if clean && reset(&mut up).await {
+        db.pool.put(pool_key, pool::Idle::new(up, params, pid, key));
+    }
+    Ok(relayed)
+}
+
+/// The relay of a pooled session: like [`relay`], but message-aware, so that an app's
+/// Terminate while the server is idle leaves the server connection reusable. Returns the
+/// bytes moved and whether the session ended that cleanly.
+async fn pooled_relay<S: AsyncRead + AsyncWrite + Unpin>(
+    app: &mut S,
+    up: &mut UpstreamStream,
+    idle: Option<Duration>,
+) -> Result<(Relayed, bool), ConnError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut from_app = pool::Frames::default();
+    let mut from_up = pool::Frames::default();
+    let mut abuf = vec![0u8; 16 * 1024];
+    let mut ubuf = vec![0u8; 16 * 1024];
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut done = Relayed::default();
+    let idle = idle.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    loop {
+        tokio::select! {
+            r = app.read(&mut abuf) => {
+                let n = r.map_err(|e| ConnError::from_io(Side::Client, &e))?;
+                if n == 0 {
+                    return Ok((done, false));
+                }
+                out.clear();
+                let terminated = from_app.feed(&abuf[..n], &mut out);
+                up.write_all(&out).await.map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
+                up.flush().await.map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
+                done.sent += out.len() as u64;
+                if terminated {
+                    let clean = from_up.idle() && from_app.at_boundary();
+                    let _ = app.shutdown().await;
+                    return Ok((done, clean));
+                }
+            }
+            r = up.read(&mut ubuf) => {
+                let n = r.map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
+                if n == 0 {
+                    let _ = app.shutdown().await;
+                    return Ok((done, false));
+                }
+                out.clear();
+                from_up.feed(&ubuf[..n], &mut out);
+                app.write_all(&out).await.map_err(|e| ConnError::from_io(Side::Client, &e))?;
+                app.flush().await.map_err(|e| ConnError::from_io(Side::Client, &e))?;
+                done.received += n as u64;
+            }
+            () = tokio::time::sleep(idle) => {
+                return Err(ConnError::new(Side::Internal, Reason::IdleTimeout,
+                    format!("idle timeout: no data either way for {}", humantime::format_duration(idle))));
+            }
+        }
+    }
+}
+
+/// An idle pooled connection the server has not closed meanwhile (an idle server connection
+/// has nothing to say: anything readable is an EOF, an error or a termination notice).
+async fn take_alive(pool: &pool::Pool, key: &[u8]) -> Option<pool::Idle> {
+    use tokio::io::AsyncReadExt;
+    while let Some(mut idle) = pool.take(key) {
+        let mut probe = [0u8; 1];
+        let quiet = tokio::time::timeout(Duration::ZERO, idle.up.io.read(&mut probe))
+            .await
+            .is_err();
+        if quiet {
+            return Some(idle);
+        }
+        debug!("dropping a pooled server connection the server closed");
+    }
+    None
+}
+
+/// `DISCARD ALL` on a server connection whose app left; whether it is clean for reuse.
+async fn reset(up: &mut Wire<UpstreamStream>) -> bool {
+    let exchange = async {
+        up.send(&codec::query("DISCARD ALL")).await?;
+        loop {
+            let msg = up
+                .message("the reply to DISCARD ALL", |b| {
+                    codec::frame(b, codec::MAX_AUTH_MESSAGE)
+                })
+                .await?;
+            match msg.first() {
+                Some(b'Z') => return Ok::<_, ConnError>(msg.get(5) == Some(&b'I')),
+                Some(b'E') => return Ok(false),
+                _ => {}
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), exchange).await,
+        Ok(Ok(true))
+    ) && up.buf.is_empty()
 }
 
 /// `None` without TLS; with TLS, the `tls-server-end-point` data of the server's certificate
@@ -610,6 +738,7 @@ async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
             allow_rsa_key_exchange: false,
             pass_client_auth: false,
             negotiation: Negotiation::Postgres,
+            pool: pool::Pool::new(0, Duration::ZERO),
         };
         for binding in [None, Some(None), Some(Some(vec![7u8; 32]))] {
             let mut up = Wire::new(

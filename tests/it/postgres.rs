@@ -466,3 +466,59 @@ fn probe_reports_tls_and_whether_the_login_succeeds() {
         "{text}"
     );
 }
+
+/// `pool_max_idle`: a server connection whose app ended cleanly is reset (`DISCARD ALL`) and
+/// given to the next app with the same startup parameters — no connect, TLS or login.
+#[test]
+fn pooled_server_connections_are_reset_and_reused() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = Res::new("pooled", "benchuser", Some("benchpw"));
+    res.extra = "    pool_max_idle: 2\n";
+    let conf = config(dir.path(), pg, &[res]);
+    let kw = Keyward::start(&conf);
+    let conninfo = local(kw.addr("pooled").port(), "bench");
+    let first = psql(
+        &conninfo,
+        "SET search_path TO pg_catalog; CREATE TEMP TABLE scratch (x int); SELECT pg_backend_pid()",
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let pid = stdout(&first).lines().last().unwrap_or_default().to_owned();
+    let second = psql(
+        &conninfo,
+        "SELECT pg_backend_pid(), current_setting('search_path'), (SELECT count(*) FROM pg_tables WHERE tablename = 'scratch')",
+    );
+    assert_eq!(
+        stdout(&second),
+        format!("{pid}|\"$user\", public|0"),
+        "the same server session, reset: {}",
+        stderr(&second)
+    );
+    // A pooled session the server ended meanwhile is not handed out.
+    let killed = pg.admin(&format!("SELECT pg_terminate_backend({pid})"));
+    assert_eq!(killed, "t");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let third = psql(&conninfo, "SELECT pg_backend_pid()");
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert_ne!(stdout(&third), pid);
+    // Reconnecting per transaction: few server sessions, no errors.
+    let script = dir.path().join("select1.sql");
+    std::fs::write(&script, "SELECT 1;\n").unwrap();
+    let run = Command::new(pg::bin("pgbench"))
+        .args(["-n", "-C", "-c", "2", "-t", "50", "-f"])
+        .arg(&script)
+        .arg(&conninfo)
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).contains("number of failed transactions: 0"));
+    let sessions: u32 = pg
+        .admin("SELECT count(*) FROM pg_stat_activity WHERE usename = 'benchuser'")
+        .parse()
+        .unwrap();
+    assert!(
+        sessions <= 3,
+        "{sessions} server sessions for 100 app connections"
+    );
+}
