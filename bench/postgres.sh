@@ -126,3 +126,6 @@ for mode in ("open", "reconnect"):
     label = "-S" if mode == "open" else "-S -C"
     print(f"{label:6} direct TLS {d:9,.0f} tps {dl:6.3f} ms | keyward {k:9,.0f} tps {kl:6.3f} ms | pgbouncer {b:9,.0f} tps {bl:6.3f} ms | keyward/direct {k/d:.2f}  keyward/pgbouncer {k/b:.2f}")
 '
+if [ -n "${KEYWARD_LOG:-}" ]; then
+  echo "keyward: $(grep -c 'reused=false' "$T/keyward.log") server logins, $(grep -c 'reused=true' "$T/keyward.log") reuses, $(grep -c 'dropping a pooled' "$T/keyward.log") dead pooled connections dropped"
+fi

@@ -362,12 +362,17 @@ async fn pooled_relay<S: AsyncRead + AsyncWrite + Unpin>(
 /// An idle pooled connection the server has not closed meanwhile (an idle server connection
 /// has nothing to say: anything readable is an EOF, an error or a termination notice).
 async fn take_alive(pool: &pool::Pool, key: &[u8]) -> Option<pool::Idle> {
-    use tokio::io::AsyncReadExt;
     while let Some(mut idle) = pool.take(key) {
+        // One poll, no timer: an idle, live connection has nothing to read.
         let mut probe = [0u8; 1];
-        let quiet = tokio::time::timeout(Duration::ZERO, idle.up.io.read(&mut probe))
-            .await
-            .is_err();
+        let quiet = std::future::poll_fn(|cx| {
+            let mut buf = tokio::io::ReadBuf::new(&mut probe);
+            match std::pin::Pin::new(&mut idle.up.io).poll_read(cx, &mut buf) {
+                std::task::Poll::Pending => std::task::Poll::Ready(true),
+                std::task::Poll::Ready(_) => std::task::Poll::Ready(false),
+            }
+        })
+        .await;
         if quiet {
             return Some(idle);
         }
