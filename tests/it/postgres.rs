@@ -473,11 +473,11 @@ fn probe_reports_tls_and_whether_the_login_succeeds() {
 fn pooled_server_connections_are_reset_and_reused() {
     let Some(pg) = pg() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut res = Res::new("pooled", "benchuser", Some("benchpw"));
+    let mut res = Res::new("pooled", "pooluser", Some("poolpw"));
     res.extra = "    pool_max_idle: 2\n";
     let conf = config(dir.path(), pg, &[res]);
     let kw = Keyward::start(&conf);
-    let conninfo = local(kw.addr("pooled").port(), "bench");
+    let conninfo = local(kw.addr("pooled").port(), "pool");
     let first = psql(
         &conninfo,
         "SET search_path TO pg_catalog; CREATE TEMP TABLE scratch (x int); SELECT pg_backend_pid()",
@@ -514,7 +514,7 @@ fn pooled_server_connections_are_reset_and_reused() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stdout(&run).contains("number of failed transactions: 0"));
     let sessions: u32 = pg
-        .admin("SELECT count(*) FROM pg_stat_activity WHERE usename = 'benchuser'")
+        .admin("SELECT count(*) FROM pg_stat_activity WHERE usename = 'pooluser'")
         .parse()
         .unwrap();
     assert!(

@@ -179,8 +179,10 @@ fn start(bin_dir: &str) -> Pg {
          CREATE ROLE certuser LOGIN;
          CREATE ROLE rotuser LOGIN PASSWORD 'rot-one';
          CREATE ROLE benchuser LOGIN PASSWORD 'benchpw';
+         CREATE ROLE pooluser LOGIN PASSWORD 'poolpw';
          CREATE DATABASE app OWNER scramuser;
          CREATE DATABASE bench OWNER benchuser;
+         CREATE DATABASE pool OWNER pooluser;
          GRANT pg_signal_backend TO scramuser;",
     );
     pg

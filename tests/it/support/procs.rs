@@ -145,6 +145,7 @@ pub const TEST_SECRETS: &[&str] = &[
     "x509pw",
     "slappw",
     "pw8-secret",
+    "poolpw",
 ];
 
 impl Drop for Keyward {
