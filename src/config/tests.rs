@@ -258,3 +258,16 @@ fn listen_tls_allow_lists_need_a_client_ca_and_required_certificates() {
     assert!(l.require_client_cert);
     assert_eq!(l.allow.dns, ["*.svc"]);
 }
+
+#[test]
+fn pool_max_idle_is_for_postgres() {
+    let yaml = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n    pool_max_idle: 5\n    pool_idle_timeout: 30s\n";
+    let c = ok(yaml);
+    assert_eq!(c.resources[0].db.pool_max_idle, 5);
+    assert_eq!(c.resources[0].db.pool_idle_timeout, Duration::from_secs(30));
+    let yaml = "resources:\n  - name: r\n    protocol: redis\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n    pool_max_idle: 5\n";
+    assert_eq!(
+        problems(yaml),
+        ["k.yaml:6:20: resources[0].pool_max_idle: pool_max_idle applies to protocol postgres only"]
+    );
+}
