@@ -313,49 +313,105 @@ async fn pooled_relay<S: AsyncRead + AsyncWrite + Unpin>(
     up: &mut UpstreamStream,
     idle: Option<Duration>,
 ) -> Result<(Relayed, bool), ConnError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut from_app = pool::Frames::default();
-    let mut from_up = pool::Frames::default();
-    let mut abuf = vec![0u8; 16 * 1024];
-    let mut ubuf = vec![0u8; 16 * 1024];
-    let mut out = Vec::with_capacity(16 * 1024);
-    let mut done = Relayed::default();
-    let idle = idle.unwrap_or(Duration::from_secs(365 * 24 * 3600));
-    loop {
-        tokio::select! {
-            r = app.read(&mut abuf) => {
-                let n = r.map_err(|e| ConnError::from_io(Side::Client, &e))?;
-                if n == 0 {
-                    return Ok((done, false));
-                }
-                out.clear();
-                let terminated = from_app.feed(&abuf[..n], &mut out);
-                up.write_all(&out).await.map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
-                up.flush().await.map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
-                done.sent += out.len() as u64;
-                if terminated {
-                    let clean = from_up.idle() && from_app.at_boundary();
-                    let _ = app.shutdown().await;
-                    return Ok((done, clean));
-                }
+    use tokio::sync::Notify;
+    let (mut app_r, mut app_w) = tokio::io::split(&mut *app);
+    let (mut up_r, mut up_w) = tokio::io::split(&mut *up);
+    // Both directions run at once (an app may pipeline without reading); each stops the
+    // other when it ends.
+    let (app_done, up_done) = (Notify::new(), Notify::new());
+    // Milliseconds since `base` of the last byte either way.
+    let base = tokio::time::Instant::now();
+    let activity = AtomicU64::new(0);
+    let touch = || activity.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let last = || base + Duration::from_millis(activity.load(Ordering::Relaxed));
+    let to_up = async {
+        let mut frames = pool::Frames::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut out = Vec::with_capacity(16 * 1024);
+        let mut sent = 0u64;
+        let result = loop {
+            let n = tokio::select! {
+                r = app_r.read(&mut buf) => match r {
+                    Ok(0) => break Ok(false),
+                    Ok(n) => n,
+                    Err(e) => break Err(ConnError::from_io(Side::Client, &e)),
+                },
+                () = up_done.notified() => break Ok(false),
+            };
+            touch();
+            out.clear();
+            let terminated = frames.feed(&buf[..n], &mut out);
+            let written = async {
+                up_w.write_all(&out).await?;
+                up_w.flush().await
+            };
+            if let Err(e) = written.await {
+                break Err(ConnError::from_io(Side::Upstream, &e));
             }
-            r = up.read(&mut ubuf) => {
-                let n = r.map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
-                if n == 0 {
-                    let _ = app.shutdown().await;
-                    return Ok((done, false));
-                }
-                out.clear();
-                from_up.feed(&ubuf[..n], &mut out);
-                app.write_all(&out).await.map_err(|e| ConnError::from_io(Side::Client, &e))?;
-                app.flush().await.map_err(|e| ConnError::from_io(Side::Client, &e))?;
-                done.received += n as u64;
+            sent += out.len() as u64;
+            if terminated {
+                break Ok(frames.at_boundary());
             }
-            () = tokio::time::sleep(idle) => {
-                return Err(ConnError::new(Side::Internal, Reason::IdleTimeout,
-                    format!("idle timeout: no data either way for {}", humantime::format_duration(idle))));
+        };
+        app_done.notify_one();
+        (result, sent)
+    };
+    let to_app = async {
+        let mut frames = pool::Frames::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut out = Vec::with_capacity(16 * 1024);
+        let mut received = 0u64;
+        let result = loop {
+            let n = tokio::select! {
+                r = up_r.read(&mut buf) => match r {
+                    Ok(0) => break Ok(false),
+                    Ok(n) => n,
+                    Err(e) => break Err(ConnError::from_io(Side::Upstream, &e)),
+                },
+                // The app ended: the server connection is reusable if it is idle.
+                () = app_done.notified() => break Ok(true),
+            };
+            touch();
+            out.clear();
+            frames.feed(&buf[..n], &mut out);
+            let written = async {
+                app_w.write_all(&out).await?;
+                app_w.flush().await
+            };
+            if let Err(e) = written.await {
+                break Err(ConnError::from_io(Side::Client, &e));
+            }
+            received += n as u64;
+        };
+        up_done.notify_one();
+        let _ = app_w.shutdown().await;
+        (
+            result.map(|still_open| still_open && frames.idle()),
+            received,
+        )
+    };
+    let limit = idle.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    let timer = async {
+        loop {
+            tokio::time::sleep_until(last() + limit).await;
+            if last() + limit <= tokio::time::Instant::now() {
+                return;
             }
         }
+    };
+    tokio::select! {
+        ((app_end, sent), (up_end, received)) = async { tokio::join!(to_up, to_app) } => {
+            let done = Relayed { sent, received };
+            let clean = app_end? & up_end?;
+            Ok((done, clean))
+        }
+        () = timer => Err(ConnError::new(
+            Side::Internal,
+            Reason::IdleTimeout,
+            format!("idle timeout: no data either way for {}", humantime::format_duration(limit)),
+        )),
     }
 }
 

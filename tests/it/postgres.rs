@@ -513,6 +513,23 @@ fn pooled_server_connections_are_reset_and_reused() {
         .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stdout(&run).contains("number of failed transactions: 0"));
+    // A pipeline that writes far more than the socket buffers hold before reading any result:
+    // both directions must flow at once.
+    let pipeline = dir.path().join("pipeline.sql");
+    let queries = "SELECT repeat('x', 2000);\n".repeat(3000);
+    std::fs::write(
+        &pipeline,
+        format!("\\startpipeline\n{queries}\\endpipeline\n"),
+    )
+    .unwrap();
+    let run = Command::new(pg::bin("pgbench"))
+        .args(["-n", "-M", "extended", "-c", "1", "-t", "1", "-f"])
+        .arg(&pipeline)
+        .arg(&conninfo)
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
     let sessions: u32 = pg
         .admin("SELECT count(*) FROM pg_stat_activity WHERE usename = 'pooluser'")
         .parse()
