@@ -21,7 +21,9 @@ chmod 755 "$T"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
-as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
+# A command prefix that runs as postgres when root (setpriv execs, so $! is the server itself).
+AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+as_pg() { "${AS_PG[@]}" "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cargo build --release --locked --quiet
@@ -49,7 +51,7 @@ synchronous_commit = off
 max_connections = 100
 EOF
 printf 'local all all trust\nhostnossl all all 0.0.0.0/0 reject\nhostssl all all 127.0.0.1/32 scram-sha-256\n' > "$T/data/pg_hba.conf"
-as_pg $B/postgres -D "$T/data" > "$T/pg.log" 2>&1 &
+"${AS_PG[@]}" $B/postgres -D "$T/data" > "$T/pg.log" 2>&1 &
 pids+=($!)
 until $B/pg_isready -q -h 127.0.0.1 -p "$PGPORT"; do sleep 0.05; done
 as_pg $B/psql -h "$T" -p "$PGPORT" -U postgres -qc "CREATE ROLE benchuser LOGIN PASSWORD 'benchpw'" -c "CREATE DATABASE bench OWNER benchuser"
@@ -90,7 +92,7 @@ logfile = $T/pgbouncer.log
 pidfile = $T/pgbouncer.pid
 INI
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$T"
-as_pg pgbouncer "$T/pgbouncer.ini" > /dev/null 2>&1 &
+"${AS_PG[@]}" pgbouncer "$T/pgbouncer.ini" > /dev/null 2>&1 &
 pids+=($!)
 
 DIRECT="host=localhost port=$PGPORT dbname=bench user=benchuser password=benchpw sslmode=verify-full sslrootcert=$T/ca.pem"
