@@ -164,4 +164,30 @@ mod tests {
             assert_eq!((n, &out), (1, &expected), "split at {cut}");
         }
     }
+
+    /// The fuzz target's property over a seeded corpus.
+    #[test]
+    fn change_user_watch_split_invariance_over_a_seeded_corpus() {
+        let seed = [
+            frame(0, b"\x03SELECT 1"),
+            frame(0, b"\x11app\0\0"),
+            frame(0, &[0x16; 70]),
+        ]
+        .concat();
+        let mut rng = fastrand::Rng::with_seed(5);
+        for _ in 0..400 {
+            let mut m = seed.clone();
+            for _ in 0..rng.usize(0..6) {
+                let i = rng.usize(..m.len());
+                m[i] = rng.u8(..);
+            }
+            let mut whole = Vec::new();
+            let n = CommandWatch::default().feed(&m, 0x11, &mut whole);
+            let cut = rng.usize(..=m.len());
+            let mut w = CommandWatch::default();
+            let mut parts = Vec::new();
+            let k = w.feed(&m[..cut], 0x11, &mut parts) + w.feed(&m[cut..], 0x11, &mut parts);
+            assert_eq!((n, whole), (k, parts), "{m:?} at {cut}");
+        }
+    }
 }

@@ -331,4 +331,34 @@ mod tests {
         assert_eq!(args_of(b"*1\r\n:1\r\n"), None);
         assert_eq!(args_of(b"*1\r\n$1\r\na"), None);
     }
+
+    /// The fuzz target's property over a seeded corpus: the same output however the input
+    /// is split into reads.
+    #[test]
+    fn split_invariance_over_a_seeded_corpus() {
+        let seed = [
+            command(&[b"SET", b"app:k", b"v"]),
+            command(&[b"AUTH", b"u", b"p"]),
+            b"HELLO 3 AUTH a b\r\n".to_vec(),
+            command(&[b"GET", &[b'x'; 300]]),
+        ]
+        .concat();
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..400 {
+            let mut m = seed.clone();
+            for _ in 0..rng.usize(0..6) {
+                let i = rng.usize(..m.len());
+                match rng.u8(..3) {
+                    0 => m[i] = rng.u8(..),
+                    1 => {
+                        m.remove(i);
+                    }
+                    _ => m.insert(i, rng.u8(..)),
+                }
+            }
+            let whole = run(&[&m]);
+            let cut = rng.usize(..=m.len());
+            assert_eq!(whole, run(&[&m[..cut], &m[cut..]]), "{m:?} at {cut}");
+        }
+    }
 }
