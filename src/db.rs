@@ -35,11 +35,7 @@ impl Credential {
         };
         if let SecretSource::File(path) = &self.source {
             let result = self.source.resolve(&crate::secret::ProcessEnv);
-            let outcome = if result.is_ok() { "success" } else { "error" };
-            crate::metrics::metrics()
-                .credential_reads
-                .with_label_values(&[resource, outcome])
-                .inc();
+            count_read(resource, result.is_ok());
             match result {
                 Ok(value) => *last = value,
                 Err(message) => {
@@ -49,6 +45,14 @@ impl Credential {
         }
         last.clone()
     }
+}
+
+/// `keyward_credential_reads_total`.
+fn count_read(resource: &str, ok: bool) {
+    crate::metrics::metrics()
+        .credential_reads
+        .with_label_values(&[resource, if ok { "success" } else { "error" }])
+        .inc();
 }
 
 /// How keyward logs in upstream.
@@ -95,11 +99,15 @@ impl DbRuntime {
         env: &dyn Env,
     ) -> Result<Self, Vec<(crate::config::Site, String)>> {
         let mut problems = Vec::new();
-        let mut credential = |secret: &SecretRef| match Credential::new(secret, env) {
-            Ok(c) => Some(c),
-            Err(message) => {
-                problems.push((secret.site.clone(), message));
-                None
+        let mut credential = |secret: &SecretRef| {
+            let read = Credential::new(secret, env);
+            count_read(res.name.as_str(), read.is_ok());
+            match read {
+                Ok(c) => Some(c),
+                Err(message) => {
+                    problems.push((secret.site.clone(), message));
+                    None
+                }
             }
         };
         let DbOptions {

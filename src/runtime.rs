@@ -138,21 +138,6 @@ impl Runtime {
                         }
                     }
                 }
-            } else {
-                for secret in crate::reload::resource_secrets(res) {
-                    let result = secret.source.resolve(env);
-                    let outcome = if result.is_ok() { "success" } else { "error" };
-                    crate::metrics::metrics()
-                        .credential_reads
-                        .with_label_values(&[res.name.as_str(), outcome])
-                        .inc();
-                    // DbRuntime::build reported the database's own secrets already.
-                    if let Err(message) = result {
-                        if res.protocol == Protocol::Tcp {
-                            push(secret.site.clone(), message);
-                        }
-                    }
-                }
             }
             resources.push(Arc::new(ResourceRuntime {
                 name: res.name.clone(),

@@ -62,7 +62,7 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
     // Databases negotiate TLS in their own protocol first.
     let negotiated = match res.protocol {
         Protocol::Postgres => crate::postgres::probe_ssl_request(&mut tcp, res).await,
-        Protocol::Mysql => crate::mysql::probe_ssl_request(&mut tcp).await,
+        Protocol::Mysql => crate::mysql::probe_ssl_request(&mut tcp, res.handshake_timeout).await,
         _ => Ok(()),
     };
     if let Err(e) = negotiated {

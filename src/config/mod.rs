@@ -937,28 +937,36 @@ impl Ctx {
 
     fn http_options(&mut self, res: &raw::Resource, protocol: Protocol, at: &str) -> HttpOptions {
         let mut opts = HttpOptions::default();
-        let http_only: [(&str, bool); 6] = [
-            ("http2", res.http2.is_some()),
-            ("preserve_host", res.preserve_host.is_some()),
+        // Each key, whether it is set, and the protocols it applies to besides http.
+        let keys: [(&str, bool, Option<Protocol>); 6] = [
+            ("http2", res.http2.is_some(), None),
+            ("preserve_host", res.preserve_host.is_some(), None),
             (
                 "pass_client_auth",
-                res.pass_client_auth.is_some() && protocol != Protocol::Redis,
+                res.pass_client_auth.is_some(),
+                Some(Protocol::Redis),
             ),
-            ("response_timeout", res.response_timeout.is_some()),
+            ("response_timeout", res.response_timeout.is_some(), None),
             (
                 "pool_idle_timeout",
-                res.pool_idle_timeout.is_some() && protocol != Protocol::Postgres,
+                res.pool_idle_timeout.is_some(),
+                Some(Protocol::Postgres),
             ),
-            ("max_signed_body", res.max_signed_body.is_some()),
+            ("max_signed_body", res.max_signed_body.is_some(), None),
         ];
         if protocol != Protocol::Http {
-            for (key, set) in http_only {
-                if set {
-                    self.problem(
-                        site(&res.protocol, format!("{at}.{key}")),
-                        format!("{key} applies to protocol http only"),
-                    );
+            for (key, set, also) in keys {
+                if !set || also == Some(protocol) {
+                    continue;
                 }
+                let applies = match also {
+                    Some(other) => format!("protocols http and {}", protocol_name(other)),
+                    None => "protocol http only".to_owned(),
+                };
+                self.problem(
+                    site(&res.protocol, format!("{at}.{key}")),
+                    format!("{key} applies to {applies}"),
+                );
             }
             return opts;
         }

@@ -324,18 +324,25 @@ async fn greeting(
     let tcp =
         connect::connect_observed(res.name.as_str(), &res.upstream, res.connect_timeout).await?;
     let mut up = Wire::new(tcp, Side::Upstream);
+    let greeting = read_greeting(&mut up, res.handshake_timeout).await?;
+    Ok((up, greeting))
+}
+
+/// The server's initial handshake packet (or its refusal, as an error).
+async fn read_greeting<S: AsyncRead + AsyncWrite + Unpin>(
+    up: &mut Wire<S>,
+    timeout: std::time::Duration,
+) -> Result<HandshakePacket<'static>, ConnError> {
     let read = up.message("the server's greeting", |b| {
         codec::packet(b, codec::MAX_LOGIN_PACKET)
     });
-    let packet = tokio::time::timeout(res.handshake_timeout, read)
-        .await
-        .map_err(|_| {
-            ConnError::new(
-                Side::Upstream,
-                Reason::HandshakeTimeout,
-                "the server sent no greeting: is it a MySQL server?",
-            )
-        })??;
+    let packet = tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ConnError::new(
+            Side::Upstream,
+            Reason::HandshakeTimeout,
+            "the server sent no greeting: is it a MySQL server?",
+        )
+    })??;
     if let Some((code, _, message)) = codec::parse_err(&packet[4..]) {
         return Err(ConnError::new(
             Side::Upstream,
@@ -343,14 +350,12 @@ async fn greeting(
             format!("the server refused the connection: {message} ({code})"),
         ));
     }
-    let greeting = HandshakePacket::deserialize((), &mut ParseBuf(&packet[4..]))
-        .map_err(|e| {
-            up.protocol(format!(
-                "malformed server greeting ({e}): is it a MySQL server?"
-            ))
-        })?
-        .into_owned();
-    Ok((up, greeting))
+    let greeting = HandshakePacket::deserialize((), &mut ParseBuf(&packet[4..])).map_err(|e| {
+        up.protocol(format!(
+            "malformed server greeting ({e}): is it a MySQL server?"
+        ))
+    })?;
+    Ok(greeting.into_owned())
 }
 
 struct PluginContext<'a> {
@@ -650,21 +655,12 @@ pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
 }
 
 /// `keyward probe`: read the greeting and send SSLRequest (for the TLS report).
-pub async fn probe_ssl_request(tcp: &mut TcpStream) -> Result<(), ConnError> {
+pub async fn probe_ssl_request(
+    tcp: &mut TcpStream,
+    timeout: std::time::Duration,
+) -> Result<(), ConnError> {
     use tokio::io::AsyncWriteExt;
-    let mut w = Wire::new(&mut *tcp, Side::Upstream);
-    let packet = w
-        .message("the server's greeting", |b| {
-            codec::packet(b, codec::MAX_LOGIN_PACKET)
-        })
-        .await?;
-    let greeting = HandshakePacket::deserialize((), &mut ParseBuf(&packet[4..])).map_err(|e| {
-        ConnError::new(
-            Side::Upstream,
-            Reason::Protocol,
-            format!("malformed greeting: {e}"),
-        )
-    })?;
+    let greeting = read_greeting(&mut Wire::new(&mut *tcp, Side::Upstream), timeout).await?;
     if !greeting
         .capabilities()
         .contains(CapabilityFlags::CLIENT_SSL)

@@ -517,13 +517,19 @@ pub async fn open(res: &ResourceRuntime, db: &DbRuntime) -> Result<UpstreamStrea
         return Ok(Either::Left(tcp));
     };
     if db.negotiation == Negotiation::Postgres {
-        ssl_request(&mut tcp, res).await?;
+        let mode = res.tls.as_ref().map_or(TlsMode::Disable, |t| t.mode);
+        ssl_request(&mut tcp, &res.upstream, mode, res.handshake_timeout).await?;
     }
     let stream = connect::secure_observed(name, tcp, tls, res.handshake_timeout).await?;
     Ok(Either::Right(stream))
 }
 
-async fn ssl_request(tcp: &mut TcpStream, res: &ResourceRuntime) -> Result<(), ConnError> {
+async fn ssl_request(
+    tcp: &mut TcpStream,
+    upstream: &crate::config::Upstream,
+    mode: TlsMode,
+    timeout: Duration,
+) -> Result<(), ConnError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         tcp.write_all(&codec::ssl_request()).await?;
@@ -531,7 +537,7 @@ async fn ssl_request(tcp: &mut TcpStream, res: &ResourceRuntime) -> Result<(), C
         tcp.read_exact(&mut answer).await?;
         Ok::<_, std::io::Error>(answer[0])
     };
-    let answer = tokio::time::timeout(res.handshake_timeout, exchange)
+    let answer = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| {
             ConnError::new(
@@ -541,7 +547,6 @@ async fn ssl_request(tcp: &mut TcpStream, res: &ResourceRuntime) -> Result<(), C
             )
         })?
         .map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
-    let mode = res.tls.as_ref().map_or(TlsMode::Disable, |t| t.mode);
     match answer {
         b'S' => Ok(()),
         b'N' => Err(ConnError::new(
@@ -557,7 +562,7 @@ async fn ssl_request(tcp: &mut TcpStream, res: &ResourceRuntime) -> Result<(), C
             Reason::Protocol,
             format!(
                 "unexpected answer {:?} to SSLRequest: is {} a PostgreSQL server?",
-                other as char, res.upstream
+                other as char, upstream
             ),
         )),
     }
@@ -869,25 +874,7 @@ pub async fn probe_ssl_request(
     if res.tls.negotiation == Negotiation::Direct {
         return Ok(());
     }
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tcp.write_all(&codec::ssl_request())
-        .await
-        .map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer)
-        .await
-        .map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
-    match answer[0] {
-        b'S' => Ok(()),
-        other => Err(ConnError::new(
-            Side::Upstream,
-            Reason::Tls,
-            format!(
-                "the server answered {:?} to SSLRequest: it does not support TLS",
-                other as char
-            ),
-        )),
-    }
+    ssl_request(tcp, &res.upstream, res.tls.mode, res.handshake_timeout).await
 }
 
 #[cfg(test)]

@@ -42,12 +42,6 @@ fn listener(client_ca: bool, allow_cn: &[&str]) -> Listener {
     Listener { pki, ca, block }
 }
 
-fn start(dir: &Path, yaml: &str) -> Keyward {
-    let path = dir.join("keyward.yaml");
-    std::fs::write(&path, format!("admin: null\nresources:\n{yaml}")).unwrap();
-    Keyward::start(&path)
-}
-
 #[test]
 fn psql_verify_full_to_keyward_and_keyward_verify_full_to_postgresql() {
     if !require("PostgreSQL 15 server binaries", pg::available()) {
@@ -61,7 +55,7 @@ fn psql_verify_full_to_keyward_and_keyward_verify_full_to_postgresql() {
         pg.port,
         pg.ca_pem.display()
     );
-    let kw = start(l.pki.dir.path(), &yaml);
+    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
     let port = kw.addr("pgtls").port();
     let conninfo = format!(
         "host=localhost port={port} dbname=app sslmode=verify-full sslrootcert={}",
@@ -136,7 +130,7 @@ fn mariadb_ssl_verify_server_cert_to_keyward() {
         m.port,
         m.ca_pem.display()
     );
-    let kw = start(l.pki.dir.path(), &yaml);
+    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
     let port = kw.addr("mytls").port();
     let run = |ca: &Path| {
         let out = Command::new("mariadb")
@@ -185,7 +179,7 @@ fn client_certificates_outside_the_allow_list_are_refused() {
         kc.display(),
         kk.display()
     );
-    let kw = start(l.pki.dir.path(), &yaml);
+    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
     let port = kw.addr("api").port();
     let curl = |cert: Option<(&Path, &Path)>| {
         let mut c = Command::new("curl");
@@ -235,7 +229,7 @@ fn testssl_finds_nothing_serious_on_an_inbound_listener() {
         "  - name: tcptls\n    protocol: tcp\n    listen: 127.0.0.1:0\n{}    upstream: localhost:1\n    tls:\n      mode: disable\n",
         l.block
     );
-    let kw = start(l.pki.dir.path(), &yaml);
+    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
     let port = kw.addr("tcptls").port();
     let json = l.pki.path("testssl.json");
     let out = Command::new(testssl.unwrap())
@@ -343,7 +337,7 @@ fn a_rotated_listener_certificate_is_served_to_new_connections() {
         "  - name: rot\n    protocol: tcp\n    listen: 127.0.0.1:0\n{}    upstream: localhost:1\n    tls:\n      mode: disable\n",
         l.block
     );
-    let kw = start(l.pki.dir.path(), &yaml);
+    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
     let port = kw.addr("rot").port();
     let subject = || {
         let out = Command::new("openssl")

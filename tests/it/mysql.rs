@@ -33,13 +33,7 @@ fn resource(
 }
 
 fn start(dir: &Path, resources: &[String]) -> Keyward {
-    let path = dir.join("keyward.yaml");
-    std::fs::write(
-        &path,
-        format!("admin: null\nresources:\n{}", resources.concat()),
-    )
-    .unwrap();
-    Keyward::start(&path)
+    Keyward::with_resources(dir, &resources.concat())
 }
 
 fn text(out: &std::process::Output) -> String {
@@ -374,15 +368,7 @@ fn probe_logs_in_to_mariadb() {
         ),
     )
     .unwrap();
-    let probe = |res: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args(["probe", "-c"])
-            .arg(&conf)
-            .arg(res)
-            .output()
-            .unwrap();
-        (out.status.code(), text(&out))
-    };
+    let probe = |res: &str| crate::support::procs::probe(&conf, res);
     let (code, t) = probe("ed");
     assert_eq!(code, Some(0), "{t}");
     assert!(

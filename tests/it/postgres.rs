@@ -443,15 +443,7 @@ fn probe_reports_tls_and_whether_the_login_succeeds() {
         pg,
         &[Res::new("good", "scramuser", Some("scrampw")), bad],
     );
-    let probe = |res: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args(["probe", "-c"])
-            .arg(&conf)
-            .arg(res)
-            .output()
-            .unwrap();
-        (out.status.code(), stdout(&out) + &stderr(&out))
-    };
+    let probe = |res: &str| crate::support::procs::probe(&conf, res);
     let (code, text) = probe("good");
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("verify-full  ok"), "{text}");

@@ -56,13 +56,7 @@ fn resource(name: &str, s: &Setup, auth: &str, extra: &str) -> String {
 }
 
 fn start(dir: &Path, resources: &[String]) -> Keyward {
-    let path = dir.join("keyward.yaml");
-    std::fs::write(
-        &path,
-        format!("admin: null\nresources:\n{}", resources.concat()),
-    )
-    .unwrap();
-    Keyward::start(&path)
+    Keyward::with_resources(dir, &resources.concat())
 }
 
 fn cli(kw: &Keyward, res: &str, args: &[&str]) -> String {
@@ -320,19 +314,7 @@ fn probe_authenticates_to_redis() {
         ),
     )
     .unwrap();
-    let probe = |res: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args(["probe", "-c"])
-            .arg(&conf)
-            .arg(res)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let probe = |res: &str| crate::support::procs::probe(&conf, res);
     let (code, t) = probe("cache");
     assert_eq!(code, Some(0), "{t}");
     assert!(

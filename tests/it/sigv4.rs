@@ -24,6 +24,24 @@ fn botocore_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Runs a botocore oracle script on `cases` (JSON on stdin) and returns what it printed.
+fn botocore<T: serde::Serialize>(script: &str, cases: &T) -> Vec<String> {
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        serde_json::to_string(cases).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{script} failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 async fn send(
     proxy: &Proxy,
     resource: &str,
@@ -175,23 +193,10 @@ async fn signatures_match_botocore_for_the_same_requests() {
         ours.push(seen.header("authorization").unwrap());
         cases.push(case(&seen, up.port(), token, unsigned));
     }
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sigv4_botocore.py"
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        serde_json::to_string(&cases).unwrap().as_bytes(),
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "botocore script failed");
-    let theirs: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = botocore(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sigv4_botocore.py"),
+        &cases,
+    );
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(
             a, b,
@@ -297,22 +302,9 @@ fn rds_iam_tokens_match_botocore() {
             "amz_date": amz_date, "host": host, "port": port, "user": user,
         }));
     }
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/rds_botocore.py"
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        serde_json::to_string(&input).unwrap().as_bytes(),
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let theirs: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = botocore(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rds_botocore.py"),
+        &input,
+    );
     assert_eq!(ours, theirs);
 }

@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use keyward::pki::{Ca, Usage};
 
-use super::procs::{free_port, have, wait_until};
+use super::procs::{free_port, have, is_root, wait_until};
 
 pub struct Maria {
     pub port: u16,
@@ -22,13 +22,6 @@ pub struct Maria {
 
 pub fn available() -> bool {
     have("/usr/sbin/mariadbd") && have("mariadb-install-db") && have("mariadb")
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 pub fn shared() -> &'static Maria {

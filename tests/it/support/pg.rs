@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 
 use keyward::pki::{Ca, Usage};
 
-use super::procs::{free_port, have, wait_until};
+use super::procs::{free_port, have, is_root, wait_until};
 
 pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -40,13 +40,6 @@ pub fn bin(name: &str) -> String {
 
 pub fn available() -> bool {
     have(&bin("postgres")) && have(&bin("psql")) && have(&bin("initdb"))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// A command run as the `postgres` user when the suite runs as root.

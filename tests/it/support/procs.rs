@@ -28,6 +28,28 @@ pub fn have(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
+/// Whether the suite runs as root (servers then drop to their own users).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `keyward probe -c CONFIG RESOURCE`: its exit code and everything it printed.
+pub fn probe(config: &Path, resource: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["probe", "-c"])
+        .arg(config)
+        .arg(resource)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// Polls `ready` until it is true or the deadline passes.
 pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -112,6 +134,14 @@ impl Keyward {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Writes `resources` (YAML list items) into DIR/keyward.yaml, without the admin
+    /// listener, and starts keyward on it.
+    pub fn with_resources(dir: &Path, resources: &str) -> Self {
+        let path = dir.join("keyward.yaml");
+        std::fs::write(&path, format!("admin: null\nresources:\n{resources}")).unwrap();
+        Self::start(&path)
     }
 
     pub fn pid(&self) -> u32 {
