@@ -678,3 +678,16 @@ pub async fn probe_ssl_request(
         .await
         .map_err(|e| ConnError::from_io(Side::Upstream, &e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clear_password_is_refused_without_tls() {
+        let refused = start_plugin(&AuthPlugin::MysqlClearPassword, false).unwrap_err();
+        assert_eq!(refused.reason, Reason::AuthFailed);
+        assert!(refused.detail.contains("without TLS"), "{}", refused.detail);
+        assert!(start_plugin(&AuthPlugin::MysqlClearPassword, true).is_ok());
+    }
+}

@@ -881,6 +881,56 @@ pub async fn probe_ssl_request(
 mod tests {
     use super::*;
 
+    fn db(allow_cleartext_password: bool) -> DbRuntime {
+        DbRuntime {
+            login: crate::db::Login::None,
+            database: None,
+            client_password: None,
+            allow_cleartext_password,
+            allow_rsa_key_exchange: false,
+            pass_client_auth: false,
+            negotiation: Negotiation::Postgres,
+            pool: pool::Pool::new(0, Duration::ZERO),
+        }
+    }
+
+    /// A server asking for the password in clear text over a connection without TLS: refused
+    /// unless allow_cleartext_password, which sends it.
+    #[tokio::test]
+    async fn cleartext_without_tls_needs_allow_cleartext_password() {
+        let cleartext = [&b"R"[..], &[0, 0, 0, 8, 0, 0, 0, 3]].concat();
+        let mut server = cleartext.clone();
+        server.extend(codec::auth_ok());
+        server.extend(codec::ready_for_query(b'I'));
+        let run = |allow: bool| {
+            let server = server.clone();
+            async move {
+                let mut sent = Vec::new();
+                let mut up = Wire::new(tokio::io::join(&server[..], &mut sent), Side::Upstream);
+                let result =
+                    login(&mut up, &db(allow), "u", Some(Secret::new("pw")), None, "r").await;
+                drop(up);
+                (result.map(|_| ()), sent)
+            }
+        };
+        let (refused, sent) = run(false).await;
+        match refused {
+            Err(LoginError::Keyward(e)) => {
+                assert_eq!(e.reason, Reason::AuthFailed);
+                assert!(
+                    e.detail.contains("allow_cleartext_password"),
+                    "{}",
+                    e.detail
+                );
+            }
+            _ => panic!("cleartext over plaintext was not refused"),
+        }
+        assert!(sent.is_empty(), "nothing sent: {sent:?}");
+        let (allowed, sent) = run(true).await;
+        assert!(allowed.is_ok());
+        assert_eq!(sent, codec::password_message(b"pw\0"));
+    }
+
     /// The fuzz target's body over a fixed corpus: handcrafted exchanges and seeded random
     /// mutations of them (the cargo-fuzz run explores further; see fuzz/README.md).
     #[test]
