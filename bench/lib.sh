@@ -10,3 +10,31 @@ make_pki() {
   printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$T/server.ext"
   openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 -extfile "$T/server.ext" -out "$T/server.pem" 2>/dev/null
 }
+
+# CPU time in clock ticks (1/100 s) used so far by the given processes, their threads and their
+# direct children (live ones, plus the reaped ones each process waited for).
+cpu_ticks() {
+  local t=0 p f s
+  for p in "$@" $(for p in "$@"; do pgrep -P "$p"; done); do
+    for f in /proc/"$p"/task/*/stat; do
+      s=$(sed 's/.*) //' "$f" 2>/dev/null) || continue
+      set -- $s
+      t=$((t + ${12} + ${13}))
+    done
+    s=$(sed 's/.*) //' /proc/"$p"/stat 2>/dev/null) || continue
+    set -- $s
+    t=$((t + ${14} + ${15}))
+  done
+  echo "$t"
+}
+
+# Fails with the list of what is missing (and the Debian packages that have it) unless every
+# named command is on PATH. Arguments: command:package pairs.
+need() {
+  local miss=() c
+  for c in "$@"; do command -v "${c%%:*}" >/dev/null 2>&1 || miss+=("$c"); done
+  if [ "${#miss[@]}" -gt 0 ]; then
+    echo "missing commands (command:Debian package): ${miss[*]}" >&2
+    exit 2
+  fi
+}

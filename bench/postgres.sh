@@ -48,7 +48,7 @@ max_connections = 100
 EOF
 printf 'local all all trust\nhostnossl all all 0.0.0.0/0 reject\nhostssl all all 127.0.0.1/32 scram-sha-256\n' > "$T/data/pg_hba.conf"
 "${AS_PG[@]}" $B/postgres -D "$T/data" > "$T/pg.log" 2>&1 &
-pids+=($!)
+PG_PID=$!; pids+=($!)
 until $B/pg_isready -q -h 127.0.0.1 -p "$PGPORT"; do sleep 0.05; done
 as_pg $B/psql -h "$T" -p "$PGPORT" -U postgres -qc "CREATE ROLE benchuser LOGIN PASSWORD 'benchpw'" -c "CREATE DATABASE bench OWNER benchuser"
 
@@ -65,8 +65,8 @@ resources:
     auth: { type: password, username: benchuser, password: benchpw }
     pool_max_idle: ${POOL_MAX_IDLE:-20}   # server connections kept for reuse (0: each app connection logs in)
 YAML
-./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
-pids+=($!)
+"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+KW_PID=$!; pids+=($!)
 
 BPORT=$(free_port)
 echo '"benchuser" ""' > "$T/userlist.txt"
@@ -89,7 +89,7 @@ pidfile = $T/pgbouncer.pid
 INI
 [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$T"
 "${AS_PG[@]}" pgbouncer "$T/pgbouncer.ini" > /dev/null 2>&1 &
-pids+=($!)
+PB_PID=$!; pids+=($!)
 
 DIRECT="host=localhost port=$PGPORT dbname=bench user=benchuser password=benchpw sslmode=verify-full sslrootcert=$T/ca.pem"
 KEYWARD="host=127.0.0.1 port=$KPORT dbname=bench user=benchuser sslmode=disable"
@@ -99,17 +99,24 @@ for c in "$KEYWARD" "$BOUNCER"; do
 done
 $B/pgbench -i -s 1 -q "$DIRECT" >/dev/null 2>&1
 
-run() { # conninfo, extra args → "tps latency_ms"
-  $B/pgbench -S -c "$CLIENTS" -j 2 -T "$DURATION" "${@:2}" "$1" 2>/dev/null |
-    awk '/^latency average/ { lat = $4 } /^tps = / { tps = $3 } END { print tps, lat }'
+run() { # proxy pid (or -), conninfo, extra args → "tps latency_ms client_us server_us proxy_us" (CPU µs per transaction)
+  local proxy=$1 s0 p0 out tps
+  shift
+  s0=$(cpu_ticks "$PG_PID"); p0=0; [ "$proxy" != - ] && p0=$(cpu_ticks "$proxy")
+  out=$(/usr/bin/time -o "$T/time" -f "cpu %U %S" $B/pgbench -S -c "$CLIENTS" -j 2 -T "$DURATION" "${@:2}" "$1" 2>/dev/null; cat "$T/time")
+  local s1 p1=0; s1=$(cpu_ticks "$PG_PID"); [ "$proxy" != - ] && p1=$(cpu_ticks "$proxy")
+  awk -v ds=$((s1 - s0)) -v dp=$((p1 - p0)) -v dur="$DURATION" '
+    /^latency average/ { lat = $4 } /^tps = / { tps = $3 } /^cpu / { cl = $2 + $3 }
+    END { n = tps * dur; printf "%s %s %.1f %.1f %.1f\n", tps, lat, cl * 1e6 / n, ds * 1e4 / n, dp * 1e4 / n }' <<< "$out"
 }
 
-echo "pgbench -S -c $CLIENTS -j 2 -T $DURATION, $REPS interleaved repetitions (tps, average latency ms)"
+echo "pgbench -S -c $CLIENTS -j 2 -T $DURATION, $REPS interleaved repetitions"
+echo "(tps, average latency ms, CPU µs per transaction of pgbench / postgres / the proxy)"
 results=()
 for mode in open reconnect; do
   extra=(); [ "$mode" = reconnect ] && extra=(-C)
   for r in $(seq "$REPS"); do
-    d=$(run "$DIRECT" "${extra[@]}"); k=$(run "$KEYWARD" "${extra[@]}"); b=$(run "$BOUNCER" "${extra[@]}")
+    d=$(run - "$DIRECT" "${extra[@]}"); k=$(run "$KW_PID" "$KEYWARD" "${extra[@]}"); b=$(run "$PB_PID" "$BOUNCER" "${extra[@]}")
     echo "  $mode rep $r  direct TLS: $d   keyward: $k   pgbouncer: $b"
     results+=("$mode $d $k $b")
   done
@@ -120,9 +127,11 @@ rows = [l.split() for l in sys.stdin if l.strip()]
 for mode in ("open", "reconnect"):
     r = [x for x in rows if x[0] == mode]
     med = lambda i: statistics.median(float(x[i]) for x in r)
-    d, dl, k, kl, b, bl = (med(i) for i in range(1, 7))
+    d, dl, k, kl, b, bl = (med(i) for i in (1, 2, 6, 7, 11, 12))
+    cpu = lambda o: "/".join(f"{med(o + i):.0f}" for i in range(3))
     label = "-S" if mode == "open" else "-S -C"
     print(f"{label:6} direct TLS {d:9,.0f} tps {dl:6.3f} ms | keyward {k:9,.0f} tps {kl:6.3f} ms | pgbouncer {b:9,.0f} tps {bl:6.3f} ms | keyward/direct {k/d:.2f}  keyward/pgbouncer {k/b:.2f}")
+    print(f"       CPU µs/transaction (pgbench/postgres/proxy): direct {cpu(3)} | keyward {cpu(8)} | pgbouncer {cpu(13)}")
 '
 if [ -n "${KEYWARD_LOG:-}" ]; then
   echo "keyward: $(grep -c 'reused=false' "$T/keyward.log") server logins, $(grep -c 'reused=true' "$T/keyward.log") reuses, $(grep -c 'dropping a pooled' "$T/keyward.log") dead pooled connections dropped"

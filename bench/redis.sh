@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Benchmark: Redis through a keyward `redis` resource (plaintext app, no password → keyward →
 # TLS 1.3 verify-full + AUTH injected → Redis with requirepass) versus redis-benchmark speaking
-# TLS to Redis directly (with the password), versus a stunnel client tunnel (plaintext → stunnel
-# → TLS, verifyChain + checkHost; the client sends the password). One run, interleaved
-# repetitions. Prints requests/s and the ratios.
+# TLS to Redis directly (with the password), versus two client tunnels doing the TLS part of
+# keyward's job (the client sends the password): stunnel (verifyChain + checkHost) and nginx's
+# stream proxy (proxy_ssl_verify on). One run, interleaved repetitions.
 #
-#   bash bench/redis.sh          # needs redis-server, redis-benchmark, stunnel4, openssl
+# A floor row measures what one loopback hop costs by itself: redis-benchmark → keyward `tcp`
+# (no TLS, no auth) → Redis's plaintext port, against redis-benchmark → Redis plaintext.
+# Each row shows requests/s and the CPU µs per request of the client, Redis and the proxy
+# (all processes share the machine's cores: the proxy's CPU is taken from the other two).
+#
+#   bash bench/redis.sh          # needs redis-server, redis-benchmark, stunnel4, nginx with
+#                                # the stream module (libnginx-mod-stream), openssl, time
 #   REPS=5 REQUESTS=200000 CLIENTS=32 bash bench/redis.sh
 #
 # It asserts nothing; the numbers go in README.md.
@@ -14,23 +20,28 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 REQUESTS=${REQUESTS:-100000}
 CLIENTS=${CLIENTS:-16}
+source bench/lib.sh
+need redis-server:redis-server redis-benchmark:redis-tools stunnel:stunnel4 openssl:openssl /usr/bin/time:time
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+[ -x "$NGINX" ] && [ -f "$STREAM" ] || { echo "missing nginx with the stream module (Debian: nginx libnginx-mod-stream)" >&2; exit 2; }
 T=$(mktemp -d /tmp/keyward-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
 
-source bench/lib.sh
-
 cargo build --release --locked --quiet
 # PKI: a CA and a server certificate for localhost (EC P-256).
 make_pki
 
-RPORT=$(free_port)
-redis-server --bind 127.0.0.1 --port 0 --tls-port "$RPORT" --tls-cert-file "$T/server.pem" --tls-key-file "$T/server.key" \
+RPORT=$(free_port)   # TLS
+PPORT=$(free_port)   # plaintext, for the floor row
+redis-server --bind 127.0.0.1 --port "$PPORT" --tls-port "$RPORT" --tls-cert-file "$T/server.pem" --tls-key-file "$T/server.key" \
   --tls-ca-cert-file "$T/ca.pem" --tls-auth-clients no --save "" --appendonly no --dir "$T" --logfile "$T/redis.log" \
   --requirepass benchpw &
-pids+=($!)
+REDIS_PID=$!; pids+=($!)
 KPORT=$(free_port)
+FPORT=$(free_port)
 cat > "$T/keyward.yaml" <<YAML
 admin: null
 log: { level: warn }
@@ -41,6 +52,11 @@ resources:
     upstream: localhost:$RPORT
     tls: { ca: $T/ca.pem }
     auth: { type: password, password: benchpw }
+  - name: floor
+    protocol: tcp
+    listen: 127.0.0.1:$FPORT
+    upstream: 127.0.0.1:$PPORT
+    tls: { mode: disable }
 YAML
 SPORT=$(free_port)
 cat > "$T/stunnel.conf" <<CONF
@@ -55,30 +71,88 @@ verifyChain = yes
 checkHost = localhost
 CONF
 stunnel "$T/stunnel.conf" 2> "$T/stunnel.log" &
-pids+=($!)
+STUNNEL_PID=$!; pids+=($!)
+NPORT=$(free_port)
+cat > "$T/nginx.conf" <<CONF
+load_module $STREAM;
+daemon off;
+worker_processes auto;
+pid $T/nginx.pid;
+error_log $T/nginx-error.log warn;
+events { worker_connections 1024; }
+stream {
+  server {
+    listen 127.0.0.1:$NPORT;
+    proxy_pass 127.0.0.1:$RPORT;
+    proxy_ssl on;
+    proxy_ssl_verify on;
+    proxy_ssl_trusted_certificate $T/ca.pem;
+    proxy_ssl_name localhost;
+    proxy_ssl_server_name on;
+    proxy_ssl_session_reuse on;
+  }
+}
+CONF
+"$NGINX" -c "$T/nginx.conf" -e "$T/nginx-error.log" &
+NGINX_PID=$!; pids+=($!)
 ./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
-pids+=($!)
-for _ in $(seq 100); do
-  redis-cli -p "$KPORT" PING 2>/dev/null | grep -q PONG && break
-  sleep 0.05
+KEYWARD_PID=$!; pids+=($!)
+for port in "$KPORT" "$FPORT" "$SPORT" "$NPORT"; do
+  ok=
+  for _ in $(seq 100); do
+    redis-cli -p "$port" --no-auth-warning -a benchpw PING 2>/dev/null | grep -q PONG && { ok=1; break; }
+    sleep 0.05
+  done
+  [ -n "$ok" ] || { echo "port $port does not answer PING" >&2; tail -5 "$T"/*.log >&2; exit 1; }
 done
 
-rps() { awk '/requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") print $(i - 1) }' | tr '\n' ' '; }
-run_direct() { redis-benchmark -h 127.0.0.1 -p "$RPORT" --tls --cacert "$T/ca.pem" --sni localhost -a benchpw -t set,get -n "$REQUESTS" -c "$CLIENTS" -q 2>/dev/null | tr '\r' '\n' | rps; }
-run_keyward() { redis-benchmark -h 127.0.0.1 -p "$KPORT" -t set,get -n "$REQUESTS" -c "$CLIENTS" -q 2>/dev/null | tr '\r' '\n' | rps; }
-run_stunnel() { redis-benchmark -h 127.0.0.1 -p "$SPORT" -a benchpw -t set,get -n "$REQUESTS" -c "$CLIENTS" -q 2>/dev/null | tr '\r' '\n' | rps; }
+# One redis-benchmark run: mode → "SET GET client_us redis_us proxy_us" (req/s, CPU µs/request).
+bench() {
+  local args proxy=() r0 p0 r1 p1 out
+  case $1 in
+    direct) args=(-p "$RPORT" --tls --cacert "$T/ca.pem" --sni localhost -a benchpw) ;;
+    keyward) args=(-p "$KPORT"); proxy=("$KEYWARD_PID") ;;
+    stunnel) args=(-p "$SPORT" -a benchpw); proxy=("$STUNNEL_PID") ;;
+    nginx) args=(-p "$NPORT" -a benchpw); proxy=("$NGINX_PID") ;;
+    plain) args=(-p "$PPORT" -a benchpw) ;;
+    floor) args=(-p "$FPORT" -a benchpw); proxy=("$KEYWARD_PID") ;;
+  esac
+  r0=$(cpu_ticks "$REDIS_PID"); p0=0; [ "${#proxy[@]}" -gt 0 ] && p0=$(cpu_ticks "${proxy[@]}")
+  out=$(/usr/bin/time -o "$T/time" -f "cpu %U %S" redis-benchmark -h 127.0.0.1 "${args[@]}" -t set,get -n "$REQUESTS" -c "$CLIENTS" -q 2>/dev/null | tr '\r' '\n'; cat "$T/time")
+  r1=$(cpu_ticks "$REDIS_PID"); p1=0; [ "${#proxy[@]}" -gt 0 ] && p1=$(cpu_ticks "${proxy[@]}")
+  awk -v dr=$((r1 - r0)) -v dp=$((p1 - p0)) -v n=$((2 * REQUESTS)) '
+    /requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") rps = rps " " $(i - 1) }
+    /^cpu / { cl = $2 + $3 }
+    END { printf "%s %.1f %.1f %.1f\n", rps, cl * 1e6 / n, dr * 1e4 / n, dp * 1e4 / n }' <<< "$out"
+}
 
-echo "redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS, $REPS interleaved repetitions (req/s: SET GET)"
-direct_all=(); keyward_all=(); stunnel_all=()
+modes=(direct keyward stunnel nginx plain floor)
+echo "redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS, $REPS interleaved repetitions"
+echo "(req/s SET GET, then CPU µs per request: client / redis / proxy)"
+rows=()
 for r in $(seq "$REPS"); do
-  d=$(run_direct); k=$(run_keyward); s=$(run_stunnel)
-  echo "  rep $r  direct TLS: $d   keyward: $k   stunnel: $s"
-  direct_all+=($d); keyward_all+=($k); stunnel_all+=($s)
+  line="  rep $r"
+  for m in "${modes[@]}"; do
+    v=$(bench "$m"); rows+=("$m $v"); line="$line  $m: $v"
+  done
+  echo "$line"
 done
-python3 - "${direct_all[*]}" "${keyward_all[*]}" "${stunnel_all[*]}" <<'PY'
+printf '%s\n' "${rows[@]}" | python3 -c '
 import statistics, sys
-d, k, s = ([float(x) for x in a.split()] for a in sys.argv[1:4])
-for name, i in (("SET", 0), ("GET", 1)):
-    dm, km, sm = (statistics.median(v[i::2]) for v in (d, k, s))
-    print(f"{name}: direct TLS {dm:,.0f} req/s | keyward {km:,.0f} | stunnel {sm:,.0f} | keyward/direct {km/dm:.2f}  keyward/stunnel {km/sm:.2f}")
-PY
+rows = {}
+for l in sys.stdin:
+    m, *v = l.split()
+    rows.setdefault(m, []).append([float(x) for x in v])
+med = {m: [statistics.median(c) for c in zip(*v)] for m, v in rows.items()}
+rps = lambda m: (med[m][0] + med[m][1]) / 2
+label = {"direct": "redis-benchmark --tls -> Redis", "keyward": "-> keyward -> TLS -> Redis (AUTH injected)",
+         "stunnel": "-> stunnel -> TLS -> Redis", "nginx": "-> nginx stream -> TLS -> Redis",
+         "plain": "redis-benchmark -> Redis, no TLS", "floor": "-> keyward tcp -> Redis, no TLS"}
+print(f"{\"path\":44} {\"SET/s\":>9} {\"GET/s\":>9} {\"ratio\":>6}  CPU us/req client/redis/proxy")
+for m in ("direct", "keyward", "stunnel", "nginx", "plain", "floor"):
+    base = "plain" if m in ("plain", "floor") else "direct"
+    c = med[m]
+    print(f"{label[m]:44} {c[0]:9,.0f} {c[1]:9,.0f} {rps(m) / rps(base):6.2f}  {c[2]:.1f}/{c[3]:.1f}/{c[4]:.1f}")
+print(f"keyward/stunnel {rps(\"keyward\") / rps(\"stunnel\"):.2f}  keyward/nginx {rps(\"keyward\") / rps(\"nginx\"):.2f}")
+print(f"floor: one plaintext loopback hop alone keeps {rps(\"floor\") / rps(\"plain\"):.2f} of plaintext throughput")
+'

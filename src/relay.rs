@@ -2,13 +2,15 @@
 //!
 //! Half-close aware: when one side finishes writing, the other side's write half is shut down
 //! (a TLS stream sends close_notify, then FIN) and the other direction keeps flowing. An idle
-//! timer closes the connection after `idle_timeout` without a byte either way. The side that
-//! caused an I/O error is remembered so the failure is classified once.
+//! timer closes the connection after `idle_timeout` without a byte either way (checked at
+//! quarter-timeout ticks, so never before and at most a quarter after). The side that caused an
+//! I/O error is named in the error, so the failure is classified once. One task polls both
+//! directions; a [`Watch`] per direction can follow the bytes (PostgreSQL pooling does) and end
+//! the relay without shutting anything down.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +30,32 @@ pub struct Relayed {
 
 const BUF: usize = 16 * 1024;
 
+/// Looks at the bytes of one direction as they are read, before they are written on.
+pub trait Watch {
+    /// `data` was just read. Returns `None` to pass it all on, or `Some(n)` to pass on its
+    /// first `n` bytes and then end the relay (both directions, without shutting either down).
+    fn inspect(&mut self, data: &[u8]) -> Option<usize>;
+}
+
+/// A direction nobody watches.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unwatched;
+
+impl Watch for Unwatched {
+    fn inspect(&mut self, _: &[u8]) -> Option<usize> {
+        None
+    }
+}
+
+/// How a watched relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both directions reached EOF (each one's write side shut down after its last byte).
+    Closed,
+    /// A watch ended it; nothing was shut down.
+    Stopped,
+}
+
 /// Copies both ways until both directions reached EOF, an error, or the idle timeout.
 pub async fn relay<C, U>(
     client: C,
@@ -38,127 +66,236 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let shared = Arc::new(Shared {
-        start: Instant::now(),
-        last: AtomicU64::new(0),
-        failed: AtomicU8::new(0),
-    });
-    let mut client = Tracked {
-        inner: client,
-        side: Side::Client,
-        shared: shared.clone(),
-    };
-    let mut upstream = Tracked {
-        inner: upstream,
-        side: Side::Upstream,
-        shared: shared.clone(),
-    };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF);
-    let outcome = match idle {
-        Some(idle) => tokio::select! {
-            r = copy => r,
-            () = idle_expired(&shared, idle) => {
-                return Err(ConnError::new(Side::Internal, Reason::IdleTimeout,
-                    format!("idle timeout: no data either way for {}", humantime::format_duration(idle))));
+    let (mut client, mut upstream) = (client, upstream);
+    relay_watched(
+        &mut client,
+        &mut upstream,
+        idle,
+        &mut Unwatched,
+        &mut Unwatched,
+    )
+    .await
+    .map(|(relayed, _)| relayed)
+}
+
+/// [`relay`] with a [`Watch`] on each direction (`to_upstream` sees the client's bytes,
+/// `to_client` the upstream's). One task polls both directions: no locks, no extra copies.
+pub async fn relay_watched<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    idle: Option<Duration>,
+    to_upstream: &mut impl Watch,
+    to_client: &mut impl Watch,
+) -> Result<(Relayed, End), ConnError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Pipe::new(Side::Client, Side::Upstream);
+    let mut down = Pipe::new(Side::Upstream, Side::Client);
+    let mut timer = idle.map(IdleTimer::new);
+    std::future::poll_fn(|cx| {
+        let mut moved = false;
+        let a = up.poll(cx, &mut *client, &mut *upstream, to_upstream, &mut moved)?;
+        let b = down.poll(cx, &mut *upstream, &mut *client, to_client, &mut moved)?;
+        let relayed = Relayed {
+            sent: up.amt,
+            received: down.amt,
+        };
+        match (a, b) {
+            (Poll::Ready(Step::Stopped), _) | (_, Poll::Ready(Step::Stopped)) => {
+                return Poll::Ready(Ok((relayed, End::Stopped)));
             }
-        },
-        None => copy.await,
-    };
-    match outcome {
-        Ok((sent, received)) => Ok(Relayed { sent, received }),
-        Err(e) => {
-            let side = match shared.failed.load(Ordering::Relaxed) {
-                1 => Side::Client,
-                2 => Side::Upstream,
-                _ => Side::Internal,
-            };
-            Err(ConnError::from_io(side, &e))
-        }
-    }
-}
-
-struct Shared {
-    start: Instant,
-    /// Milliseconds since `start` of the last byte moved.
-    last: AtomicU64,
-    /// 0 none, 1 client, 2 upstream: who failed first.
-    failed: AtomicU8,
-}
-
-impl Shared {
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-
-    fn fail(&self, side: Side) {
-        let code = if side == Side::Client { 1 } else { 2 };
-        let _ = self
-            .failed
-            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
-    }
-}
-
-async fn idle_expired(shared: &Shared, idle: Duration) {
-    loop {
-        let deadline =
-            shared.start + Duration::from_millis(shared.last.load(Ordering::Relaxed)) + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
-    }
-}
-
-/// A stream that reports activity and which side failed.
-struct Tracked<S> {
-    inner: S,
-    side: Side,
-    shared: Arc<Shared>,
-}
-
-impl<S> Tracked<S> {
-    fn note<T>(&self, poll: Poll<io::Result<T>>, active: bool) -> Poll<io::Result<T>> {
-        match &poll {
-            Poll::Ready(Ok(_)) if active => self.shared.touch(),
-            Poll::Ready(Err(_)) => self.shared.fail(self.side),
+            (Poll::Ready(Step::Done), Poll::Ready(Step::Done)) => {
+                return Poll::Ready(Ok((relayed, End::Closed)));
+            }
             _ => {}
         }
-        poll
+        if let Some(timer) = &mut timer {
+            if moved {
+                timer.active = true;
+            }
+            if let Poll::Ready(()) = timer.poll(cx) {
+                return Poll::Ready(Err(ConnError::new(
+                    Side::Internal,
+                    Reason::IdleTimeout,
+                    format!(
+                        "idle timeout: no data either way for {}",
+                        humantime::format_duration(timer.idle)
+                    ),
+                )));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The idle timeout without reading the clock per transfer: it ticks every quarter of the
+/// timeout and fires after four quiet ticks in a row, so between 1 and 1.25 timeouts after the
+/// last byte.
+struct IdleTimer {
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    active: bool,
+    quiet: u8,
+}
+
+impl IdleTimer {
+    const TICKS: u8 = 4;
+
+    fn new(idle: Duration) -> Self {
+        let tick = idle / u32::from(Self::TICKS);
+        Self {
+            idle,
+            sleep: Box::pin(tokio::time::sleep(tick)),
+            active: false,
+            quiet: 0,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if std::mem::take(&mut self.active) {
+                self.quiet = 0;
+            } else {
+                self.quiet += 1;
+                if self.quiet >= Self::TICKS {
+                    return Poll::Ready(());
+                }
+            }
+            let next = Instant::now() + self.idle / u32::from(Self::TICKS);
+            self.sleep.as_mut().reset(next);
+        }
+        Poll::Pending
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let active = buf.filled().len() > before;
-        self.note(poll, active)
-    }
+enum Step {
+    /// EOF read, everything written, the writer shut down.
+    Done,
+    /// The watch ended the relay; what it let through is written and flushed.
+    Stopped,
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
+/// One direction's copy state (after tokio's `CopyBuffer`, plus the watch and error sides).
+struct Pipe {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    amt: u64,
+    read_done: bool,
+    need_flush: bool,
+    stop_after: bool,
+    finished: bool,
+    reader: Side,
+    writer: Side,
+}
+
+impl Pipe {
+    fn new(reader: Side, writer: Side) -> Self {
+        Self {
+            buf: vec![0; BUF].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            amt: 0,
+            read_done: false,
+            need_flush: false,
+            stop_after: false,
+            finished: false,
+            reader,
+            writer,
+        }
+    }
+
+    fn poll<R, W>(
+        &mut self,
         cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
-        self.note(poll, true)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.note(poll, false)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.note(poll, false)
+        reader: &mut R,
+        writer: &mut W,
+        watch: &mut impl Watch,
+        moved: &mut bool,
+    ) -> Result<Poll<Step>, ConnError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.finished {
+            return Ok(Poll::Ready(Step::Done));
+        }
+        let (rs, ws) = (self.reader, self.writer);
+        let err = |side: Side| move |e: io::Error| ConnError::from_io(side, &e);
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                if self.stop_after {
+                    return match Pin::new(&mut *writer).poll_flush(cx).map_err(err(ws))? {
+                        Poll::Ready(()) => Ok(Poll::Ready(Step::Stopped)),
+                        Poll::Pending => Ok(Poll::Pending),
+                    };
+                }
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    Poll::Ready(r) => r.map_err(err(rs))?,
+                    Poll::Pending => {
+                        if self.need_flush {
+                            if let Poll::Ready(r) = Pin::new(&mut *writer).poll_flush(cx) {
+                                r.map_err(err(ws))?;
+                                self.need_flush = false;
+                            }
+                        }
+                        return Ok(Poll::Pending);
+                    }
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.read_done = true;
+                } else {
+                    *moved = true;
+                    self.pos = 0;
+                    self.cap = match watch.inspect(&self.buf[..n]) {
+                        Some(pass) => {
+                            self.stop_after = true;
+                            pass.min(n)
+                        }
+                        None => n,
+                    };
+                }
+            }
+            while self.pos < self.cap {
+                let n = match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]) {
+                    Poll::Ready(r) => r.map_err(err(ws))?,
+                    Poll::Pending => return Ok(Poll::Pending),
+                };
+                if n == 0 {
+                    return Err(ConnError::from_io(
+                        ws,
+                        &io::Error::new(io::ErrorKind::WriteZero, "write zero bytes"),
+                    ));
+                }
+                self.pos += n;
+                self.amt += n as u64;
+                self.need_flush = true;
+                *moved = true;
+            }
+            if self.pos == self.cap && self.read_done {
+                if Pin::new(&mut *writer)
+                    .poll_flush(cx)
+                    .map_err(err(ws))?
+                    .is_pending()
+                {
+                    return Ok(Poll::Pending);
+                }
+                if Pin::new(&mut *writer)
+                    .poll_shutdown(cx)
+                    .map_err(err(ws))?
+                    .is_pending()
+                {
+                    return Ok(Poll::Pending);
+                }
+                self.finished = true;
+                return Ok(Poll::Ready(Step::Done));
+            }
+        }
     }
 }
 
@@ -199,6 +336,70 @@ mod tests {
         drop(server);
         let done = task.await.unwrap().unwrap();
         assert_eq!(done.sent, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_fires_between_one_and_one_and_a_quarter_timeouts() {
+        let (client, mut app) = tokio::io::duplex(64);
+        let (upstream, _server) = tokio::io::duplex(64);
+        let start = Instant::now();
+        let task = tokio::spawn(relay(client, upstream, Some(Duration::from_secs(40))));
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        app.write_all(b"x").await.unwrap();
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.reason, Reason::IdleTimeout);
+        let quiet = start.elapsed() - Duration::from_secs(7);
+        assert!(
+            quiet >= Duration::from_secs(40) && quiet <= Duration::from_secs(50),
+            "{quiet:?}"
+        );
+    }
+
+    /// Stops the relay before the first `!`.
+    struct StopAtBang;
+
+    impl Watch for StopAtBang {
+        fn inspect(&mut self, data: &[u8]) -> Option<usize> {
+            data.iter().position(|&b| b == b'!')
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_ends_the_relay_after_passing_what_it_allows() {
+        let (mut client, mut app) = tokio::io::duplex(1024);
+        let (mut upstream, mut server) = tokio::io::duplex(1024);
+        server.write_all(b"hello").await.unwrap();
+        app.write_all(b"abc!def").await.unwrap();
+        let (done, end) = relay_watched(
+            &mut client,
+            &mut upstream,
+            None,
+            &mut StopAtBang,
+            &mut Unwatched,
+        )
+        .await
+        .unwrap();
+        assert_eq!(end, End::Stopped);
+        assert_eq!(done.sent, 3);
+        let mut got = [0u8; 3];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abc");
+        // Nothing was shut down: both streams are still usable by the caller.
+        upstream.write_all(b"more").await.unwrap();
+        let mut more = [0u8; 4];
+        server.read_exact(&mut more).await.unwrap();
+        assert_eq!(&more, b"more");
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_side_that_failed() {
+        let (client, mut app) = tokio::io::duplex(64);
+        let (upstream, server) = tokio::io::duplex(64);
+        drop(server);
+        let task = tokio::spawn(relay(client, upstream, None));
+        app.write_all(b"to nowhere").await.unwrap();
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.side, Side::Upstream, "{err:?}");
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ use crate::connect::{self, UpstreamStream};
 use crate::db::DbRuntime;
 use crate::error::{ConnError, Reason, Side};
 use crate::listener::ClientStream;
-use crate::relay::{relay, Relayed};
+use crate::relay::{relay, relay_watched, End, Relayed};
 use crate::runtime::ResourceRuntime;
 use crate::secret::Secret;
 use crate::tcp::Failure;
@@ -296,123 +296,22 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(Failure::Relay);
     };
-    let (relayed, clean) = pooled_relay(&mut app.io, &mut up.io, res.idle_timeout)
-        .await
-        .map_err(Failure::Relay)?;
-    if clean && reset(&mut up).await {
+    // Message-aware relay: an app's Terminate while the server is idle leaves the server
+    // connection reusable.
+    let (mut from_app, mut from_server) = (pool::Frames::app(), pool::Frames::server());
+    let (relayed, end) = relay_watched(
+        &mut app.io,
+        &mut up.io,
+        res.idle_timeout,
+        &mut from_app,
+        &mut from_server,
+    )
+    .await
+    .map_err(Failure::Relay)?;
+    if end == End::Stopped && from_server.idle() && reset(&mut up).await {
         db.pool.put(pool_key, pool::Idle::new(up, params, pid, key));
     }
     Ok(relayed)
-}
-
-/// The relay of a pooled session: like [`relay`], but message-aware, so that an app's
-/// Terminate while the server is idle leaves the server connection reusable. Returns the
-/// bytes moved and whether the session ended that cleanly.
-async fn pooled_relay<S: AsyncRead + AsyncWrite + Unpin>(
-    app: &mut S,
-    up: &mut UpstreamStream,
-    idle: Option<Duration>,
-) -> Result<(Relayed, bool), ConnError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::sync::Notify;
-    let (mut app_r, mut app_w) = tokio::io::split(&mut *app);
-    let (mut up_r, mut up_w) = tokio::io::split(&mut *up);
-    // Both directions run at once (an app may pipeline without reading); each stops the
-    // other when it ends.
-    let (app_done, up_done) = (Notify::new(), Notify::new());
-    // Milliseconds since `base` of the last byte either way.
-    let base = tokio::time::Instant::now();
-    let activity = AtomicU64::new(0);
-    let touch = || activity.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let last = || base + Duration::from_millis(activity.load(Ordering::Relaxed));
-    let to_up = async {
-        let mut frames = pool::Frames::default();
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut out = Vec::with_capacity(16 * 1024);
-        let mut sent = 0u64;
-        let result = loop {
-            let n = tokio::select! {
-                r = app_r.read(&mut buf) => match r {
-                    Ok(0) => break Ok(false),
-                    Ok(n) => n,
-                    Err(e) => break Err(ConnError::from_io(Side::Client, &e)),
-                },
-                () = up_done.notified() => break Ok(false),
-            };
-            touch();
-            out.clear();
-            let terminated = frames.feed(&buf[..n], &mut out);
-            let written = async {
-                up_w.write_all(&out).await?;
-                up_w.flush().await
-            };
-            if let Err(e) = written.await {
-                break Err(ConnError::from_io(Side::Upstream, &e));
-            }
-            sent += out.len() as u64;
-            if terminated {
-                break Ok(frames.at_boundary());
-            }
-        };
-        app_done.notify_one();
-        (result, sent)
-    };
-    let to_app = async {
-        let mut frames = pool::Frames::default();
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut out = Vec::with_capacity(16 * 1024);
-        let mut received = 0u64;
-        let result = loop {
-            let n = tokio::select! {
-                r = up_r.read(&mut buf) => match r {
-                    Ok(0) => break Ok(false),
-                    Ok(n) => n,
-                    Err(e) => break Err(ConnError::from_io(Side::Upstream, &e)),
-                },
-                // The app ended: the server connection is reusable if it is idle.
-                () = app_done.notified() => break Ok(true),
-            };
-            touch();
-            out.clear();
-            frames.feed(&buf[..n], &mut out);
-            let written = async {
-                app_w.write_all(&out).await?;
-                app_w.flush().await
-            };
-            if let Err(e) = written.await {
-                break Err(ConnError::from_io(Side::Client, &e));
-            }
-            received += n as u64;
-        };
-        up_done.notify_one();
-        let _ = app_w.shutdown().await;
-        (
-            result.map(|still_open| still_open && frames.idle()),
-            received,
-        )
-    };
-    let limit = idle.unwrap_or(Duration::from_secs(365 * 24 * 3600));
-    let timer = async {
-        loop {
-            tokio::time::sleep_until(last() + limit).await;
-            if last() + limit <= tokio::time::Instant::now() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        ((app_end, sent), (up_end, received)) = async { tokio::join!(to_up, to_app) } => {
-            let done = Relayed { sent, received };
-            let clean = app_end? & up_end?;
-            Ok((done, clean))
-        }
-        () = timer => Err(ConnError::new(
-            Side::Internal,
-            Reason::IdleTimeout,
-            format!("idle timeout: no data either way for {}", humantime::format_duration(limit)),
-        )),
-    }
 }
 
 /// An idle pooled connection the server has not closed meanwhile (an idle server connection

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::connect::UpstreamStream;
+use crate::relay::Watch;
 use crate::wire::Wire;
 
 /// A logged-in server connection waiting for an app.
@@ -105,12 +106,15 @@ impl Pool {
 }
 
 /// Where a stream of tagged PostgreSQL messages is, for deciding whether a session ended
-/// cleanly. Sans I/O.
+/// cleanly: a [`Watch`] on one direction of the relay. Sans I/O; it never copies.
 #[derive(Debug, Default)]
 pub struct Frames {
-    header: Vec<u8>,
+    header: [u8; 5],
+    have: usize,
     left: usize,
     tag: u8,
+    /// Whether a Terminate (`X`) ends the relay (the app's direction).
+    stop_on_terminate: bool,
     /// The tag of the last complete message.
     pub last: u8,
     /// The status byte of the last ReadyForQuery.
@@ -118,9 +122,22 @@ pub struct Frames {
 }
 
 impl Frames {
+    /// The app's messages: a Terminate whose header arrives whole ends the relay before it.
+    pub fn app() -> Self {
+        Self {
+            stop_on_terminate: true,
+            ..Self::default()
+        }
+    }
+
+    /// The server's messages: only watched.
+    pub fn server() -> Self {
+        Self::default()
+    }
+
     /// Whether the stream is between messages.
     pub fn at_boundary(&self) -> bool {
-        self.header.is_empty() && self.left == 0
+        self.have == 0 && self.left == 0
     }
 
     /// Whether the server is idle outside a transaction (last message ReadyForQuery `I`).
@@ -128,42 +145,52 @@ impl Frames {
         self.at_boundary() && self.last == b'Z' && self.status == b'I'
     }
 
-    /// Feeds bytes; appends those to pass on to `out`, leaving out a Terminate (`X`), which
-    /// makes it return true (nothing after it is passed on).
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> bool {
-        while !input.is_empty() {
+    /// Follows `input`. Returns the offset of a Terminate message (`X`) whose 5-byte header
+    /// starts and ends in `input`, if this is the app's direction; nothing from there on is to
+    /// be passed on. A Terminate split across reads (its first bytes already passed on) is
+    /// followed like any message: the server then closes, and the connection is not reused.
+    pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < input.len() {
             if self.left == 0 {
-                let take = (5 - self.header.len()).min(input.len());
-                self.header.extend_from_slice(&input[..take]);
-                input = &input[take..];
-                if self.header.len() < 5 {
-                    continue;
+                let (start, whole) = (i, self.have == 0);
+                let take = (5 - self.have).min(input.len() - i);
+                self.header[self.have..self.have + take].copy_from_slice(&input[i..i + take]);
+                self.have += take;
+                i += take;
+                if self.have < 5 {
+                    break;
                 }
-                let h = std::mem::take(&mut self.header);
+                self.have = 0;
+                let h = self.header;
                 self.tag = h[0];
-                let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-                self.left = len.saturating_sub(4);
-                if self.tag == b'X' {
-                    return true;
+                self.left =
+                    (u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize).saturating_sub(4);
+                if self.tag == b'X' && whole && self.stop_on_terminate {
+                    return Some(start);
                 }
-                out.extend_from_slice(&h);
                 if self.left == 0 {
                     self.last = self.tag;
                 }
                 continue;
             }
-            let take = self.left.min(input.len());
-            if self.tag == b'Z' && take > 0 {
-                self.status = input[0];
+            let take = self.left.min(input.len() - i);
+            if self.tag == b'Z' {
+                self.status = input[i];
             }
-            out.extend_from_slice(&input[..take]);
             self.left -= take;
-            input = &input[take..];
+            i += take;
             if self.left == 0 {
                 self.last = self.tag;
             }
         }
-        false
+        None
+    }
+}
+
+impl Watch for Frames {
+    fn inspect(&mut self, data: &[u8]) -> Option<usize> {
+        self.feed(data)
     }
 }
 
@@ -172,7 +199,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_track_idle_and_drop_terminate_in_any_split() {
+    fn frames_track_idle_and_stop_at_terminate_in_any_split() {
         let server = [
             &b"C\0\0\0\x0dSELECT 1\0"[..],
             &b"Z\0\0\0\x05T"[..],
@@ -180,23 +207,34 @@ mod tests {
         ]
         .concat();
         for cut in 0..server.len() {
-            let mut f = Frames::default();
-            let mut out = Vec::new();
-            assert!(!f.feed(&server[..cut], &mut out));
-            assert!(!f.feed(&server[cut..], &mut out));
-            assert_eq!(out, server);
+            let mut f = Frames::server();
+            assert_eq!(f.feed(&server[..cut]), None);
+            assert_eq!(f.feed(&server[cut..]), None);
             assert!(f.idle(), "split at {cut}");
         }
-        let client = [&b"Q\0\0\0\x0dSELECT 1\0"[..], &b"X\0\0\0\x04"[..]].concat();
+        let query = b"Q\0\0\0\x0dSELECT 1\0";
+        let client = [&query[..], &b"X\0\0\0\x04"[..]].concat();
         for cut in 0..client.len() {
-            let mut f = Frames::default();
-            let mut out = Vec::new();
-            let t = f.feed(&client[..cut], &mut out) || f.feed(&client[cut..], &mut out);
-            assert!(t, "split at {cut}");
-            assert_eq!(out, b"Q\0\0\0\x0dSELECT 1\0");
+            let mut f = Frames::app();
+            let stop = match f.feed(&client[..cut]) {
+                Some(at) => Some(at),
+                None => f.feed(&client[cut..]).map(|at| cut + at),
+            };
+            if cut <= query.len() {
+                // The Terminate header arrives whole: the relay stops right before it.
+                assert_eq!(stop, Some(query.len()), "split at {cut}");
+            } else {
+                // Split Terminate: passed on like any message.
+                assert_eq!(stop, None, "split at {cut}");
+                assert!(f.at_boundary());
+            }
         }
-        let mut f = Frames::default();
-        f.feed(b"Z\0\0\0\x05T", &mut Vec::new());
+        let mut f = Frames::server();
+        f.feed(b"Z\0\0\0\x05T");
         assert!(!f.idle(), "in a transaction");
+        let mut f = Frames::server();
+        f.feed(b"Z\0\0\0\x05I");
+        f.feed(b"D\0\0");
+        assert!(!f.idle(), "inside a message");
     }
 }

@@ -531,3 +531,74 @@ fn pooled_server_connections_are_reset_and_reused() {
         "{sessions} server sessions for 100 app connections"
     );
 }
+
+/// `pool_idle_timeout`: a pooled server connection idle longer than that is not handed out
+/// again (and is closed); one idle for less is.
+#[test]
+fn pooled_server_connections_expire_after_pool_idle_timeout() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = Res::new("expiring", "expiryuser", Some("expirypw"));
+    res.extra = "    pool_max_idle: 2\n    pool_idle_timeout: 1s\n";
+    let conf = config(dir.path(), pg, &[res]);
+    let kw = Keyward::start(&conf);
+    let conninfo = local(kw.addr("expiring").port(), "pool");
+    let backend = || {
+        let out = psql(&conninfo, "SELECT pg_backend_pid()");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let first = backend();
+    assert_eq!(backend(), first, "reused within pool_idle_timeout");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = backend();
+    assert_ne!(
+        after, first,
+        "a connection idle past pool_idle_timeout was reused"
+    );
+    // The expired server session was closed, not leaked.
+    wait_until("the expired server session to end", || {
+        pg.admin(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {first}"
+        )) == "0"
+    });
+}
+
+/// An app that connects and sends no startup packet (or half of one) gets an ErrorResponse
+/// after the 10 s startup timeout, and keyward goes on serving.
+#[test]
+fn a_silent_app_gets_an_error_response_after_the_startup_timeout() {
+    use std::io::{Read, Write};
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(
+        dir.path(),
+        pg,
+        &[Res::new("silent", "scramuser", Some("scrampw"))],
+    );
+    let kw = Keyward::start(&conf);
+    let port = kw.addr("silent").port();
+    let started = Instant::now();
+    let silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    half.write_all(&[0, 0, 0, 40, 0, 3, 0, 0]).unwrap();
+    for mut raw in [silent, half] {
+        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reply = Vec::new();
+        let _ = raw.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(&reply);
+        assert_eq!(reply.first(), Some(&b'E'), "{text}");
+        assert!(
+            text.contains("keyward: no startup message within 10s"),
+            "{text}"
+        );
+        assert!(text.contains("08P01"), "{text}");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+    let out = psql(&local(port, "app"), "SELECT 1");
+    assert_eq!(stdout(&out), "1", "{}", stderr(&out));
+}

@@ -173,6 +173,7 @@ fn start(bin_dir: &str) -> Pg {
          CREATE ROLE rotuser LOGIN PASSWORD 'rot-one';
          CREATE ROLE benchuser LOGIN PASSWORD 'benchpw';
          CREATE ROLE pooluser LOGIN PASSWORD 'poolpw';
+         CREATE ROLE expiryuser LOGIN PASSWORD 'expirypw';
          CREATE DATABASE app OWNER scramuser;
          CREATE DATABASE bench OWNER benchuser;
          CREATE DATABASE pool OWNER pooluser;
