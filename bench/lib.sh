@@ -11,19 +11,14 @@ make_pki() {
   openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 -extfile "$T/server.ext" -out "$T/server.pem" 2>/dev/null
 }
 
-# CPU time in clock ticks (1/100 s) used so far by the given processes, their threads and their
-# direct children (live ones, plus the reaped ones each process waited for).
+# CPU time in clock ticks (1/100 s) used so far by the given processes (all their threads, exited
+# ones included) and their direct children (live ones, plus the reaped ones each waited for).
 cpu_ticks() {
-  local t=0 p f s
+  local t=0 p s
   for p in "$@" $(for p in "$@"; do pgrep -P "$p"; done); do
-    for f in /proc/"$p"/task/*/stat; do
-      s=$(sed 's/.*) //' "$f" 2>/dev/null) || continue
-      set -- $s
-      t=$((t + ${12} + ${13}))
-    done
     s=$(sed 's/.*) //' /proc/"$p"/stat 2>/dev/null) || continue
     set -- $s
-    t=$((t + ${14} + ${15}))
+    t=$((t + ${12} + ${13} + ${14} + ${15}))
   done
   echo "$t"
 }

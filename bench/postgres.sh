@@ -46,13 +46,14 @@ fsync = off
 synchronous_commit = off
 max_connections = 100
 EOF
-printf 'local all all trust\nhostnossl all all 0.0.0.0/0 reject\nhostssl all all 127.0.0.1/32 scram-sha-256\n' > "$T/data/pg_hba.conf"
+printf 'local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl bench benchuser 127.0.0.1/32 scram-sha-256\nhostnossl all all 0.0.0.0/0 reject\n' > "$T/data/pg_hba.conf"
 "${AS_PG[@]}" $B/postgres -D "$T/data" > "$T/pg.log" 2>&1 &
 PG_PID=$!; pids+=($!)
 until $B/pg_isready -q -h 127.0.0.1 -p "$PGPORT"; do sleep 0.05; done
 as_pg $B/psql -h "$T" -p "$PGPORT" -U postgres -qc "CREATE ROLE benchuser LOGIN PASSWORD 'benchpw'" -c "CREATE DATABASE bench OWNER benchuser"
 
 KPORT=$(free_port)
+FPORT=$(free_port)
 cat > "$T/keyward.yaml" <<YAML
 admin: null
 log: { level: warn }
@@ -64,6 +65,11 @@ resources:
     tls: { ca: $T/ca.pem }
     auth: { type: password, username: benchuser, password: benchpw }
     pool_max_idle: ${POOL_MAX_IDLE:-20}   # server connections kept for reuse (0: each app connection logs in)
+  - name: floor                            # the hop alone: no TLS, no login (the app's own)
+    protocol: tcp
+    listen: 127.0.0.1:$FPORT
+    upstream: 127.0.0.1:$PGPORT
+    tls: { mode: disable }
 YAML
 "${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 KW_PID=$!; pids+=($!)
@@ -94,6 +100,8 @@ PB_PID=$!; pids+=($!)
 DIRECT="host=localhost port=$PGPORT dbname=bench user=benchuser password=benchpw sslmode=verify-full sslrootcert=$T/ca.pem"
 KEYWARD="host=127.0.0.1 port=$KPORT dbname=bench user=benchuser sslmode=disable"
 BOUNCER="host=127.0.0.1 port=$BPORT dbname=bench user=benchuser sslmode=disable"
+PLAIN="host=127.0.0.1 port=$PGPORT dbname=bench user=benchuser password=benchpw sslmode=disable"
+FLOOR="host=127.0.0.1 port=$FPORT dbname=bench user=benchuser password=benchpw sslmode=disable"
 for c in "$KEYWARD" "$BOUNCER"; do
   for _ in $(seq 100); do $B/psql "$c" -Atc "select 1" >/dev/null 2>&1 && break; sleep 0.05; done
 done
@@ -112,12 +120,18 @@ run() { # proxy pid (or -), conninfo, extra args → "tps latency_ms client_us s
 
 echo "pgbench -S -c $CLIENTS -j 2 -T $DURATION, $REPS interleaved repetitions"
 echo "(tps, average latency ms, CPU µs per transaction of pgbench / postgres / the proxy)"
-results=()
+results=(); floors=()
 for mode in open reconnect; do
   extra=(); [ "$mode" = reconnect ] && extra=(-C)
   for r in $(seq "$REPS"); do
     d=$(run - "$DIRECT" "${extra[@]}"); k=$(run "$KW_PID" "$KEYWARD" "${extra[@]}"); b=$(run "$PB_PID" "$BOUNCER" "${extra[@]}")
-    echo "  $mode rep $r  direct TLS: $d   keyward: $k   pgbouncer: $b"
+    line="  $mode rep $r  direct TLS: $d   keyward: $k   pgbouncer: $b"
+    if [ "$mode" = open ]; then
+      p=$(run - "$PLAIN"); f=$(run "$KW_PID" "$FLOOR")
+      line="$line   plaintext: $p   plaintext via keyward tcp: $f"
+      floors+=("$p $f")
+    fi
+    echo "$line"
     results+=("$mode $d $k $b")
   done
 done
@@ -132,6 +146,12 @@ for mode in ("open", "reconnect"):
     label = "-S" if mode == "open" else "-S -C"
     print(f"{label:6} direct TLS {d:9,.0f} tps {dl:6.3f} ms | keyward {k:9,.0f} tps {kl:6.3f} ms | pgbouncer {b:9,.0f} tps {bl:6.3f} ms | keyward/direct {k/d:.2f}  keyward/pgbouncer {k/b:.2f}")
     print(f"       CPU µs/transaction (pgbench/postgres/proxy): direct {cpu(3)} | keyward {cpu(8)} | pgbouncer {cpu(13)}")
+'''
+printf '%s\n' "${floors[@]}" | python3 -c '
+import statistics, sys
+r = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
+p, f = (statistics.median(x[i] for x in r) for i in (0, 5))
+print(f"floor: plaintext {p:,.0f} tps, through a keyward tcp hop (no TLS, no login) {f:,.0f} tps: one loopback hop alone keeps {f/p:.2f}")
 '
 if [ -n "${KEYWARD_LOG:-}" ]; then
   echo "keyward: $(grep -c 'reused=false' "$T/keyward.log") server logins, $(grep -c 'reused=true' "$T/keyward.log") reuses, $(grep -c 'dropping a pooled' "$T/keyward.log") dead pooled connections dropped"

@@ -137,10 +137,11 @@ for r in $(seq "$REPS"); do
   done
   echo "$line"
 done
-printf '%s\n' "${rows[@]}" | python3 -c '
+printf '%s\n' "${rows[@]}" > "$T/rows"
+python3 - "$T/rows" <<'PY'
 import statistics, sys
 rows = {}
-for l in sys.stdin:
+for l in open(sys.argv[1]):
     m, *v = l.split()
     rows.setdefault(m, []).append([float(x) for x in v])
 med = {m: [statistics.median(c) for c in zip(*v)] for m, v in rows.items()}
@@ -148,11 +149,11 @@ rps = lambda m: (med[m][0] + med[m][1]) / 2
 label = {"direct": "redis-benchmark --tls -> Redis", "keyward": "-> keyward -> TLS -> Redis (AUTH injected)",
          "stunnel": "-> stunnel -> TLS -> Redis", "nginx": "-> nginx stream -> TLS -> Redis",
          "plain": "redis-benchmark -> Redis, no TLS", "floor": "-> keyward tcp -> Redis, no TLS"}
-print(f"{\"path\":44} {\"SET/s\":>9} {\"GET/s\":>9} {\"ratio\":>6}  CPU us/req client/redis/proxy")
+print(f"{'path':44} {'SET/s':>9} {'GET/s':>9} {'ratio':>6}  CPU us/req client/redis/proxy")
 for m in ("direct", "keyward", "stunnel", "nginx", "plain", "floor"):
     base = "plain" if m in ("plain", "floor") else "direct"
     c = med[m]
     print(f"{label[m]:44} {c[0]:9,.0f} {c[1]:9,.0f} {rps(m) / rps(base):6.2f}  {c[2]:.1f}/{c[3]:.1f}/{c[4]:.1f}")
-print(f"keyward/stunnel {rps(\"keyward\") / rps(\"stunnel\"):.2f}  keyward/nginx {rps(\"keyward\") / rps(\"nginx\"):.2f}")
-print(f"floor: one plaintext loopback hop alone keeps {rps(\"floor\") / rps(\"plain\"):.2f} of plaintext throughput")
-'
+print(f"keyward/stunnel {rps('keyward') / rps('stunnel'):.2f}  keyward/nginx {rps('keyward') / rps('nginx'):.2f}")
+print(f"floor: one plaintext loopback hop alone keeps {rps('floor') / rps('plain'):.2f} of the plaintext throughput")
+PY
