@@ -2,7 +2,9 @@
 # Benchmark: mysqlslap through a keyward `mysql` resource (app plaintext on loopback, no
 # password → keyward → TLS verify-full + login injected → MariaDB) versus mysqlslap speaking TLS
 # (--ssl-verify-server-cert) to MariaDB directly. One run, interleaved repetitions. Prints the
-# average seconds per run and the ratio (throughput keyward/direct).
+# average seconds per run and the ratio (throughput keyward/direct). A floor row measures what one
+# loopback hop costs by itself: mysqlslap → keyward `tcp` (no TLS, no login of its own) →
+# MariaDB, against mysqlslap → MariaDB, both plaintext.
 #
 #   bash bench/mysql.sh          # needs mariadb-server, mariadb-client (mysqlslap), openssl; root
 #   REPS=5 QUERIES=20000 CONCURRENCY=8 bash bench/mysql.sh
@@ -29,13 +31,14 @@ mariadb-install-db --no-defaults "${user[@]}" --datadir="$T/data" --auth-root-au
 MPORT=$(free_port)
 /usr/sbin/mariadbd --no-defaults "${user[@]}" --datadir="$T/data" --socket="$T/mysqld.sock" --pid-file="$T/mysqld.pid" \
   --log-error="$T/error.log" --bind-address=127.0.0.1 --port="$MPORT" --skip-name-resolve \
-  --ssl-ca="$T/ca.pem" --ssl-cert="$T/server.pem" --ssl-key="$T/server.key" --require-secure-transport=ON \
+  --ssl-ca="$T/ca.pem" --ssl-cert="$T/server.pem" --ssl-key="$T/server.key" \
   --innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=0 --skip-log-bin --max-connections=500 &
 pids+=($!)
 until mariadb-admin --no-defaults --socket="$T/mysqld.sock" -uroot ping >/dev/null 2>&1; do sleep 0.05; done
 mariadb --no-defaults --socket="$T/mysqld.sock" -uroot -e "CREATE USER 'bench'@'127.0.0.1' IDENTIFIED BY 'benchpw'; GRANT ALL ON *.* TO 'bench'@'127.0.0.1'"
 
 KPORT=$(free_port)
+FPORT=$(free_port)
 cat > "$T/keyward.yaml" <<YAML
 admin: null
 log: { level: warn }
@@ -46,6 +49,11 @@ resources:
     upstream: localhost:$MPORT
     tls: { ca: $T/ca.pem }
     auth: { type: password, username: bench, password: benchpw }
+  - name: floor                            # the hop alone: no TLS, no login (the app's own)
+    protocol: tcp
+    listen: 127.0.0.1:$FPORT
+    upstream: 127.0.0.1:$MPORT
+    tls: { mode: disable }
 YAML
 ./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 pids+=($!)
@@ -57,15 +65,19 @@ slap() { # extra args → average seconds
     awk '/Average number of seconds/ { print $(NF-1) }'
 }
 echo "mysqlslap read load, $QUERIES queries, concurrency $CONCURRENCY, $REPS interleaved repetitions (seconds)"
-d_all=(); k_all=()
+rows=()
 for r in $(seq "$REPS"); do
   d=$(slap --port="$MPORT" --user=bench --password=benchpw --ssl --ssl-ca="$T/ca.pem" --ssl-verify-server-cert --host=localhost)
   k=$(slap --port="$KPORT" --user=app --skip-ssl)
-  echo "  rep $r  direct TLS: ${d}s   keyward: ${k}s"
-  d_all+=("$d"); k_all+=("$k")
+  p=$(slap --port="$MPORT" --user=bench --password=benchpw --skip-ssl)
+  f=$(slap --port="$FPORT" --user=bench --password=benchpw --skip-ssl)
+  echo "  rep $r  direct TLS: ${d}s   keyward: ${k}s   plaintext: ${p}s   plaintext via keyward tcp: ${f}s"
+  rows+=("$d $k $p $f")
 done
-python3 - "${d_all[*]}" "${k_all[*]}" <<'PY'
+printf '%s\n' "${rows[@]}" | python3 -c '
 import statistics, sys
-d = statistics.median(float(x) for x in sys.argv[1].split()); k = statistics.median(float(x) for x in sys.argv[2].split())
+r = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
+d, k, p, f = (statistics.median(x[i] for x in r) for i in range(4))
 print(f"direct TLS {d:.3f} s | keyward {k:.3f} s | throughput keyward/direct {d/k:.2f}")
-PY
+print(f"floor: plaintext {p:.3f} s, through a keyward tcp hop (no TLS, no login) {f:.3f} s: one loopback hop alone keeps {p/f:.2f}")
+'
