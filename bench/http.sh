@@ -20,6 +20,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
 source bench/lib.sh
+need wrk:wrk openssl:openssl
 
 cargo build --release --locked --quiet
 make_pki

@@ -6,7 +6,7 @@
 # repetitions. Two workloads: `-S` on open connections, and `-S -C` (a new connection per
 # transaction, where the login cost shows). Prints tps, average latency and the ratios.
 #
-#   bash bench/postgres.sh                  # needs postgresql-15, pgbouncer, openssl; run as root
+#   bash bench/postgres.sh                  # needs postgresql-15, pgbouncer, openssl, time; run as root
 #   REPS=3 DURATION=20 bash bench/postgres.sh
 #
 # It asserts nothing; the numbers go in README.md.
@@ -25,6 +25,7 @@ trap cleanup EXIT
 AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 as_pg() { "${AS_PG[@]}" "$@"; }
 source bench/lib.sh
+need pgbouncer:pgbouncer openssl:openssl /usr/bin/time:time
 
 cargo build --release --locked --quiet
 make_pki

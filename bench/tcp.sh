@@ -19,6 +19,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 source bench/lib.sh
+need redis-server:redis-server redis-benchmark:redis-tools openssl:openssl
 
 cargo build --release --locked --quiet
 # PKI: a CA and a server certificate for localhost (EC P-256).
