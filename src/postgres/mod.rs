@@ -39,11 +39,9 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one app connection.
 pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-    let client = match tokio::time::timeout_at(deadline, direct_tls(client, &res)).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => return Err(Failure::Open(e)),
-        Err(_) => return Ok(Relayed::default()),
-    };
+    let client = direct_tls(client, &res, deadline)
+        .await
+        .map_err(Failure::Open)?;
     let mut app = Wire::new(client, Side::Client);
     let startup = loop {
         let can_upgrade = res.inbound.is_some() && matches!(app.io, Either::Left(_));
@@ -108,6 +106,7 @@ pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Re
 async fn direct_tls(
     client: ClientStream,
     res: &ResourceRuntime,
+    deadline: tokio::time::Instant,
 ) -> Result<ClientStream, ConnError> {
     let Some(tls) = res.inbound.as_ref() else {
         return Ok(client);
@@ -116,8 +115,10 @@ async fn direct_tls(
         return Ok(client);
     };
     let mut first = [0u8; 1];
-    match tcp.peek(&mut first).await {
-        Ok(1) if first[0] == 0x16 => {
+    // An app silent until the deadline is taken as plaintext: the startup read that follows
+    // times out at once and answers with an ErrorResponse.
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => {
             let secured = tls
                 .accept(
                     Either::Left(tcp),

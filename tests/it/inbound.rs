@@ -57,6 +57,17 @@ fn psql_verify_full_to_keyward_and_keyward_verify_full_to_postgresql() {
     );
     let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
     let port = kw.addr("pgtls").port();
+    // An app that sends nothing at all (keyward is still waiting to see TLS or plaintext)
+    // gets the startup-timeout ErrorResponse too; checked at the end.
+    let silent = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = raw.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).into_owned()
+    });
     let conninfo = format!(
         "host=localhost port={port} dbname=app sslmode=verify-full sslrootcert={}",
         l.ca.display()
@@ -115,6 +126,11 @@ fn psql_verify_full_to_keyward_and_keyward_verify_full_to_postgresql() {
     } else {
         require("PostgreSQL 17 psql (direct TLS client)", false);
     }
+    let reply = silent.join().unwrap();
+    assert!(
+        reply.starts_with('E') && reply.contains("keyward: no startup message within 10s"),
+        "{reply:?}"
+    );
 }
 
 #[test]
