@@ -74,6 +74,8 @@ pub struct HttpUpstream {
     injector: Injector,
     headers: Vec<(HeaderName, HeaderValue)>,
     opts: HttpOptions,
+    /// For upgraded (WebSocket) connections, as for any relayed connection.
+    idle_timeout: Option<std::time::Duration>,
 }
 
 impl HttpUpstream {
@@ -279,6 +281,7 @@ impl HttpUpstream {
             injector,
             headers,
             opts: res.http.clone(),
+            idle_timeout: res.idle_timeout,
         })
     }
 }
@@ -726,11 +729,12 @@ async fn send(
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut response);
+            let idle = up.idle_timeout;
             tokio::spawn(async move {
                 match tokio::try_join!(client_side, upstream_side) {
                     Ok((c, u)) => {
-                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        let (c, u) = (TokioIo::new(c), TokioIo::new(u));
+                        if let Err(e) = crate::relay::relay(c, u, idle).await {
                             debug!("upgraded connection ended: {e}");
                         }
                     }

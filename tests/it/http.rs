@@ -415,7 +415,7 @@ async fn mtls_client_cert_is_presented_to_the_http_upstream() {
 
 #[tokio::test]
 async fn upgrade_is_passed_through_on_http_1_1() {
-    let s = setup(BOTH, always_ok(), "", "").await;
+    let s = setup(BOTH, always_ok(), "", "    idle_timeout: 1s\n").await;
     let mut conn = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
     conn.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
@@ -437,6 +437,19 @@ async fn upgrade_is_passed_through_on_http_1_1() {
         .unwrap();
     assert_eq!(&echo, b"frames both ways");
     assert_eq!(s.up.last().version, http::Version::HTTP_11);
+    // An upgraded connection obeys idle_timeout like any relayed connection.
+    let quiet = std::time::Instant::now();
+    let mut more = [0u8; 1];
+    let n = tokio::time::timeout(DEADLINE, conn.read(&mut more))
+        .await
+        .expect("an idle upgraded connection must be closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
