@@ -695,6 +695,28 @@ async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
             }
         }
         let _ = check_app_password(&mut app, &Secret::new("fuzz-password")).await;
+        // The pooling watch: a feed split anywhere agrees with the whole feed (a Terminate
+        // found in pieces is at the same offset; the server's state ends the same).
+        for bytes in [app_bytes, server_bytes] {
+            let cut = bytes.len() / 3;
+            let (mut whole, mut split) = (pool::Frames::app(), pool::Frames::app());
+            let stop = whole.feed(bytes);
+            let split_stop = split
+                .feed(&bytes[..cut])
+                .or_else(|| split.feed(&bytes[cut..]).map(|at| cut + at));
+            assert!(
+                split_stop.is_none() || split_stop == stop,
+                "{split_stop:?} vs {stop:?}"
+            );
+            let (mut whole, mut split) = (pool::Frames::server(), pool::Frames::server());
+            whole.feed(bytes);
+            split.feed(&bytes[..cut]);
+            split.feed(&bytes[cut..]);
+            assert_eq!(
+                (whole.idle(), whole.at_boundary(), whole.last),
+                (split.idle(), split.at_boundary(), split.last)
+            );
+        }
         // The server's side: keyward answering its authentication requests.
         let db = DbRuntime {
             login: crate::db::Login::None,

@@ -113,6 +113,8 @@ pub struct Frames {
     have: usize,
     left: usize,
     tag: u8,
+    /// The next body byte is a ReadyForQuery's status.
+    want_status: bool,
     /// Whether a Terminate (`X`) ends the relay (the app's direction).
     stop_on_terminate: bool,
     /// The tag of the last complete message.
@@ -169,13 +171,14 @@ impl Frames {
                 if self.tag == b'X' && whole && self.stop_on_terminate {
                     return Some(start);
                 }
+                self.want_status = self.tag == b'Z' && self.left > 0;
                 if self.left == 0 {
                     self.last = self.tag;
                 }
                 continue;
             }
             let take = self.left.min(input.len() - i);
-            if self.tag == b'Z' {
+            if std::mem::take(&mut self.want_status) {
                 self.status = input[i];
             }
             self.left -= take;
@@ -236,5 +239,10 @@ mod tests {
         f.feed(b"Z\0\0\0\x05I");
         f.feed(b"D\0\0");
         assert!(!f.idle(), "inside a message");
+        // The status is the first body byte however the body is split.
+        let mut f = Frames::server();
+        f.feed(b"Z\0\0\0\x07I");
+        f.feed(b"TT");
+        assert_eq!(f.status, b'I');
     }
 }
