@@ -11,6 +11,18 @@ make_pki() {
   openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 -extfile "$T/server.ext" -out "$T/server.pem" 2>/dev/null
 }
 
+# YAML for the benchmarks' floor row: a keyward `tcp` resource on 127.0.0.1:$1 relaying to
+# 127.0.0.1:$2 with no TLS and no login of its own — one loopback hop and nothing else.
+floor_resource() {
+  cat <<YAML
+  - name: floor
+    protocol: tcp
+    listen: 127.0.0.1:$1
+    upstream: 127.0.0.1:$2
+    tls: { mode: disable }
+YAML
+}
+
 # CPU time in clock ticks (1/100 s) used so far by the given processes (all their threads, exited
 # ones included) and their direct children (live ones, plus the reaped ones each waited for).
 cpu_ticks() {

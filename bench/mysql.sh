@@ -50,12 +50,8 @@ resources:
     upstream: localhost:$MPORT
     tls: { ca: $T/ca.pem }
     auth: { type: password, username: bench, password: benchpw }
-  - name: floor                            # the hop alone: no TLS, no login (the app's own)
-    protocol: tcp
-    listen: 127.0.0.1:$FPORT
-    upstream: 127.0.0.1:$MPORT
-    tls: { mode: disable }
 YAML
+floor_resource "$FPORT" "$MPORT" >> "$T/keyward.yaml"
 ./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 pids+=($!)
 until mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$KPORT" --skip-ssl -e "select 1" >/dev/null 2>&1; do sleep 0.05; done

@@ -66,12 +66,8 @@ resources:
     tls: { ca: $T/ca.pem }
     auth: { type: password, username: benchuser, password: benchpw }
     pool_max_idle: ${POOL_MAX_IDLE:-20}   # server connections kept for reuse (0: each app connection logs in)
-  - name: floor                            # the hop alone: no TLS, no login (the app's own)
-    protocol: tcp
-    listen: 127.0.0.1:$FPORT
-    upstream: 127.0.0.1:$PGPORT
-    tls: { mode: disable }
 YAML
+floor_resource "$FPORT" "$PGPORT" >> "$T/keyward.yaml"
 "${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 KW_PID=$!; pids+=($!)
 

@@ -52,12 +52,8 @@ resources:
     upstream: localhost:$RPORT
     tls: { ca: $T/ca.pem }
     auth: { type: password, password: benchpw }
-  - name: floor
-    protocol: tcp
-    listen: 127.0.0.1:$FPORT
-    upstream: 127.0.0.1:$PPORT
-    tls: { mode: disable }
 YAML
+floor_resource "$FPORT" "$PPORT" >> "$T/keyward.yaml"
 SPORT=$(free_port)
 cat > "$T/stunnel.conf" <<CONF
 foreground = yes

@@ -47,26 +47,26 @@ impl Watch for Unwatched {
     }
 }
 
-/// How a watched relay ended.
+/// How a watched relay (or one of its directions) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// Both directions reached EOF (each one's write side shut down after its last byte).
+    /// EOF read and everything written, the write side shut down after the last byte (for the
+    /// relay: both directions).
     Closed,
-    /// A watch ended it; nothing was shut down.
+    /// A watch ended it; what it let through is written and flushed, nothing was shut down.
     Stopped,
 }
 
 /// Copies both ways until both directions reached EOF, an error, or the idle timeout.
 pub async fn relay<C, U>(
-    client: C,
-    upstream: U,
+    mut client: C,
+    mut upstream: U,
     idle: Option<Duration>,
 ) -> Result<Relayed, ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client, mut upstream) = (client, upstream);
     relay_watched(
         &mut client,
         &mut upstream,
@@ -103,10 +103,10 @@ where
             received: down.amt,
         };
         match (a, b) {
-            (Poll::Ready(Step::Stopped), _) | (_, Poll::Ready(Step::Stopped)) => {
+            (Poll::Ready(End::Stopped), _) | (_, Poll::Ready(End::Stopped)) => {
                 return Poll::Ready(Ok((relayed, End::Stopped)));
             }
-            (Poll::Ready(Step::Done), Poll::Ready(Step::Done)) => {
+            (Poll::Ready(End::Closed), Poll::Ready(End::Closed)) => {
                 return Poll::Ready(Ok((relayed, End::Closed)));
             }
             _ => {}
@@ -171,13 +171,6 @@ impl IdleTimer {
     }
 }
 
-enum Step {
-    /// EOF read, everything written, the writer shut down.
-    Done,
-    /// The watch ended the relay; what it let through is written and flushed.
-    Stopped,
-}
-
 /// One direction's copy state (after tokio's `CopyBuffer`, plus the watch and error sides).
 struct Pipe {
     buf: Box<[u8]>,
@@ -215,13 +208,13 @@ impl Pipe {
         writer: &mut W,
         watch: &mut impl Watch,
         moved: &mut bool,
-    ) -> Result<Poll<Step>, ConnError>
+    ) -> Result<Poll<End>, ConnError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         if self.finished {
-            return Ok(Poll::Ready(Step::Done));
+            return Ok(Poll::Ready(End::Closed));
         }
         let (rs, ws) = (self.reader, self.writer);
         let err = |side: Side| move |e: io::Error| ConnError::from_io(side, &e);
@@ -229,7 +222,7 @@ impl Pipe {
             if self.pos == self.cap && !self.read_done {
                 if self.stop_after {
                     return match Pin::new(&mut *writer).poll_flush(cx).map_err(err(ws))? {
-                        Poll::Ready(()) => Ok(Poll::Ready(Step::Stopped)),
+                        Poll::Ready(()) => Ok(Poll::Ready(End::Stopped)),
                         Poll::Pending => Ok(Poll::Pending),
                     };
                 }
@@ -293,7 +286,7 @@ impl Pipe {
                     return Ok(Poll::Pending);
                 }
                 self.finished = true;
-                return Ok(Poll::Ready(Step::Done));
+                return Ok(Poll::Ready(End::Closed));
             }
         }
     }

@@ -197,3 +197,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Filtered<S> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+/// Test helper for the seeded corpora that stand in for the fuzz targets in `cargo test`:
+/// `edits` random byte replacements, removals and insertions.
+#[cfg(test)]
+pub(crate) fn mutate(rng: &mut fastrand::Rng, m: &mut Vec<u8>, edits: usize) {
+    for _ in 0..edits {
+        let i = rng.usize(..m.len());
+        match rng.u8(..3) {
+            0 => m[i] = rng.u8(..),
+            1 => {
+                m.remove(i);
+            }
+            _ => m.insert(i, rng.u8(..)),
+        }
+    }
+}

@@ -884,16 +884,8 @@ mod tests {
         let mut corpus = seeds.clone();
         for _ in 0..300 {
             let mut m = seeds[rng.usize(..seeds.len())].clone();
-            for _ in 0..rng.usize(1..8) {
-                let i = rng.usize(..m.len());
-                match rng.u8(..3) {
-                    0 => m[i] = rng.u8(..),
-                    1 => {
-                        m.remove(i);
-                    }
-                    _ => m.insert(i, rng.u8(..)),
-                }
-            }
+            let edits = rng.usize(1..8);
+            crate::wire::mutate(&mut rng, &mut m, edits);
             corpus.push(m);
         }
         for input in corpus {

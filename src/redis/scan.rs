@@ -346,16 +346,8 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(11);
         for _ in 0..400 {
             let mut m = seed.clone();
-            for _ in 0..rng.usize(0..6) {
-                let i = rng.usize(..m.len());
-                match rng.u8(..3) {
-                    0 => m[i] = rng.u8(..),
-                    1 => {
-                        m.remove(i);
-                    }
-                    _ => m.insert(i, rng.u8(..)),
-                }
-            }
+            let edits = rng.usize(0..6);
+            crate::wire::mutate(&mut rng, &mut m, edits);
             let whole = run(&[&m]);
             let cut = rng.usize(..=m.len());
             assert_eq!(whole, run(&[&m[..cut], &m[cut..]]), "{m:?} at {cut}");
