@@ -18,11 +18,12 @@ async fn main() -> anyhow::Result<()> {
     // One validation path for check, start and reload: every problem at once.
     let (_config, runtime) =
         Runtime::load(path.as_ref(), &ProcessEnv).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let listeners = Listeners::bind(&runtime).await?;
+    let listeners = Listeners::bind(runtime.listens()).await?;
     for (name, addr) in listeners.addrs() {
         println!("{name}: listening on {addr}");
     }
-    let outcome = keyward::run(runtime, listeners, async {
+    let parts = keyward::Parts::default();
+    let outcome = keyward::run(runtime, listeners, parts, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

@@ -11,7 +11,6 @@ use tokio_util::either::Either;
 
 use crate::config::Upstream;
 use crate::error::{ConnError, Reason, Side};
-use crate::runtime::ResourceRuntime;
 use crate::tls::TlsClient;
 
 /// A connection to the upstream: TLS, or plaintext for `mode: disable`.
@@ -98,77 +97,90 @@ pub async fn secure(
     }
 }
 
-/// connect + secure, per the resource's TLS mode.
-pub async fn open(res: &ResourceRuntime) -> Result<UpstreamStream, ConnError> {
-    open_observed(
-        res.name.as_str(),
-        &res.upstream,
-        res.tls.as_ref(),
-        res.connect_timeout,
-        res.handshake_timeout,
-    )
-    .await
+/// Proof that the app on whose behalf keyward is about to use a credential passed the
+/// listener's inbound policy (`listen_tls` with `require_client_cert` or an `allow` list).
+/// Everything that presents a credential upstream — the TLS handshake with keyward's client
+/// certificate, a database password, a pooled logged-in connection, an HTTP injector — takes
+/// one, so no protocol can reach the upstream login without the driver's check.
+#[derive(Debug)]
+pub struct Admitted {
+    _checked: (),
 }
 
-/// connect + secure, timing both phases into the metrics and recording the expiry of the leaf
-/// certificate the upstream presented. An empty `resource` is not observed.
-pub async fn open_observed(
-    resource: &str,
-    upstream: &Upstream,
-    tls: Option<&TlsClient>,
-    connect_timeout: Duration,
-    handshake_timeout: Duration,
-) -> Result<UpstreamStream, ConnError> {
-    let tcp = connect_observed(resource, upstream, connect_timeout).await?;
-    match tls {
-        Some(tls) => Ok(Either::Right(
-            secure_observed(resource, tcp, tls, handshake_timeout).await?,
-        )),
-        None => Ok(Either::Left(tcp)),
+impl Admitted {
+    /// Only the connection driver (after the inbound policy check) and keyward's own
+    /// operator commands (`probe`, no app involved) grant admission.
+    pub(crate) fn grant() -> Self {
+        Self { _checked: () }
     }
 }
 
-/// connect, timed into `keyward_upstream_connect_seconds` (unless `resource` is empty).
-pub async fn connect_observed(
-    resource: &str,
-    upstream: &Upstream,
-    timeout: Duration,
-) -> Result<TcpStream, ConnError> {
-    let started = tokio::time::Instant::now();
-    let tcp = connect(upstream, timeout).await?;
-    if !resource.is_empty() {
-        crate::metrics::metrics()
-            .connect_seconds
-            .with_label_values(&[resource])
+/// How to reach one upstream: connect + secure with one resource's TLS config and timeouts.
+/// Shared by every protocol and by the HTTP connector. An empty `resource` is not observed in
+/// the metrics (the OAuth2 token endpoint is not the resource's upstream).
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    /// The resource (metric label), or empty.
+    pub resource: String,
+    /// Where to connect.
+    pub upstream: Upstream,
+    /// TLS; `None` for `mode: disable`.
+    pub tls: Option<TlsClient>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// TLS handshake (and upstream login) timeout.
+    pub handshake_timeout: Duration,
+}
+
+impl Dialer {
+    /// connect: TCP, timed into `keyward_upstream_connect_seconds`. No credential is shown.
+    pub async fn connect(&self) -> Result<TcpStream, ConnError> {
+        let started = tokio::time::Instant::now();
+        let tcp = connect(&self.upstream, self.connect_timeout).await?;
+        if !self.resource.is_empty() {
+            crate::metrics::metrics()
+                .connect_seconds
+                .with_label_values(&[&self.resource])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(tcp)
+    }
+
+    /// secure: TLS over `tcp` (keyward's client certificate is a credential: admission
+    /// first), timed into `keyward_tls_handshake_seconds`, recording the expiry of the leaf
+    /// certificate the upstream presented.
+    pub async fn secure(
+        &self,
+        tcp: TcpStream,
+        tls: &TlsClient,
+        _admitted: &Admitted,
+    ) -> Result<TlsStream<TcpStream>, ConnError> {
+        let started = tokio::time::Instant::now();
+        let stream = secure(tcp, tls, self.handshake_timeout).await?;
+        if self.resource.is_empty() {
+            return Ok(stream);
+        }
+        let m = crate::metrics::metrics();
+        m.handshake_seconds
+            .with_label_values(&[&self.resource])
             .observe(started.elapsed().as_secs_f64());
+        if let Some(leaf) = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+        {
+            m.observe_leaf(&self.resource, leaf);
+        }
+        Ok(stream)
     }
-    Ok(tcp)
-}
 
-/// secure, timed into `keyward_upstream_handshake_seconds`, recording the expiry of the leaf
-/// certificate the upstream presented (unless `resource` is empty).
-pub async fn secure_observed(
-    resource: &str,
-    tcp: TcpStream,
-    tls: &TlsClient,
-    timeout: Duration,
-) -> Result<TlsStream<TcpStream>, ConnError> {
-    let started = tokio::time::Instant::now();
-    let stream = secure(tcp, tls, timeout).await?;
-    if resource.is_empty() {
-        return Ok(stream);
+    /// connect + secure, per the TLS mode.
+    pub async fn open(&self, admitted: &Admitted) -> Result<UpstreamStream, ConnError> {
+        let tcp = self.connect().await?;
+        match &self.tls {
+            Some(tls) => Ok(Either::Right(self.secure(tcp, tls, admitted).await?)),
+            None => Ok(Either::Left(tcp)),
+        }
     }
-    let m = crate::metrics::metrics();
-    m.handshake_seconds
-        .with_label_values(&[resource])
-        .observe(started.elapsed().as_secs_f64());
-    if let Some(leaf) = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-    {
-        m.observe_leaf(resource, leaf);
-    }
-    Ok(stream)
 }

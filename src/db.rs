@@ -181,7 +181,11 @@ impl DbRuntime {
 
     /// The password for a new upstream connection: read now (a rotated file takes effect),
     /// or a fresh RDS token. `None` when keyward has no password to give.
-    pub fn password(&self, resource: &str) -> Result<Option<Secret>, ConnError> {
+    pub fn password(
+        &self,
+        resource: &str,
+        _admitted: &crate::connect::Admitted,
+    ) -> Result<Option<Secret>, ConnError> {
         match &self.login {
             Login::None => Ok(None),
             Login::Password { password, .. } => Ok(password.as_ref().map(|c| c.current(resource))),
@@ -196,15 +200,4 @@ impl DbRuntime {
     pub fn is_rds_iam(&self) -> bool {
         matches!(self.login, Login::RdsIam(_))
     }
-}
-
-/// The database runtime of a `postgres`/`mysql`/`redis` resource.
-pub fn db_of(res: &crate::runtime::ResourceRuntime) -> Result<&DbRuntime, ConnError> {
-    res.db.as_ref().ok_or_else(|| {
-        ConnError::new(
-            Side::Internal,
-            Reason::Protocol,
-            "resource has no database runtime",
-        )
-    })
 }

@@ -80,6 +80,15 @@ pub enum Reason {
     /// Authentication failed: the upstream refused keyward's login, keyward could not answer
     /// the method it asked for, or the app failed `client_password`.
     AuthFailed,
+    /// The app did not send what it must before relaying within `client_handshake_timeout`.
+    ClientHandshakeTimeout,
+    /// The listener requires TLS with an (allowed) client certificate and the app did not
+    /// present one.
+    ClientCertRequired,
+    /// A message before authentication was larger than the protocol's limit.
+    MessageTooLarge,
+    /// keyward itself failed (a panic in a connection task): a bug to report.
+    Panic,
 }
 
 impl Reason {
@@ -109,6 +118,10 @@ impl Reason {
             Self::Signing => "signing",
             Self::BodyTooLarge => "body_too_large",
             Self::AuthFailed => "auth_failed",
+            Self::ClientHandshakeTimeout => "client_handshake_timeout",
+            Self::ClientCertRequired => "client_cert_required",
+            Self::MessageTooLarge => "message_too_large",
+            Self::Panic => "panic",
         }
     }
 }
@@ -141,6 +154,13 @@ impl ConnError {
             .and_then(|e| e.downcast_ref::<rustls::Error>())
         {
             return Self::from_tls(side, tls);
+        }
+        if let Some(expired) = err.get_ref().and_then(|e| e.downcast_ref::<Expired>()) {
+            return Self::new(
+                Side::Client,
+                Reason::ClientHandshakeTimeout,
+                expired.to_string(),
+            );
         }
         let reason = match err.kind() {
             io::ErrorKind::ConnectionRefused => Reason::ConnectRefused,
@@ -187,6 +207,34 @@ impl fmt::Display for ConnError {
 }
 
 impl std::error::Error for ConnError {}
+
+/// A short reason for an I/O error on a named file.
+pub fn io_reason(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::NotFound => "not found".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        io::ErrorKind::IsADirectory => "is a directory".to_owned(),
+        _ => err.to_string(),
+    }
+}
+
+/// The I/O error an app stream returns once `client_handshake_timeout` has passed before
+/// keyward relays; [`ConnError::from_io`] classifies it as
+/// [`Reason::ClientHandshakeTimeout`] whichever read saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired(pub std::time::Duration);
+
+impl fmt::Display for Expired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the app did not finish its part of the handshake within client_handshake_timeout ({})",
+            humantime::format_duration(self.0)
+        )
+    }
+}
+
+impl std::error::Error for Expired {}
 
 fn side_noun(side: Side) -> &'static str {
     match side {

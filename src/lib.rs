@@ -2,13 +2,15 @@
 //!
 //! The application talks plaintext to a local listener; keyward connects to the upstream over
 //! TLS it verifies as configured (optionally with a client certificate) and relays. The entry
-//! points: [`config::load`] → [`Runtime::build`] → [`Listeners::bind`] → [`run`].
+//! points: [`config::load`] → [`Runtime::build`] → [`Listeners::bind`] → [`run`]. How one
+//! connection flows: [`driver`].
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod db;
+pub mod driver;
 pub mod error;
 pub mod http;
 pub mod listener;
@@ -17,6 +19,7 @@ pub mod mysql;
 pub mod pki;
 pub mod postgres;
 pub mod rds;
+pub mod record;
 pub mod redis;
 pub mod relay;
 pub mod reload;
@@ -34,12 +37,47 @@ pub use listener::Listeners;
 pub use runtime::Runtime;
 pub use server::{Outcome, Server, State};
 
-/// Serves `runtime` on `listeners` until `shutdown` completes (STYLE.md rule 1: the world is
-/// injected; tests bind port 0 and pass their own shutdown future).
+/// What `keyward run` composes beside the resources' server, each part injected so a test
+/// can run the whole product in-process on port-0 listeners.
+#[derive(Default)]
+pub struct Parts {
+    /// The admin endpoint's bound listener (`admin.listen`); `None`: no admin endpoint.
+    pub admin: Option<tokio::net::TcpListener>,
+    /// Hot reload: the config file, the config loaded from it (the files to watch), and where
+    /// secrets come from; `None`: no reload.
+    pub reload: Option<Reload>,
+}
+
+/// The reload part of [`Parts`].
+pub struct Reload {
+    /// The config file.
+    pub path: std::path::PathBuf,
+    /// The config the running runtime was built from.
+    pub config: Config,
+    /// Where `${env:}` secrets come from.
+    pub env: std::sync::Arc<dyn secret::Env>,
+}
+
+/// Serves `runtime` on `listeners`, with the admin endpoint and hot reload of `parts`, until
+/// `shutdown` completes (or the admin endpoint asks); then drains (STYLE.md rule 1: the world
+/// is injected; tests bind port 0 and pass their own shutdown future).
 pub async fn run(
     runtime: Runtime,
     listeners: Listeners,
+    parts: Parts,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome, server::MissingListener> {
-    Ok(Server::new(runtime, listeners)?.run(shutdown).await)
+    let server = Server::new(runtime, listeners)?;
+    let state = server.state();
+    let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(admin) = parts.admin {
+        tokio::spawn(admin::serve(admin, state.clone(), stop.clone()));
+    }
+    if let Some(r) = parts.reload {
+        let reloader = reload::Reloader::new(r.path, r.env, state.clone());
+        tokio::spawn(reloader.watch(r.config, stop.clone()));
+    }
+    let outcome = server.run(shutdown).await;
+    stop.cancel();
+    Ok(outcome)
 }

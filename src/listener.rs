@@ -11,13 +11,9 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::either::Either;
 
 use crate::config::{ListenAddr, ResourceName};
-use crate::runtime::Runtime;
 
 /// A connection from an application, as accepted.
 pub type RawStream = Either<TcpStream, UnixStream>;
-
-/// A connection from an application: as accepted, or after keyward's own TLS (`listen_tls`).
-pub type ClientStream = Either<RawStream, Box<InboundStream>>;
 
 /// keyward's TLS with an app, over the accepted stream and any bytes read before the
 /// handshake (a MySQL client starts TLS right after its SSLRequest, without waiting).
@@ -74,11 +70,13 @@ pub struct BindError {
 }
 
 impl Listeners {
-    /// Binds one listener per resource of `runtime`.
-    pub async fn bind(runtime: &Runtime) -> Result<Self, BindError> {
+    /// Binds one listener per (resource, address): `Runtime::listens()`.
+    pub async fn bind<'a>(
+        resources: impl IntoIterator<Item = (&'a ResourceName, &'a ListenAddr)>,
+    ) -> Result<Self, BindError> {
         let mut bound = Vec::new();
-        for res in &runtime.resources {
-            bound.push(bind_one(&res.name, &res.listen).await?);
+        for (name, listen) in resources {
+            bound.push(bind_one(name, listen).await?);
         }
         Ok(Self(bound))
     }
@@ -162,16 +160,16 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, String> {
 }
 
 impl Listener {
-    pub(crate) async fn accept(&self) -> io::Result<(ClientStream, String)> {
+    pub(crate) async fn accept(&self) -> io::Result<(RawStream, String)> {
         match self {
             Self::Tcp(l) => {
                 let (stream, peer) = l.accept().await?;
                 stream.set_nodelay(true)?;
-                Ok((Either::Left(Either::Left(stream)), peer.to_string()))
+                Ok((Either::Left(stream), peer.to_string()))
             }
             Self::Unix(l) => {
                 let (stream, _) = l.accept().await?;
-                Ok((Either::Left(Either::Right(stream)), "unix".to_owned()))
+                Ok((Either::Right(stream), "unix".to_owned()))
             }
         }
     }

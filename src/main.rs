@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use keyward::config::{LogFormat, Problems};
 use keyward::secret::ProcessEnv;
-use keyward::{Listeners, Runtime, Server};
+use keyward::{Listeners, Runtime};
 
 /// keyward: keeps your application's keys. Points your app at localhost; keyward injects
 /// credentials and originates verified TLS/mTLS upstream.
@@ -169,26 +169,26 @@ fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
         rt.block_on(async move {
             runtime.log_summary();
             keyward::reload::count_success();
-            let listeners = Listeners::bind(&runtime).await?;
-            let server = Server::new(runtime, listeners)?;
-            let state = server.state();
-            let stop = tokio_util::sync::CancellationToken::new();
-            if let Some(admin) = &config.admin {
-                let listener = tokio::net::TcpListener::bind(admin.listen)
-                    .await
-                    .with_context(|| {
-                        format!("admin endpoint: cannot listen on {}", admin.listen)
-                    })?;
-                tokio::spawn(keyward::admin::serve(listener, state.clone(), stop.clone()));
-            }
-            let reloader = keyward::reload::Reloader::new(
-                path,
-                std::sync::Arc::new(ProcessEnv),
-                state.clone(),
-            );
-            tokio::spawn(reloader.watch(config, stop.clone()));
-            let outcome = server.run(shutdown_signal()).await;
-            stop.cancel();
+            let listeners = Listeners::bind(runtime.listens()).await?;
+            let admin = match &config.admin {
+                Some(admin) => Some(
+                    tokio::net::TcpListener::bind(admin.listen)
+                        .await
+                        .with_context(|| {
+                            format!("admin endpoint: cannot listen on {}", admin.listen)
+                        })?,
+                ),
+                None => None,
+            };
+            let parts = keyward::Parts {
+                admin,
+                reload: Some(keyward::Reload {
+                    path,
+                    config,
+                    env: std::sync::Arc::new(ProcessEnv),
+                }),
+            };
+            let outcome = keyward::run(runtime, listeners, parts, shutdown_signal()).await?;
             tracing::info!(cut = outcome.cut, "stopped");
             Ok(outcome.cut)
         })

@@ -134,8 +134,7 @@ impl Metrics {
     }
 
     /// Creates a resource's series at zero, so they are exported before the first event.
-    pub fn declare(&self, res: &crate::runtime::ResourceRuntime) {
-        let name = res.name.as_str();
+    pub fn declare(&self, name: &str, uses_oauth2: bool) {
         self.open.with_label_values(&[name]);
         for h in [
             &self.connect_seconds,
@@ -144,7 +143,7 @@ impl Metrics {
         ] {
             h.with_label_values(&[name]);
         }
-        if res.http.as_ref().is_some_and(|h| h.uses_oauth2()) {
+        if uses_oauth2 {
             for result in ["success", "error"] {
                 self.oauth2_refreshes.with_label_values(&[name, result]);
             }

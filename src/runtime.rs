@@ -10,6 +10,12 @@ use tracing::{info, warn};
 use crate::config::{
     Config, ListenAddr, Problem, Problems, Protocol, ResourceName, Site, TlsMode, Upstream,
 };
+use crate::connect::Dialer;
+use crate::db::DbRuntime;
+use crate::driver::{drive, Resource};
+use crate::listener::RawStream;
+use crate::record::{Failure, Stats};
+use crate::relay::Relayed;
 use crate::secret::Env;
 use crate::tls::{self, TlsClient};
 
@@ -37,25 +43,66 @@ pub struct ResourceRuntime {
     pub upstream: Upstream,
     /// Upstream TLS; `None` for `mode: disable`.
     pub tls: Option<TlsClient>,
-    /// TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// TLS handshake timeout.
-    pub handshake_timeout: Duration,
-    /// Idle timeout, if any.
-    pub idle_timeout: Option<Duration>,
     /// Connection limit.
     pub max_connections: usize,
-    /// For `protocol: http`: pools and credentials.
-    pub http: Option<Arc<crate::http::HttpUpstream>>,
-    /// For `postgres`, `mysql`, `redis`: the login and its options.
-    pub db: Option<crate::db::DbRuntime>,
-    /// TLS on the listener (`listen_tls`).
-    pub inbound: Option<crate::tls::inbound::InboundTls>,
+    /// What the connection driver hands its handler.
+    pub resource: Arc<Resource>,
+    /// The protocol's handler.
+    pub handler: AnyHandler,
     /// Hash of everything this snapshot was built from (settings, file bytes, secrets).
     pub fingerprint: [u8; 32],
 }
 
+/// The handler of each protocol (enum dispatch: [`drive`] is generic over the handler).
+#[derive(Debug)]
+pub enum AnyHandler {
+    /// `tcp`.
+    Tcp(crate::tcp::Tcp),
+    /// `http`.
+    Http(crate::http::Http),
+    /// `postgres`.
+    Postgres(crate::postgres::Postgres),
+    /// `mysql`.
+    Mysql(crate::mysql::Mysql),
+    /// `redis`.
+    Redis(crate::redis::Redis),
+}
+
+impl ResourceRuntime {
+    /// Serves one accepted connection through the connection driver.
+    pub async fn serve(&self, raw: RawStream, stats: &Arc<Stats>) -> Result<Relayed, Failure> {
+        let res = &self.resource;
+        match &self.handler {
+            AnyHandler::Tcp(h) => drive(h, raw, res, stats).await,
+            AnyHandler::Http(h) => drive(h, raw, res, stats).await,
+            AnyHandler::Postgres(h) => drive(h, raw, res, stats).await,
+            AnyHandler::Mysql(h) => drive(h, raw, res, stats).await,
+            AnyHandler::Redis(h) => drive(h, raw, res, stats).await,
+        }
+    }
+
+    /// Whether the resource fetches OAuth2 tokens.
+    pub fn uses_oauth2(&self) -> bool {
+        matches!(&self.handler, AnyHandler::Http(h) if h.0.uses_oauth2())
+    }
+
+    /// The database login of a `postgres`, `mysql` or `redis` resource.
+    pub fn db(&self) -> Option<&DbRuntime> {
+        match &self.handler {
+            AnyHandler::Postgres(h) => Some(&h.db),
+            AnyHandler::Mysql(h) => Some(&h.db),
+            AnyHandler::Redis(h) => Some(&h.db),
+            AnyHandler::Tcp(_) | AnyHandler::Http(_) => None,
+        }
+    }
+}
+
 impl Runtime {
+    /// Each resource's name and listen address (for [`crate::Listeners::bind`]).
+    pub fn listens(&self) -> impl Iterator<Item = (&ResourceName, &ListenAddr)> {
+        self.resources.iter().map(|r| (&r.name, &r.listen))
+    }
+
     /// The one validation path, shared by `keyward check`, startup and (later) reload: read
     /// the file, validate it, resolve every file and secret, build every TLS config. Every
     /// problem of every resource is returned together.
@@ -97,8 +144,6 @@ impl Runtime {
                     None
                 }
             };
-            let mut http = None;
-            let mut db = None;
             let mut inbound = None;
             if let Some(listen_tls) = &res.listen_tls {
                 let alpn: &[&[u8]] = match res.protocol {
@@ -116,43 +161,50 @@ impl Runtime {
                     }
                 }
             }
-            if matches!(
-                res.protocol,
-                Protocol::Postgres | Protocol::Mysql | Protocol::Redis
-            ) {
-                match crate::db::DbRuntime::build(res, env) {
-                    Ok(built) => db = Some(built),
-                    Err(found) => {
-                        for (site, message) in found {
-                            push(site, message);
-                        }
-                    }
+            let dialer = Arc::new(Dialer {
+                resource: res.name.to_string(),
+                upstream: res.upstream.clone(),
+                tls: tls.clone(),
+                connect_timeout: res.connect_timeout,
+                handshake_timeout: res.handshake_timeout,
+            });
+            let db = || DbRuntime::build(res, env);
+            let handler = match res.protocol {
+                Protocol::Tcp => Ok(AnyHandler::Tcp(crate::tcp::Tcp)),
+                Protocol::Http => crate::http::HttpUpstream::build(res, &dialer, env)
+                    .map(|up| AnyHandler::Http(crate::http::Http(Arc::new(up)))),
+                Protocol::Postgres => {
+                    db().map(|db| AnyHandler::Postgres(crate::postgres::Postgres { db }))
                 }
-            }
-            if res.protocol == Protocol::Http {
-                match crate::http::HttpUpstream::build(res, tls.as_ref(), env) {
-                    Ok(upstream) => http = Some(Arc::new(upstream)),
-                    Err(found) => {
-                        for (site, message) in found {
-                            push(site, message);
-                        }
+                Protocol::Mysql => db().map(|db| AnyHandler::Mysql(crate::mysql::Mysql { db })),
+                Protocol::Redis => db().map(|db| AnyHandler::Redis(crate::redis::Redis { db })),
+            };
+            let handler = match handler {
+                Ok(handler) => handler,
+                Err(found) => {
+                    for (site, message) in found {
+                        push(site, message);
                     }
+                    continue;
                 }
-            }
+            };
+            let resource = Arc::new(Resource {
+                name: res.name.clone(),
+                dialer,
+                idle_timeout: res.idle_timeout,
+                client_handshake_timeout: res.client_handshake_timeout,
+                inbound,
+            });
             resources.push(Arc::new(ResourceRuntime {
                 name: res.name.clone(),
                 protocol: res.protocol,
                 listen: res.listen.clone(),
                 upstream: res.upstream.clone(),
                 tls,
-                connect_timeout: res.connect_timeout,
-                handshake_timeout: res.handshake_timeout,
-                idle_timeout: res.idle_timeout,
                 max_connections: res.max_connections,
-                http,
-                db,
-                inbound,
-                fingerprint: crate::reload::fingerprint(res, env),
+                resource,
+                handler,
+                fingerprint: crate::config::fingerprint(res, env),
             }));
         }
         if problems.is_empty() {

@@ -114,7 +114,7 @@ impl SecretSource {
                     format!(
                         "reading secret file {:?}: {}",
                         path.display().to_string(),
-                        crate::config::io_reason(&e)
+                        crate::error::io_reason(&e)
                     )
                 })?;
                 let text = Zeroizing::new(text);

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
@@ -18,22 +18,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::config::{protocol_name, Protocol, ResourceName};
+use futures_util::FutureExt as _;
+
+use crate::config::{protocol_name, ResourceName};
 use crate::error::{ConnError, Reason, Side};
 use crate::listener::{bind_one, BindError, BoundAddr, Listener, Listeners};
 use crate::metrics::metrics;
-use crate::relay::Relayed;
+pub use crate::record::LastError;
+use crate::record::{panicked, Failure, Open, Stats};
 use crate::runtime::{ResourceRuntime, Runtime};
-use crate::tcp::{self, Failure};
-
-/// The last failure of a resource, with its time (for `/resources` and tests).
-#[derive(Debug, Clone)]
-pub struct LastError {
-    /// When it happened.
-    pub at: SystemTime,
-    /// What it was.
-    pub error: ConnError,
-}
 
 /// Live state of one resource.
 #[derive(Debug)]
@@ -44,11 +37,7 @@ pub struct ResourceState {
     pub addr: BoundAddr,
     runtime: ArcSwap<ResourceRuntime>,
     limit: ArcSwap<Semaphore>,
-    open: AtomicU64,
-    total: AtomicU64,
-    errors: AtomicU64,
-    last_error: Mutex<Option<LastError>>,
-    requests: Mutex<BTreeMap<u16, u64>>,
+    stats: Arc<Stats>,
 }
 
 impl ResourceState {
@@ -57,33 +46,29 @@ impl ResourceState {
             name: runtime.name.clone(),
             addr,
             limit: ArcSwap::from_pointee(Semaphore::new(runtime.max_connections)),
+            stats: Arc::new(Stats::new(runtime.name.clone())),
             runtime: ArcSwap::new(runtime),
-            open: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            requests: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Connections open now.
     pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
+        self.stats.open()
     }
 
     /// Connections accepted so far (including refused ones).
     pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+        self.stats.total()
     }
 
     /// Connections (and HTTP requests) that ended in an error.
     pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.stats.errors()
     }
 
     /// The most recent failure.
     pub fn last_error(&self) -> Option<LastError> {
-        self.last_error.lock().ok().and_then(|g| g.clone())
+        self.stats.last_error()
     }
 
     /// The runtime snapshot new connections use.
@@ -93,7 +78,7 @@ impl ResourceState {
 
     /// HTTP responses sent to apps, by status code.
     pub fn requests(&self) -> BTreeMap<u16, u64> {
-        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+        self.stats.requests()
     }
 
     /// Publishes a new snapshot for new connections (reload).
@@ -104,34 +89,6 @@ impl ResourceState {
                 .store(Arc::new(Semaphore::new(runtime.max_connections)));
         }
         self.runtime.store(runtime);
-    }
-
-    pub(crate) fn count_request(&self, status: http::StatusCode) {
-        metrics()
-            .http_requests
-            .with_label_values(&[self.name.as_str(), status.as_str()])
-            .inc();
-        if let Ok(mut r) = self.requests.lock() {
-            *r.entry(status.as_u16()).or_default() += 1;
-        }
-    }
-
-    pub(crate) fn record(&self, error: ConnError) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        metrics()
-            .errors
-            .with_label_values(&[
-                self.name.as_str(),
-                error.side.as_str(),
-                error.reason.as_str(),
-            ])
-            .inc();
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(LastError {
-                at: SystemTime::now(),
-                error,
-            });
-        }
     }
 }
 
@@ -300,7 +257,7 @@ impl State {
         addr: BoundAddr,
         listener: Listener,
     ) -> Slot {
-        crate::metrics::metrics().declare(&runtime);
+        crate::metrics::metrics().declare(runtime.name.as_str(), runtime.uses_oauth2());
         let state = Arc::new(ResourceState::new(runtime, addr));
         let stop = CancellationToken::new();
         let kill = self.inner.kill.child_token();
@@ -481,7 +438,7 @@ async fn accept_loop(
             }
         };
         let runtime = state.runtime();
-        state.total.fetch_add(1, Ordering::Relaxed);
+        state.stats.accepted();
         metrics()
             .connections
             .with_label_values(&[state.name.as_str(), protocol_name(runtime.protocol)])
@@ -490,7 +447,7 @@ async fn accept_loop(
         let Ok(permit) = state.limit.load_full().try_acquire_owned() else {
             let limit = runtime.max_connections;
             warn!(resource = %state.name, client = %peer, conn, limit, "closing new connection: max_connections reached");
-            state.record(ConnError::new(
+            state.stats.failed(ConnError::new(
                 Side::Internal,
                 Reason::MaxConnections,
                 format!("max_connections ({limit}) reached"),
@@ -498,108 +455,30 @@ async fn accept_loop(
             drop(client);
             continue;
         };
-        let state = state.clone();
+        let stats = state.stats.clone();
         let kill = kill.clone();
         let span = info_span!("conn", resource = %state.name, client = %peer, conn);
         inner.connections.spawn(
             async move {
+                // Released by drop, whatever ends this task: the slot and the gauges.
                 let _permit = permit;
-                let open = metrics().open.with_label_values(&[state.name.as_str()]);
-                state.open.fetch_add(1, Ordering::Relaxed);
-                open.inc();
+                let _open = Open::new(&stats);
                 debug!("accepted");
-                let serving = async {
-                    // TLS from the first byte (postgres and mysql negotiate it in-protocol).
-                    let client = match (&runtime.inbound, runtime.protocol) {
-                        (Some(tls), Protocol::Tcp | Protocol::Http | Protocol::Redis) => {
-                            let tokio_util::either::Either::Left(raw) = client else {
-                                return Err(Failure::Open(ConnError::new(
-                                    Side::Internal,
-                                    Reason::Tls,
-                                    "connection is already TLS",
-                                )));
-                            };
-                            match tls
-                                .accept(raw, bytes::Bytes::new(), runtime.handshake_timeout)
-                                .await
-                            {
-                                Ok(tls) => tokio_util::either::Either::Right(Box::new(tls)),
-                                Err(e) => return Err(Failure::Open(e)),
-                            }
-                        }
-                        _ => client,
-                    };
-                    match (runtime.protocol, runtime.http.clone()) {
-                        (_, Some(http)) => crate::http::serve(client, http, state.clone())
-                            .await
-                            .map(|()| Relayed::default())
-                            .map_err(Failure::Relay),
-                        (Protocol::Postgres, None) => crate::postgres::serve(client, runtime).await,
-                        (Protocol::Redis, None) => crate::redis::serve(client, runtime).await,
-                        (Protocol::Mysql, None) => crate::mysql::serve(client, runtime).await,
-                        _ => tcp::serve(client, runtime).await,
-                    }
-                };
+                // A panic in the connection is recorded as keyward's own failure instead of
+                // taking the task down silently (STYLE.md rule 6: peer bytes never panic us;
+                // this is the net under that rule).
+                let serving =
+                    std::panic::AssertUnwindSafe(runtime.serve(client, &stats)).catch_unwind();
                 let result = tokio::select! {
-                    r = serving => Some(r),
+                    r = serving => Some(r.unwrap_or_else(|_| Err(Failure::Open(panicked())))),
                     () = kill.cancelled() => None,
                 };
-                state.open.fetch_sub(1, Ordering::Relaxed);
-                open.dec();
-                record(&state, result);
+                stats.record(&runtime.upstream, result);
             }
             .instrument(span),
         );
     }
     if let BoundAddr::Unix(path) = &state.addr {
         let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Lifecycle phase **record**: one classification, one log line, the metrics.
-fn record(state: &ResourceState, result: Option<Result<Relayed, Failure>>) {
-    match result {
-        None => debug!("closed at the end of the grace period"),
-        Some(Ok(done)) => {
-            let bytes = &metrics().bytes;
-            bytes
-                .with_label_values(&[state.name.as_str(), "client_to_upstream"])
-                .inc_by(done.sent);
-            bytes
-                .with_label_values(&[state.name.as_str(), "upstream_to_client"])
-                .inc_by(done.received);
-            debug!(sent = done.sent, received = done.received, "closed");
-        }
-        Some(Err(Failure::Open(e))) => {
-            warn!(
-                side = e.side.as_str(),
-                reason = e.reason.as_str(),
-                "upstream {}: {}",
-                state.runtime().upstream,
-                e.detail
-            );
-            state.record(e);
-        }
-        Some(Err(Failure::Relay(e))) => {
-            let tls_trouble = e.side == Side::Upstream
-                && matches!(e.reason, Reason::ClientCertRejected | Reason::Tls);
-            if tls_trouble {
-                warn!(
-                    side = e.side.as_str(),
-                    reason = e.reason.as_str(),
-                    "upstream {}: {}",
-                    state.runtime().upstream,
-                    e.detail
-                );
-            } else {
-                debug!(
-                    side = e.side.as_str(),
-                    reason = e.reason.as_str(),
-                    "relay ended: {}",
-                    e.detail
-                );
-            }
-            state.record(e);
-        }
     }
 }

@@ -5,29 +5,33 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use crate::connect;
-use crate::error::ConnError;
-use crate::listener::ClientStream;
+use crate::driver::{App, Handler, Resource, TlsStart};
+use crate::record::{Failure, Stats};
 use crate::relay::{relay, Relayed};
-use crate::runtime::ResourceRuntime;
 
-/// How a connection failed: before relaying (nothing reached the app) or while relaying.
-#[derive(Debug)]
-pub enum Failure {
-    /// connect or secure failed; the client connection is closed.
-    Open(ConnError),
-    /// The relay ended with an error.
-    Relay(ConnError),
-}
+/// The `tcp` handler.
+#[derive(Debug, Default)]
+pub struct Tcp;
 
-/// Serves one application connection.
-pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
-    let upstream = connect::open(&res).await.map_err(Failure::Open)?;
-    if let tokio_util::either::Either::Right(tls) = &upstream {
-        let (_, session) = tls.get_ref();
-        debug!(version = ?session.protocol_version(), "upstream secured");
+impl Handler for Tcp {
+    const TLS_START: TlsStart = TlsStart::Accept;
+    /// keyward reads nothing from the app before relaying.
+    const MAX_PRE_AUTH: usize = 0;
+
+    async fn serve(
+        &self,
+        app: &mut App,
+        res: &Arc<Resource>,
+        _stats: &Arc<Stats>,
+    ) -> Result<Relayed, Failure> {
+        let admitted = app.admit().map_err(Failure::Open)?;
+        let upstream = res.dialer.open(&admitted).await.map_err(Failure::Open)?;
+        if let tokio_util::either::Either::Right(tls) = &upstream {
+            let (_, session) = tls.get_ref();
+            debug!(version = ?session.protocol_version(), "upstream secured");
+        }
+        relay(app.relay(), upstream, res.idle_timeout)
+            .await
+            .map_err(Failure::Relay)
     }
-    relay(client, upstream, res.idle_timeout)
-        .await
-        .map_err(Failure::Relay)
 }

@@ -18,6 +18,8 @@ pub struct Wire<S> {
     /// Read, not yet consumed.
     pub buf: BytesMut,
     side: Side,
+    /// `fill` refuses to buffer more than this many bytes.
+    limit: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
@@ -27,12 +29,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             io,
             buf: BytesMut::with_capacity(8 * 1024),
             side,
+            limit: usize::MAX,
         }
+    }
+
+    /// The same, refusing to buffer more than `limit` bytes (a message before
+    /// authentication that does not fit is an error, never unbounded buffering).
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Changes the buffer limit.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
     }
 
     /// Reads more bytes; an EOF is an error (`Truncated`) naming what was expected.
     pub async fn fill(&mut self, expecting: &str) -> Result<(), ConnError> {
-        match self.io.read_buf(&mut self.buf).await {
+        if self.buf.len() >= self.limit {
+            return Err(ConnError::new(
+                self.side,
+                Reason::MessageTooLarge,
+                format!(
+                    "{expecting} is larger than {} bytes, the limit before authentication",
+                    self.limit
+                ),
+            ));
+        }
+        let room = self.limit - self.buf.len();
+        let read = if room < 8 * 1024 {
+            // Never read past the limit: this read takes at most the room left.
+            let mut chunk = vec![0u8; room];
+            match self.io.read(&mut chunk).await {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    Ok(n)
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.io.read_buf(&mut self.buf).await
+        };
+        match read {
             Ok(0) => Err(ConnError::new(
                 self.side,
                 Reason::Truncated,

@@ -56,7 +56,7 @@ pub async fn run(listen: SocketAddr, once: bool) -> anyhow::Result<()> {
 
     let config = config::load(&config_path).map_err(|p| anyhow::anyhow!("{p}"))?;
     let runtime = Runtime::build(&config, &ProcessEnv).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let listeners = Listeners::bind(&runtime).await?;
+    let listeners = Listeners::bind(runtime.listens()).await?;
     let addr = match listeners.addr("demo") {
         Some(crate::listener::BoundAddr::Tcp(addr)) => *addr,
         other => anyhow::bail!("demo listener bound unexpectedly: {other:?}"),

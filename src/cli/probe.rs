@@ -240,10 +240,12 @@ async fn auth_report(
     let Some(rt) = runtime.resources.first() else {
         return false;
     };
-    let result = match res.protocol {
-        Protocol::Postgres => crate::postgres::probe_login(rt).await,
-        Protocol::Mysql => crate::mysql::probe_login(rt).await,
-        _ => crate::redis::probe_login(rt).await,
+    use crate::runtime::AnyHandler;
+    let result = match &rt.handler {
+        AnyHandler::Postgres(h) => crate::postgres::probe_login(&rt.resource, &h.db).await,
+        AnyHandler::Mysql(h) => crate::mysql::probe_login(&rt.resource, &h.db).await,
+        AnyHandler::Redis(h) => crate::redis::probe_login(&rt.resource, &h.db).await,
+        AnyHandler::Tcp(_) | AnyHandler::Http(_) => return true,
     };
     match result {
         Ok(what) => {

@@ -4,11 +4,14 @@
 //! every field was checked. Every problem names the file, line, column and key path, and
 //! validation keeps going so `keyward check` can list all of them at once.
 
+mod files;
 pub mod raw;
+
+pub use crate::error::io_reason;
+pub use files::{fingerprint, resource_files};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -160,6 +163,10 @@ pub struct ResourceConfig {
     pub connect_timeout: Duration,
     /// TLS handshake timeout.
     pub handshake_timeout: Duration,
+    /// How long the app has for everything it must send before keyward relays (startup
+    /// packets, TLS with keyward, the MySQL handshake response, `client_password` exchanges,
+    /// the first HTTP request's headers).
+    pub client_handshake_timeout: Duration,
     /// Close a connection after this long without a byte either way; `None` = never.
     pub idle_timeout: Option<Duration>,
     /// Connections beyond this many are closed at once.
@@ -466,6 +473,7 @@ pub struct OAuth2 {
 const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -527,16 +535,6 @@ pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, Vec<Problem>), 
         }
     }
     Ok((config, problems))
-}
-
-/// A short reason for an I/O error on a named file.
-pub fn io_reason(err: &io::Error) -> String {
-    match err.kind() {
-        io::ErrorKind::NotFound => "not found".to_owned(),
-        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-        io::ErrorKind::IsADirectory => "is a directory".to_owned(),
-        _ => err.to_string(),
-    }
 }
 
 fn syntax_problem(file: &Path, key_path: &str, err: &serde_saphyr::Error) -> Problem {
@@ -723,6 +721,14 @@ impl Ctx {
             DEFAULT_HANDSHAKE_TIMEOUT,
             false,
         );
+        let client_handshake_timeout = timeout(
+            self,
+            &res.client_handshake_timeout,
+            "client_handshake_timeout",
+            defaults.client_handshake_timeout.as_ref(),
+            DEFAULT_CLIENT_HANDSHAKE_TIMEOUT,
+            false,
+        );
         let idle = timeout(
             self,
             &res.idle_timeout,
@@ -807,6 +813,7 @@ impl Ctx {
             headers,
             connect_timeout,
             handshake_timeout,
+            client_handshake_timeout,
             idle_timeout,
             max_connections,
             http,

@@ -55,6 +55,7 @@ pub enum LogFormat {
 pub struct Defaults {
     pub connect_timeout: Option<Spanned<String>>,
     pub handshake_timeout: Option<Spanned<String>>,
+    pub client_handshake_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u32>>,
     pub tls: Option<Tls>,
@@ -75,6 +76,7 @@ pub struct Resource {
     pub headers: Option<BTreeMap<String, Spanned<String>>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub handshake_timeout: Option<Spanned<String>>,
+    pub client_handshake_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u32>>,
     pub http2: Option<Http2>,

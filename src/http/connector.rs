@@ -5,26 +5,20 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::config::Upstream;
-use crate::connect::{self, UpstreamStream};
-use crate::error::ConnError;
-use crate::tls::TlsClient;
+use crate::connect::{Admitted, Dialer, UpstreamStream};
+use crate::error::{ConnError, Reason, Side};
 
 /// Connects to one upstream with one TLS client config; the request URI is not consulted.
 #[derive(Clone, Debug)]
 pub struct Connector {
-    pub(crate) resource: String,
-    pub(crate) upstream: Upstream,
-    pub(crate) tls: Option<TlsClient>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) handshake_timeout: Duration,
+    pub(crate) dialer: Arc<Dialer>,
 }
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -37,16 +31,12 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let this = self.clone();
+        let dialer = self.dialer.clone();
         Box::pin(async move {
-            let stream = connect::open_observed(
-                &this.resource,
-                &this.upstream,
-                this.tls.as_ref(),
-                this.connect_timeout,
-                this.handshake_timeout,
-            )
-            .await?;
+            // The pool dials only for requests that `http::forward` sends, and `forward` takes
+            // the app's admission: the check was made for the request this connection serves.
+            let admitted = Admitted::grant();
+            let stream = dialer.open(&admitted).await?;
             Ok(TokioIo::new(Conn(stream)))
         })
     }
@@ -107,4 +97,23 @@ impl AsyncWrite for Conn {
     fn is_write_vectored(&self) -> bool {
         self.0.is_write_vectored()
     }
+}
+
+/// Classifies a hyper-util client error: keyward's own connect/TLS error where there is one.
+pub fn describe_client_error(err: &hyper_util::client::legacy::Error) -> ConnError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(conn) = e.downcast_ref::<ConnError>() {
+            return conn.clone();
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return ConnError::from_io(Side::Upstream, io);
+        }
+        source = e.source();
+    }
+    let detail = match std::error::Error::source(err) {
+        Some(inner) => format!("upstream HTTP error: {inner}"),
+        None => format!("upstream HTTP error: {err}"),
+    };
+    ConnError::new(Side::Upstream, Reason::Protocol, detail)
 }

@@ -27,12 +27,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::{debug, warn};
 
+use futures_util::FutureExt as _;
+use tracing::Instrument as _;
+
 use crate::config::{ApiKeyPlace, Auth, Http2, HttpOptions, ResourceConfig, ResourceName, Site};
+use crate::connect::{Admitted, Dialer};
+use crate::driver::{App, Handler, Resource, TlsStart};
 use crate::error::{ConnError, Reason, Side};
-use crate::listener::ClientStream;
+use crate::record::{Failure, Open, Stats};
+use crate::relay::Relayed;
 use crate::secret::{Env, Secret};
-use crate::server::ResourceState;
-use crate::tls::TlsClient;
 use connector::Connector;
 
 /// Boxed error of proxied bodies.
@@ -79,10 +83,11 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    /// Builds pools and credentials for `res`; `tls` is its upstream TLS (with ALPN).
+    /// Builds pools and credentials for `res`, reaching it with `dialer` (its upstream TLS
+    /// offers the ALPN of [`alpn`]).
     pub fn build(
         res: &ResourceConfig,
-        tls: Option<&TlsClient>,
+        dialer: &Arc<Dialer>,
         env: &dyn Env,
     ) -> Result<Self, Vec<(Site, String)>> {
         let url =
@@ -90,19 +95,18 @@ impl HttpUpstream {
                 vec![(res.site.clone(), "http upstream without a URL".to_owned())]
             })?;
         let connector = Connector {
-            resource: res.name.to_string(),
-            upstream: res.upstream.clone(),
-            tls: tls.cloned(),
-            connect_timeout: res.connect_timeout,
-            handshake_timeout: res.handshake_timeout,
+            dialer: dialer.clone(),
         };
-        let mut upgrade_connector = connector.clone();
-        if let Some(tls) = &mut upgrade_connector.tls {
+        let mut upgrade_dialer = (**dialer).clone();
+        if let Some(tls) = &mut upgrade_dialer.tls {
             // Upgrades (WebSocket) exist in HTTP/1.1 only.
             let mut config = (*tls.config).clone();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             tls.config = Arc::new(config);
         }
+        let upgrade_connector = Connector {
+            dialer: Arc::new(upgrade_dialer),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(res.http.pool_idle_timeout)
             .http2_only(res.http.http2 == Http2::Always)
@@ -220,11 +224,13 @@ impl HttpUpstream {
                 };
                 // The token endpoint's connections are not the resource's upstream: unobserved.
                 let connector = Connector {
-                    resource: String::new(),
-                    upstream: token_upstream,
-                    tls: token_tls,
-                    connect_timeout: res.connect_timeout,
-                    handshake_timeout: res.handshake_timeout,
+                    dialer: Arc::new(Dialer {
+                        resource: String::new(),
+                        upstream: token_upstream,
+                        tls: token_tls,
+                        connect_timeout: res.connect_timeout,
+                        handshake_timeout: res.handshake_timeout,
+                    }),
                 };
                 let settings = oauth2::Settings {
                     resource: res.name.to_string(),
@@ -306,49 +312,92 @@ fn sensitive_value(text: &str) -> Option<HeaderValue> {
     Some(v)
 }
 
-/// Serves one application connection: HTTP/1.1 with keep-alive and upgrades.
-pub async fn serve(
-    client: ClientStream,
-    upstream: Arc<HttpUpstream>,
-    state: Arc<ResourceState>,
-) -> Result<(), ConnError> {
-    // `idle_timeout` bounds the wait for the next request on a kept-alive connection (and a
-    // client that takes that long to send its headers).
-    let idle = state.runtime().idle_timeout;
-    let service = service_fn(move |req| {
-        let upstream = upstream.clone();
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(proxy(req, &upstream, &state).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(idle);
-    builder
-        .serve_connection(TokioIo::new(client), service)
-        .with_upgrades()
-        .await
-        .map_err(|e| {
-            ConnError::new(
-                Side::Client,
-                Reason::Protocol,
-                format!("client HTTP connection: {e}"),
-            )
-        })
+/// The `http` handler.
+#[derive(Debug)]
+pub struct Http(pub Arc<HttpUpstream>);
+
+/// What hyper buffers of a request head at most (its default `max_buf_size`, ~400 KiB): the
+/// app's limit before keyward forwards a request.
+pub const MAX_PRE_AUTH: usize = 408 * 1024;
+
+impl Handler for Http {
+    const TLS_START: TlsStart = TlsStart::Accept;
+    const MAX_PRE_AUTH: usize = MAX_PRE_AUTH;
+
+    /// HTTP/1.1 with keep-alive and upgrades; each request is forwarded with the credentials.
+    /// The client deadline covers the first request's head; `idle_timeout` bounds the wait for
+    /// each later one (and a client that takes that long to send its headers).
+    async fn serve(
+        &self,
+        app: &mut App,
+        res: &Arc<Resource>,
+        stats: &Arc<Stats>,
+    ) -> Result<Relayed, Failure> {
+        let admitted = Arc::new(app.admit().map_err(Failure::Open)?);
+        let deadline = app.deadline();
+        let (stream, release) = app.take();
+        let first = release.clone();
+        let upstream = self.0.clone();
+        let stats = stats.clone();
+        let service = service_fn(move |req| {
+            release.release();
+            let upstream = upstream.clone();
+            let stats = stats.clone();
+            let admitted = admitted.clone();
+            async move { Ok::<_, Infallible>(proxy(req, &upstream, &stats, &admitted).await) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(res.idle_timeout);
+        builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await
+            .map_err(|e| Failure::Relay(describe_server_error(&e)))?;
+        // hyper ends a connection quietly when the read of a first request head fails:
+        // a client that sent no request before the deadline is still the deadline's case.
+        if !first.released() && tokio::time::Instant::now() >= deadline {
+            let expired = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                crate::error::Expired(res.client_handshake_timeout),
+            );
+            return Err(Failure::Relay(ConnError::from_io(Side::Client, &expired)));
+        }
+        Ok(Relayed::default())
+    }
+}
+
+/// Classifies the end of an app's HTTP connection: the I/O error inside (a reset, the client
+/// deadline) where there is one.
+fn describe_server_error(err: &hyper::Error) -> ConnError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return ConnError::from_io(Side::Client, io);
+        }
+        source = e.source();
+    }
+    ConnError::new(
+        Side::Client,
+        Reason::Protocol,
+        format!("client HTTP connection: {err}"),
+    )
 }
 
 async fn proxy(
     mut req: Request<Incoming>,
     up: &HttpUpstream,
-    state: &ResourceState,
+    stats: &Arc<Stats>,
+    admitted: &Admitted,
 ) -> Response<ProxyBody> {
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let method = req.method().clone();
-    match forward(req, up, upgrade).await {
+    match forward(req, up, upgrade, stats, admitted).await {
         Ok(response) => {
             debug!(%method, status = response.status().as_u16(), "forwarded");
-            state.count_request(response.status());
+            stats.count_request(response.status());
             response
         }
         Err(e) => {
@@ -367,8 +416,8 @@ async fn proxy(
                 up.authority,
                 e.detail
             );
-            state.count_request(status);
-            state.record(e.clone());
+            stats.count_request(status);
+            stats.failed(e.clone());
             error_response(&up.name, status, &e)
         }
     }
@@ -397,25 +446,6 @@ pub fn error_response(
 
 fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-/// Classifies a hyper-util client error: keyward's own connect/TLS error where there is one.
-pub fn describe_client_error(err: &hyper_util::client::legacy::Error) -> ConnError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(conn) = e.downcast_ref::<ConnError>() {
-            return conn.clone();
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return ConnError::from_io(Side::Upstream, io);
-        }
-        source = e.source();
-    }
-    let detail = match std::error::Error::source(err) {
-        Some(inner) => format!("upstream HTTP error: {inner}"),
-        None => format!("upstream HTTP error: {err}"),
-    };
-    ConnError::new(Side::Upstream, Reason::Protocol, detail)
 }
 
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
@@ -514,6 +544,8 @@ async fn forward(
     req: Request<Incoming>,
     up: &HttpUpstream,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    stats: &Arc<Stats>,
+    admitted: &Admitted,
 ) -> Result<Response<ProxyBody>, ConnError> {
     let (mut parts, body) = req.into_parts();
     let upgrading = client_upgrade.is_some();
@@ -611,8 +643,8 @@ async fn forward(
                 })
                 .map_err(|e| -> BoxError { Box::new(e) })
                 .boxed();
-            let request = finish(Request::from_parts(parts, streamed), up, None).await?;
-            return send(request, up, client_upgrade).await;
+            let request = finish(Request::from_parts(parts, streamed), up, None, admitted).await?;
+            return send(request, up, client_upgrade, stats).await;
         }
     };
     let bytes = buffered.unwrap_or_default();
@@ -625,9 +657,9 @@ async fn forward(
         *r.headers_mut() = parts.headers.clone();
         r
     };
-    let request = finish(make(&parts), up, Some(&bytes)).await?;
+    let request = finish(make(&parts), up, Some(&bytes), admitted).await?;
     let used_token = request.headers().get(header::AUTHORIZATION).cloned();
-    let response = send(request, up, None).await?;
+    let response = send(request, up, None, stats).await?;
     if let (Injector::OAuth2(source), StatusCode::UNAUTHORIZED) = (&up.injector, response.status())
     {
         if let Some(stale) = used_token
@@ -641,7 +673,7 @@ async fn forward(
             retry
                 .headers_mut()
                 .insert(header::AUTHORIZATION, bearer(&fresh)?);
-            return send(retry, up, None).await;
+            return send(retry, up, None, stats).await;
         }
     }
     Ok(response)
@@ -674,13 +706,17 @@ fn bearer(token: &Secret) -> Result<HeaderValue, ConnError> {
 }
 
 /// Adds what needs the final request: an OAuth2 token, then the SigV4 signature (last).
+/// The credential work is timed into `keyward_upstream_auth_seconds`.
 async fn finish(
     mut request: Request<ProxyBody>,
     up: &HttpUpstream,
     body: Option<&Bytes>,
+    _admitted: &Admitted,
 ) -> Result<Request<ProxyBody>, ConnError> {
     let keep_apps =
         up.opts.pass_client_auth && request.headers().contains_key(header::AUTHORIZATION);
+    let started = tokio::time::Instant::now();
+    let timed = matches!(up.injector, Injector::OAuth2(_) | Injector::SigV4(_));
     match &up.injector {
         Injector::OAuth2(source) if !keep_apps => {
             let token = source.token().await?;
@@ -698,6 +734,12 @@ async fn finish(
         }
         _ => {}
     }
+    if timed {
+        crate::metrics::metrics()
+            .auth_seconds
+            .with_label_values(&[up.name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
     Ok(request)
 }
 
@@ -705,6 +747,7 @@ async fn send(
     request: Request<ProxyBody>,
     up: &HttpUpstream,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    stats: &Arc<Stats>,
 ) -> Result<Response<ProxyBody>, ConnError> {
     let client = if client_upgrade.is_some() {
         &up.upgrade_client
@@ -714,7 +757,7 @@ async fn send(
     let timeout = up.opts.response_timeout;
     let mut response = match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => response,
-        Ok(Err(e)) => return Err(describe_client_error(&e)),
+        Ok(Err(e)) => return Err(connector::describe_client_error(&e)),
         Err(_) => {
             return Err(ConnError::new(
                 Side::Upstream,
@@ -730,17 +773,35 @@ async fn send(
         if let Some(client_side) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut response);
             let idle = up.idle_timeout;
-            tokio::spawn(async move {
-                match tokio::try_join!(client_side, upstream_side) {
-                    Ok((c, u)) => {
-                        let (c, u) = (TokioIo::new(c), TokioIo::new(u));
-                        if let Err(e) = crate::relay::relay(c, u, idle).await {
-                            debug!("upgraded connection ended: {e}");
+            let stats = stats.clone();
+            let authority = up.authority.clone();
+            // An upgraded connection is a relay of its own: one record when it ends, and
+            // counted open meanwhile; a panic in it is recorded too.
+            tokio::spawn(
+                async move {
+                    let _open = Open::new(&stats);
+                    let relayed = std::panic::AssertUnwindSafe(async {
+                        match tokio::try_join!(client_side, upstream_side) {
+                            Ok((c, u)) => {
+                                let (c, u) = (TokioIo::new(c), TokioIo::new(u));
+                                crate::relay::relay(c, u, idle)
+                                    .await
+                                    .map_err(Failure::Relay)
+                            }
+                            Err(e) => Err(Failure::Relay(ConnError::new(
+                                Side::Upstream,
+                                Reason::Protocol,
+                                format!("upgrade failed: {e}"),
+                            ))),
                         }
-                    }
-                    Err(e) => debug!("upgrade failed: {e}"),
+                    })
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(Failure::Open(crate::record::panicked())));
+                    stats.record(&authority, Some(relayed));
                 }
-            });
+                .in_current_span(),
+            );
         }
     } else {
         strip_hop_by_hop(response.headers_mut(), false);

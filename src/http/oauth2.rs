@@ -74,6 +74,13 @@ impl std::fmt::Debug for TokenSource {
     }
 }
 
+/// `at + after`, saturating: an endpoint's `expires_in` near `u64::MAX` must not overflow the
+/// clock (it means "practically never"; a year is as long as keyward waits).
+pub fn later(at: Instant, after: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    at.checked_add(after.min(YEAR)).unwrap_or(at)
+}
+
 /// When to refresh a token that lives `lifetime`: at 80 % of it, or 60 s before expiry,
 /// whichever is earlier, but never before half of it (so a short-lived token is still used).
 pub fn refresh_after(lifetime: Duration) -> Duration {
@@ -201,7 +208,7 @@ impl TokenSource {
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
             .await
             .map_err(|_| "no response within 30s".to_owned())?
-            .map_err(|e| crate::http::describe_client_error(&e).detail)?;
+            .map_err(|e| crate::http::connector::describe_client_error(&e).detail)?;
         let status = response.status();
         let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
@@ -244,8 +251,8 @@ impl TokenSource {
         debug!(expires_in = lifetime.as_secs(), "oauth2 token obtained");
         Ok(Token {
             value: Secret::new(access),
-            refresh_at: sent + refresh_after(lifetime),
-            expires_at: sent + lifetime,
+            refresh_at: later(sent, refresh_after(lifetime)),
+            expires_at: later(sent, lifetime),
         })
     }
 }
@@ -302,6 +309,15 @@ fn token_request_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expires_in_near_u64_max_does_not_overflow_the_clock() {
+        let now = Instant::now();
+        let lifetime = Duration::from_secs(u64::MAX);
+        let refresh = later(now, refresh_after(lifetime));
+        let expiry = later(now, lifetime);
+        assert!(refresh > now && expiry >= refresh);
+    }
 
     #[test]
     fn refreshes_at_eighty_percent_or_a_minute_early_but_not_before_half() {

@@ -30,13 +30,12 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::debug;
 
-use crate::connect::{self, UpstreamStream};
+use crate::connect::{Admitted, Dialer, UpstreamStream};
 use crate::db::DbRuntime;
+use crate::driver::{App, Handler, Resource, TlsStart};
 use crate::error::{ConnError, Reason, Side};
-use crate::listener::ClientStream;
+use crate::record::{Failure, Stats};
 use crate::relay::{relay, Relayed};
-use crate::runtime::ResourceRuntime;
-use crate::tcp::Failure;
 use crate::wire::Wire;
 
 const COM_CHANGE_USER: u8 = 0x11;
@@ -82,133 +81,163 @@ fn random<const N: usize>() -> [u8; N] {
     out
 }
 
-/// Serves one app connection.
-pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
-    let name = res.name.as_str();
-    let db = crate::db::db_of(&res).map_err(Failure::Open)?;
-    let mut app = Wire::new(client, Side::Client);
-    let started = tokio::time::Instant::now();
-    // The server's greeting first: its version and capabilities shape keyward's.
-    let upstream = greeting(&res).await;
-    let (version, server_caps, ext_caps) = match &upstream {
-        Ok((_, g)) => (
-            g.server_version_ref().to_vec(),
-            g.capabilities(),
-            g.mariadb_ext_capabilities(),
-        ),
-        Err(_) => (
-            b"8.0.0-keyward".to_vec(),
-            supported(),
-            mysql_common::constants::MariadbCapabilities::empty(),
-        ),
-    };
-    let scramble = random::<20>();
-    let mut caps = server_caps & supported();
-    if res.inbound.is_some() {
-        caps |= CapabilityFlags::CLIENT_SSL;
+/// A `mysql` resource's handler: the login it injects and its options.
+#[derive(Debug)]
+pub struct Mysql {
+    /// The login and options.
+    pub db: DbRuntime,
+}
+
+/// The largest packet an app may send before keyward relays (its HandshakeResponse, an auth
+/// switch response): 64 KiB, far above what any client sends (connection attributes
+/// included) and far below `max_allowed_packet`.
+pub const MAX_PRE_AUTH: usize = 64 * 1024;
+
+impl Handler for Mysql {
+    const TLS_START: TlsStart = TlsStart::InProtocol;
+    const MAX_PRE_AUTH: usize = MAX_PRE_AUTH;
+
+    /// Every failure before the relay is answered here: an ERR packet's sequence id follows
+    /// the app's last packet, which only this exchange knows.
+    async fn serve(
+        &self,
+        app: &mut App,
+        res: &Arc<Resource>,
+        _stats: &Arc<Stats>,
+    ) -> Result<Relayed, Failure> {
+        // The app's last sequence id: the greeting is 0, its answer 1.
+        let mut seq = 1u8;
+        match self.handshake(app, res, &mut seq).await {
+            Ok(relayed) => Ok(relayed),
+            Err(Failure::Open(e)) => {
+                let reply = codec::frame(seq.wrapping_add(1), &app_error(&e, res.name.as_str()));
+                let _ = app.wire.send(&reply).await;
+                Err(Failure::Answered(e))
+            }
+            Err(other) => Err(other),
+        }
     }
-    let hello = HandshakePacket::new(
-        10,
-        Cow::Owned(version.clone()),
-        fastrand::u32(1..),
-        scramble[..8].try_into().unwrap_or_default(),
-        // 12 bytes and a NUL, as servers send it (clients read max(13, len - 8) bytes).
-        Some(Cow::Owned([&scramble[8..], &[0]].concat())),
-        caps,
-        45,
-        StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-        Some(Cow::Borrowed(NATIVE)),
-    )
-    .with_mariadb_ext_capabilities(ext_caps);
-    let mut payload = Vec::new();
-    hello.serialize(&mut payload);
-    if let Err(e) = app.send(&codec::frame(0, &payload)).await {
-        return Err(Failure::Open(e));
-    }
-    // With listen_tls, the app may ask for TLS (SSLRequest: a 32-byte response with
-    // CLIENT_SSL), then sends its HandshakeResponse through it.
-    if let Some(tls) = res.inbound.as_ref() {
-        let first = app
-            .message("the HandshakeResponse", |b| {
-                codec::packet(b, codec::MAX_LOGIN_PACKET)
-            })
+}
+
+impl Mysql {
+    async fn handshake(
+        &self,
+        app: &mut App,
+        res: &Arc<Resource>,
+        seq: &mut u8,
+    ) -> Result<Relayed, Failure> {
+        let name = res.name.as_str();
+        let db = &self.db;
+        let started = tokio::time::Instant::now();
+        // The server's greeting first: its version and capabilities shape keyward's. No
+        // credential is shown yet (TCP and the greeting only).
+        let upstream = greeting(&res.dialer).await;
+        let (version, server_caps, ext_caps) = match &upstream {
+            Ok((_, g)) => (
+                g.server_version_ref().to_vec(),
+                g.capabilities(),
+                g.mariadb_ext_capabilities(),
+            ),
+            Err(_) => (
+                b"8.0.0-keyward".to_vec(),
+                supported(),
+                mysql_common::constants::MariadbCapabilities::empty(),
+            ),
+        };
+        let scramble = random::<20>();
+        let mut caps = server_caps & supported();
+        if app.can_upgrade() {
+            caps |= CapabilityFlags::CLIENT_SSL;
+        }
+        let hello = HandshakePacket::new(
+            10,
+            Cow::Owned(version.clone()),
+            fastrand::u32(1..),
+            scramble[..8].try_into().unwrap_or_default(),
+            // 12 bytes and a NUL, as servers send it (clients read max(13, len - 8) bytes).
+            Some(Cow::Owned([&scramble[8..], &[0]].concat())),
+            caps,
+            45,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+            Some(Cow::Borrowed(NATIVE)),
+        )
+        .with_mariadb_ext_capabilities(ext_caps);
+        let mut payload = Vec::new();
+        hello.serialize(&mut payload);
+        app.wire
+            .send(&codec::frame(0, &payload))
             .await
-            .map_err(Failure::Open)?;
-        let wants_tls = first.len() == 4 + 32
-            && u32::from_le_bytes([first[4], first[5], first[6], first[7]])
-                & CapabilityFlags::CLIENT_SSL.bits()
-                != 0;
-        if wants_tls {
-            // The client starts TLS right after SSLRequest: what was read is its ClientHello.
-            let early = app.buf.split().freeze();
-            let Either::Left(raw) = app.io else {
-                return Err(Failure::Open(ConnError::new(
-                    Side::Internal,
-                    Reason::Tls,
-                    "connection is already TLS",
-                )));
-            };
-            let secured = tls
-                .accept(raw, early, res.handshake_timeout)
+            .map_err(Failure::Answered)?;
+        // With listen_tls, the app may ask for TLS (SSLRequest: a 32-byte response with
+        // CLIENT_SSL), then sends its HandshakeResponse through it.
+        if app.can_upgrade() {
+            let first = app
+                .wire
+                .message("the HandshakeResponse", |b| codec::packet(b, MAX_PRE_AUTH))
                 .await
                 .map_err(Failure::Open)?;
-            app = Wire::new(Either::Right(Box::new(secured)), Side::Client);
-        } else {
-            let rest = app.buf.split();
-            app.buf.extend_from_slice(&first);
-            app.buf.extend_from_slice(&rest);
-        }
-    }
-    let (response, mut seq) = match read_app_response(&mut app, db, &scramble, name).await {
-        Ok(found) => found,
-        Err(AppError::Refuse(e, seq)) => {
-            let _ = app.send(&codec::frame(seq, &app_error(&e, name))).await;
-            return Err(Failure::Open(e));
-        }
-        Err(AppError::Io(e)) => return Err(Failure::Open(e)),
-    };
-    let login = async {
-        let (tcp, greeting) = upstream?;
-        login(tcp, &greeting, &response, &res, db).await
-    };
-    let (up, ok) = match login.await {
-        Ok(done) => done,
-        Err(e) => {
-            seq = seq.wrapping_add(1);
-            let _ = app.send(&codec::frame(seq, &app_error(&e, name))).await;
-            return Err(Failure::Open(e));
-        }
-    };
-    crate::metrics::metrics()
-        .auth_seconds
-        .with_label_values(&[name])
-        .observe(started.elapsed().as_secs_f64());
-    debug!("logged in upstream");
-    seq = seq.wrapping_add(1);
-    let send_ok = async {
-        app.send(&codec::frame(seq, &ok)).await?;
-        Ok::<_, ConnError>(())
-    };
-    send_ok.await.map_err(Failure::Relay)?;
-    let Wire { io: up_io, buf, .. } = up;
-    // COM_CHANGE_USER is answered with an ERR packet and dropped.
-    let mut watch = codec::CommandWatch::default();
-    let app_side = crate::wire::Filtered::with_filter(
-        app.io,
-        &app.buf,
-        Box::new(move |input, out, reply| {
-            for _ in 0..watch.feed(input, COM_CHANGE_USER, out) {
-                reply.extend(codec::frame(
-                    1,
-                    &codec::err(1105, "HY000", CHANGE_USER_REFUSED),
-                ));
+            let wants_tls = first.len() == 4 + 32
+                && u32::from_le_bytes([first[4], first[5], first[6], first[7]])
+                    & CapabilityFlags::CLIENT_SSL.bits()
+                    != 0;
+            if wants_tls {
+                // The client starts TLS right after SSLRequest: what was read is its
+                // ClientHello, which App::upgrade hands to the TLS acceptor.
+                app.upgrade().await.map_err(Failure::Answered)?;
+            } else {
+                let rest = app.wire.buf.split();
+                app.wire.buf.extend_from_slice(&first);
+                app.wire.buf.extend_from_slice(&rest);
             }
-        }),
-    );
-    let up_side = crate::wire::Prefixed::new(up_io, buf.freeze());
-    relay(app_side, up_side, res.idle_timeout)
-        .await
-        .map_err(Failure::Relay)
+        }
+        let response = match read_app_response(&mut app.wire, db, &scramble, name).await {
+            Ok((response, last)) => {
+                *seq = last;
+                response
+            }
+            Err(AppError::Refuse(e, at)) => {
+                *seq = at.wrapping_sub(1);
+                return Err(Failure::Open(e));
+            }
+            Err(AppError::Io(e)) => return Err(Failure::Open(e)),
+        };
+        let admitted = app.admit().map_err(Failure::Open)?;
+        let login = async {
+            let (tcp, greeting) = upstream?;
+            login(tcp, &greeting, &response, &res.dialer, db, name, &admitted).await
+        };
+        let (up, ok) = login.await.map_err(Failure::Open)?;
+        crate::metrics::metrics()
+            .auth_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        debug!("logged in upstream");
+        *seq = seq.wrapping_add(1);
+        app.wire
+            .send(&codec::frame(*seq, &ok))
+            .await
+            .map_err(Failure::Relay)?;
+        let Wire { io: up_io, buf, .. } = up;
+        // COM_CHANGE_USER is answered with an ERR packet and dropped.
+        let mut watch = codec::CommandWatch::default();
+        let early = crate::driver::early(app);
+        let app_side = crate::wire::Filtered::with_filter(
+            app.relay(),
+            &early,
+            Box::new(move |input, out, reply| {
+                for _ in 0..watch.feed(input, COM_CHANGE_USER, out) {
+                    reply.extend(codec::frame(
+                        1,
+                        &codec::err(1105, "HY000", CHANGE_USER_REFUSED),
+                    ));
+                }
+            }),
+        );
+        let up_side = crate::wire::Prefixed::new(up_io, buf.freeze());
+        relay(app_side, up_side, res.idle_timeout)
+            .await
+            .map_err(Failure::Relay)
+    }
 }
 
 /// What keyward keeps of the app's HandshakeResponse.
@@ -244,9 +273,7 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
     resource: &str,
 ) -> Result<(AppHello, u8), AppError> {
     let packet = app
-        .message("the HandshakeResponse", |b| {
-            codec::packet(b, codec::MAX_LOGIN_PACKET)
-        })
+        .message("the HandshakeResponse", |b| codec::packet(b, MAX_PRE_AUTH))
         .await?;
     let mut seq = packet[3];
     let refuse = |detail: String, seq: u8| {
@@ -290,7 +317,7 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
             app.send(&codec::frame(seq, &payload)).await?;
             let answer = app
                 .message("the auth switch response", |b| {
-                    codec::packet(b, codec::MAX_LOGIN_PACKET)
+                    codec::packet(b, MAX_PRE_AUTH)
                 })
                 .await?;
             seq = answer[3];
@@ -319,12 +346,11 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// TCP to the upstream and its initial handshake packet.
 async fn greeting(
-    res: &ResourceRuntime,
+    dialer: &Dialer,
 ) -> Result<(Wire<TcpStream>, HandshakePacket<'static>), ConnError> {
-    let tcp =
-        connect::connect_observed(res.name.as_str(), &res.upstream, res.connect_timeout).await?;
+    let tcp = dialer.connect().await?;
     let mut up = Wire::new(tcp, Side::Upstream);
-    let greeting = read_greeting(&mut up, res.handshake_timeout).await?;
+    let greeting = read_greeting(&mut up, dialer.handshake_timeout).await?;
     Ok((up, greeting))
 }
 
@@ -388,10 +414,11 @@ async fn login(
     tcp: Wire<TcpStream>,
     greeting: &HandshakePacket<'static>,
     app: &AppHello,
-    res: &ResourceRuntime,
+    dialer: &Dialer,
     db: &DbRuntime,
+    name: &str,
+    admitted: &Admitted,
 ) -> Result<(Wire<UpstreamStream>, Vec<u8>), ConnError> {
-    let name = res.name.as_str();
     let server_caps = greeting.capabilities();
     let mut caps = (app.caps & server_caps & supported())
         | CapabilityFlags::CLIENT_PROTOCOL_41
@@ -425,7 +452,7 @@ async fn login(
             "the server sent more than its greeting before keyward answered",
         ));
     }
-    let stream: UpstreamStream = match res.tls.as_ref() {
+    let stream: UpstreamStream = match dialer.tls.as_ref() {
         None => Either::Left(tcp),
         Some(tls) => {
             if !server_caps.contains(CapabilityFlags::CLIENT_SSL) {
@@ -446,12 +473,12 @@ async fn login(
             seq += 1;
             let mut w = Wire::new(tcp, Side::Upstream);
             w.send(&codec::frame(seq, &payload)).await?;
-            Either::Right(connect::secure_observed(name, w.io, tls, res.handshake_timeout).await?)
+            Either::Right(dialer.secure(w.io, tls, admitted).await?)
         }
     };
     let on_tls = matches!(stream, Either::Right(_));
     let mut up = Wire::new(stream, Side::Upstream);
-    let password = db.password(name)?;
+    let password = db.password(name, admitted)?;
     let username = db
         .username()
         .map(|u| u.as_bytes().to_vec())
@@ -550,7 +577,7 @@ async fn login(
             }
         }
     };
-    let ok = tokio::time::timeout(res.handshake_timeout, exchange)
+    let ok = tokio::time::timeout(dialer.handshake_timeout, exchange)
         .await
         .map_err(|_| {
             ConnError::new(
@@ -617,8 +644,12 @@ fn step(
 /// The ERR packet for a keyward failure (SQLSTATE 28000 for authentication, 08S01 otherwise).
 pub fn app_error(e: &ConnError, resource: &str) -> Vec<u8> {
     let (code, state) = match e.reason {
-        Reason::AuthFailed => (1045, "28000"),
-        Reason::Protocol if e.side == Side::Client => (1043, "08S01"),
+        Reason::AuthFailed | Reason::ClientCertRequired => (1045, "28000"),
+        Reason::Protocol | Reason::ClientHandshakeTimeout | Reason::MessageTooLarge
+            if e.side == Side::Client =>
+        {
+            (1043, "08S01")
+        }
         _ => (1159, "08S01"),
     };
     let message = match e.side {
@@ -629,9 +660,8 @@ pub fn app_error(e: &ConnError, resource: &str) -> Vec<u8> {
 }
 
 /// `keyward probe`: the whole login as the resource would do it.
-pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
-    let db = crate::db::db_of(res)?;
-    let (tcp, greeting) = greeting(res).await?;
+pub async fn probe_login(res: &Resource, db: &DbRuntime) -> Result<String, ConnError> {
+    let (tcp, greeting) = greeting(&res.dialer).await?;
     let user = db.username().unwrap_or("root").as_bytes().to_vec();
     let app = AppHello {
         caps: supported(),
@@ -641,7 +671,18 @@ pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
         db: db.database.as_ref().map(|d| d.as_bytes().to_vec()),
         attrs: None,
     };
-    login(tcp, &greeting, &app, res, db).await?;
+    // keyward's own operator command: no app is involved.
+    let admitted = Admitted::grant();
+    login(
+        tcp,
+        &greeting,
+        &app,
+        &res.dialer,
+        db,
+        res.name.as_str(),
+        &admitted,
+    )
+    .await?;
     Ok(format!(
         "user \"{}\" logged in to {} {}",
         String::from_utf8_lossy(&user),

@@ -11,14 +11,23 @@ use ring::rand::SecureRandom;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
-use crate::runtime::ResourceRuntime;
+use crate::config::{Negotiation, ResourceName};
+use crate::connect::{Admitted, Dialer};
 
 type Key = (i32, Vec<u8>);
 
-struct Target {
-    resource: Arc<ResourceRuntime>,
-    pid: i32,
-    key: Vec<u8>,
+/// Where a session's cancel requests go: its resource's upstream and the server's own key.
+pub struct Target {
+    /// The resource the session belongs to (a cancel arrives on its listener).
+    pub resource: ResourceName,
+    /// How the session's server connection was made.
+    pub dialer: Arc<Dialer>,
+    /// SSLRequest or direct TLS.
+    pub negotiation: Negotiation,
+    /// The server's process id.
+    pub pid: i32,
+    /// The server's secret key.
+    pub key: Vec<u8>,
 }
 
 static SESSIONS: LazyLock<Mutex<HashMap<Key, Target>>> = LazyLock::new(Default::default);
@@ -42,13 +51,9 @@ impl Drop for Registration {
 
 /// Registers a session whose server key is (`pid`, `key`); returns keyward's key for the app
 /// (same length as the server's: 4 bytes in protocol 3.0).
-pub fn register(
-    resource: Arc<ResourceRuntime>,
-    pid: i32,
-    key: Vec<u8>,
-) -> (Registration, i32, Vec<u8>) {
+pub fn register(target: Target) -> (Registration, i32, Vec<u8>) {
     let rng = ring::rand::SystemRandom::new();
-    let mut own_key = vec![0u8; key.len().max(4)];
+    let mut own_key = vec![0u8; target.key.len().max(4)];
     let mut map = sessions();
     loop {
         let mut pid_bytes = [0u8; 4];
@@ -60,29 +65,35 @@ pub fn register(
         if map.contains_key(&k) {
             continue;
         }
-        map.insert(k.clone(), Target { resource, pid, key });
+        map.insert(k.clone(), target);
         return (Registration(k), own_pid, own_key);
     }
 }
 
 /// Forwards a CancelRequest received on `listener`'s port, if the key is one keyward gave
-/// out for that resource.
-pub async fn forward(listener: &ResourceRuntime, pid: i32, key: &[u8]) {
+/// out for that resource. The key itself is the admission: only the app that got it knows it.
+pub async fn forward(listener: &ResourceName, pid: i32, key: &[u8]) {
     let target = {
         let map = sessions();
         map.get(&(pid, key.to_vec()))
-            .filter(|t| t.resource.name == listener.name)
-            .map(|t| (t.resource.clone(), t.pid, t.key.clone()))
+            .filter(|t| &t.resource == listener)
+            .map(|t| {
+                (
+                    t.resource.clone(),
+                    t.dialer.clone(),
+                    t.negotiation,
+                    t.pid,
+                    t.key.clone(),
+                )
+            })
     };
-    let Some((resource, server_pid, server_key)) = target else {
+    let Some((resource, dialer, negotiation, server_pid, server_key)) = target else {
         debug!("CancelRequest with an unknown key: ignored");
         return;
     };
-    let Some(db) = resource.db.as_ref() else {
-        return;
-    };
     let send = async {
-        let mut upstream = super::open(&resource, db).await?;
+        let admitted = Admitted::grant();
+        let mut upstream = super::dial::open(&dialer, negotiation, &admitted).await?;
         upstream
             .write_all(&super::codec::cancel_request(server_pid, &server_key))
             .await
@@ -94,9 +105,9 @@ pub async fn forward(listener: &ResourceRuntime, pid: i32, key: &[u8]) {
         Ok::<_, crate::error::ConnError>(())
     };
     match send.await {
-        Ok(()) => info!(resource = %resource.name, "query cancel request forwarded"),
+        Ok(()) => info!(resource = %resource, "query cancel request forwarded"),
         Err(e) => {
-            tracing::warn!(resource = %resource.name, reason = e.reason.as_str(), "could not forward a cancel request: {}", e.detail)
+            tracing::warn!(resource = %resource, reason = e.reason.as_str(), "could not forward a cancel request: {}", e.detail)
         }
     }
 }

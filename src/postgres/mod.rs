@@ -9,6 +9,7 @@
 
 pub mod cancel;
 pub mod codec;
+pub mod dial;
 pub mod pool;
 pub mod scram;
 
@@ -21,114 +22,66 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::debug;
 
-use crate::config::{Negotiation, TlsMode};
-use crate::connect::{self, UpstreamStream};
+use crate::config::Negotiation;
+use crate::connect::{Admitted, UpstreamStream};
 use crate::db::DbRuntime;
+use crate::driver::{App, Handler, Resource, TlsStart};
 use crate::error::{ConnError, Reason, Side};
-use crate::listener::ClientStream;
+use crate::record::{Failure, Stats};
 use crate::relay::{relay, relay_watched, End, Relayed};
-use crate::runtime::ResourceRuntime;
 use crate::secret::Secret;
-use crate::tcp::Failure;
 use crate::wire::Wire;
 use codec::{AuthRequest, Initial, LoginMessage, Startup};
 
-/// How long an app has to send its startup packet.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves one app connection.
-pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
-    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-    let client = direct_tls(client, &res, deadline)
-        .await
-        .map_err(Failure::Open)?;
-    let mut app = Wire::new(client, Side::Client);
-    let startup = loop {
-        let can_upgrade = res.inbound.is_some() && matches!(app.io, Either::Left(_));
-        let next = tokio::time::timeout_at(deadline, read_startup(&mut app, &res, can_upgrade));
-        match next.await {
-            Ok(Ok(Next::Startup(startup))) => break startup,
-            Ok(Ok(Next::Done)) => return Ok(Relayed::default()),
-            Ok(Ok(Next::Upgrade)) => {
-                if !app.buf.is_empty() {
-                    // Bytes sent before the TLS handshake must not be taken as if they came
-                    // through it (CVE-2021-23214).
-                    return Err(Failure::Open(ConnError::new(
-                        Side::Client,
-                        Reason::Protocol,
-                        "unencrypted data after SSLRequest",
-                    )));
-                }
-                let (Some(tls), Either::Left(raw)) = (res.inbound.as_ref(), app.io) else {
-                    return Err(Failure::Open(ConnError::new(
-                        Side::Internal,
-                        Reason::Tls,
-                        "TLS upgrade without listen_tls",
-                    )));
-                };
-                let secured = tls
-                    .accept(raw, bytes::Bytes::new(), res.handshake_timeout)
-                    .await
-                    .map_err(Failure::Open)?;
-                app = Wire::new(Either::Right(Box::new(secured)), Side::Client);
-            }
-            Ok(Err(e)) => {
-                if e.reason == Reason::Protocol {
-                    let text = format!("keyward: {}", e.detail);
-                    let _ = app
-                        .send(&codec::error_response("FATAL", "08P01", &text))
-                        .await;
-                }
-                return Err(Failure::Open(e));
-            }
-            Err(_) => {
-                let e = ConnError::new(
-                    Side::Client,
-                    Reason::Protocol,
-                    format!(
-                        "no startup message within {}",
-                        humantime::format_duration(STARTUP_TIMEOUT)
-                    ),
-                );
-                let text = format!("keyward: {}", e.detail);
-                let _ = app
-                    .send(&codec::error_response("FATAL", "08P01", &text))
-                    .await;
-                return Err(Failure::Open(e));
-            }
-        }
-    };
-    session(app, startup, res).await
+/// A `postgres` resource's handler: the login it injects and its options.
+#[derive(Debug)]
+pub struct Postgres {
+    /// The login and options.
+    pub db: DbRuntime,
 }
 
-/// PostgreSQL 17 direct TLS: with `listen_tls`, a connection whose first byte is a TLS
-/// handshake record is secured before any PostgreSQL message.
-async fn direct_tls(
-    client: ClientStream,
-    res: &ResourceRuntime,
-    deadline: tokio::time::Instant,
-) -> Result<ClientStream, ConnError> {
-    let Some(tls) = res.inbound.as_ref() else {
-        return Ok(client);
-    };
-    let Either::Left(Either::Left(tcp)) = client else {
-        return Ok(client);
-    };
-    let mut first = [0u8; 1];
-    // An app silent until the deadline is taken as plaintext: the startup read that follows
-    // times out at once and answers with an ErrorResponse.
-    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == 0x16 => {
-            let secured = tls
-                .accept(
-                    Either::Left(tcp),
-                    bytes::Bytes::new(),
-                    res.handshake_timeout,
-                )
-                .await?;
-            Ok(Either::Right(Box::new(secured)))
-        }
-        _ => Ok(Either::Left(Either::Left(tcp))),
+/// The largest message an app may send before keyward relays: a StartupMessage is at most
+/// 10,000 bytes (as the server enforces), a SCRAM message for `client_password` far less.
+pub const MAX_PRE_AUTH: usize = 64 * 1024;
+
+impl Handler for Postgres {
+    const TLS_START: TlsStart = TlsStart::Sniffed;
+    const MAX_PRE_AUTH: usize = MAX_PRE_AUTH;
+
+    async fn serve(
+        &self,
+        app: &mut App,
+        res: &Arc<Resource>,
+        _stats: &Arc<Stats>,
+    ) -> Result<Relayed, Failure> {
+        let startup = loop {
+            let can_upgrade = app.can_upgrade();
+            match read_startup(&mut app.wire, res, can_upgrade)
+                .await
+                .map_err(Failure::Open)?
+            {
+                Next::Startup(startup) => break startup,
+                Next::Done => return Ok(Relayed::default()),
+                Next::Upgrade => {
+                    if !app.wire.buf.is_empty() {
+                        // Bytes sent before the TLS handshake must not be taken as if they
+                        // came through it (CVE-2021-23214).
+                        return Err(Failure::Open(ConnError::new(
+                            Side::Client,
+                            Reason::Protocol,
+                            "unencrypted data after SSLRequest",
+                        )));
+                    }
+                    app.upgrade().await.map_err(Failure::Open)?;
+                }
+            }
+        };
+        let admitted = app.admit().map_err(Failure::Open)?;
+        session(app, startup, res, &self.db, &admitted).await
+    }
+
+    async fn refuse(&self, app: &mut App, e: &ConnError, resource: &str) {
+        let _ = app.wire.send(&app_error(e, resource)).await;
     }
 }
 
@@ -145,7 +98,7 @@ enum Next {
 /// StartupMessage. `None`: nothing more to do on this connection.
 async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
     app: &mut Wire<S>,
-    res: &Arc<ResourceRuntime>,
+    res: &Resource,
     can_upgrade: bool,
 ) -> Result<Next, ConnError> {
     loop {
@@ -170,7 +123,7 @@ async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Initial::Ssl | Initial::GssEnc => app.send(b"N").await?,
             Initial::Cancel { pid, key } => {
-                cancel::forward(res, pid, &key).await;
+                cancel::forward(&res.name, pid, &key).await;
                 return Ok(Next::Done);
             }
             Initial::Startup(startup) => return Ok(Next::Startup(startup)),
@@ -178,18 +131,19 @@ async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn session<S: AsyncRead + AsyncWrite + Unpin>(
-    mut app: Wire<S>,
+async fn session(
+    app: &mut App,
     mut startup: Startup,
-    res: Arc<ResourceRuntime>,
+    res: &Arc<Resource>,
+    db: &DbRuntime,
+    admitted: &Admitted,
 ) -> Result<Relayed, Failure> {
     let name = res.name.as_str();
-    let db = crate::db::db_of(&res).map_err(Failure::Open)?;
     if let Some(expected) = &db.client_password {
-        if let Err(e) = check_app_password(&mut app, &expected.current(name)).await {
-            let _ = app.send(&app_error(&e, name)).await;
-            return Err(Failure::Open(e));
-        }
+        let expected = expected.current(name);
+        check_app_password(&mut app.wire, &expected)
+            .await
+            .map_err(Failure::Open)?;
     }
     if let Some(user) = db.username() {
         startup.set("user", user);
@@ -201,7 +155,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let started = tokio::time::Instant::now();
     let pool_key = startup.encode();
     let pooled = if db.pool.enabled() {
-        take_alive(&db.pool, &pool_key).await
+        take_alive(&db.pool, &pool_key, admitted).await
     } else {
         None
     };
@@ -220,38 +174,34 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             };
             return Ok::<_, LoginError>((idle.up, greeting, idle.params));
         }
-        let upstream = open(&res, db).await?;
+        let upstream = dial::open(&res.dialer, db.negotiation, admitted).await?;
         let binding = channel_binding(&upstream);
         let mut up = Wire::new(upstream, Side::Upstream);
         up.send(&pool_key).await?;
-        let password = db.password(name)?;
-        let greeting = tokio::time::timeout(
-            res.handshake_timeout,
-            login(&mut up, db, &user, password, binding, name),
-        )
-        .await
-        .map_err(|_| {
-            ConnError::new(
-                Side::Upstream,
-                Reason::HandshakeTimeout,
-                format!(
-                    "the server did not finish the login within {}",
-                    humantime::format_duration(res.handshake_timeout)
-                ),
-            )
-        })??;
+        let password = db.password(name, admitted)?;
+        let timeout = res.dialer.handshake_timeout;
+        let greeting =
+            tokio::time::timeout(timeout, login(&mut up, db, &user, password, binding, name))
+                .await
+                .map_err(|_| {
+                    ConnError::new(
+                        Side::Upstream,
+                        Reason::HandshakeTimeout,
+                        format!(
+                            "the server did not finish the login within {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    )
+                })??;
         let params = codec::messages_tagged(&greeting.messages, b'S');
         Ok((up, greeting, params))
     };
     let (mut up, mut greeting, params) = match login.await {
         Ok(done) => done,
-        Err(LoginError::Keyward(e)) => {
-            let _ = app.send(&app_error(&e, name)).await;
-            return Err(Failure::Open(e));
-        }
+        Err(LoginError::Keyward(e)) => return Err(Failure::Open(e)),
         Err(LoginError::Server { raw, code, message }) => {
-            let _ = app.send(&raw).await;
-            return Err(Failure::Open(ConnError::new(
+            let _ = app.wire.send(&raw).await;
+            return Err(Failure::Answered(ConnError::new(
                 Side::Upstream,
                 Reason::AuthFailed,
                 format!(
@@ -270,7 +220,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let server_key = greeting.backend_key.clone();
     let _registration = match greeting.backend_key.take() {
         Some((pid, key)) => {
-            let (registration, own_pid, own_key) = cancel::register(res.clone(), pid, key);
+            let target = cancel::Target {
+                resource: res.name.clone(),
+                dialer: res.dialer.clone(),
+                negotiation: db.negotiation,
+                pid,
+                key,
+            };
+            let (registration, own_pid, own_key) = cancel::register(target);
             greeting.messages.splice(
                 greeting.key_at..greeting.key_at,
                 codec::backend_key_data(own_pid, &own_key),
@@ -283,9 +240,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     // Whatever either side sent past the login goes first.
     greeting.messages.extend_from_slice(&up.buf);
     up.buf.clear();
-    let early = app.buf.split();
+    let early = app.wire.buf.split();
     let sent = async {
-        app.send(&greeting.messages).await?;
+        app.wire.send(&greeting.messages).await?;
         if !early.is_empty() {
             up.send(&early).await?;
         }
@@ -293,7 +250,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     };
     sent.await.map_err(Failure::Relay)?;
     let Some((pid, key)) = server_key.filter(|_| db.pool.enabled() && early.is_empty()) else {
-        return relay(app.io, up.io, res.idle_timeout)
+        return relay(app.relay(), up.io, res.idle_timeout)
             .await
             .map_err(Failure::Relay);
     };
@@ -301,7 +258,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     // connection reusable.
     let (mut from_app, mut from_server) = (pool::Frames::app(), pool::Frames::server());
     let (relayed, end) = relay_watched(
-        &mut app.io,
+        app.relay(),
         &mut up.io,
         res.idle_timeout,
         &mut from_app,
@@ -317,8 +274,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// An idle pooled connection the server has not closed meanwhile (an idle server connection
 /// has nothing to say: anything readable is an EOF, an error or a termination notice).
-async fn take_alive(pool: &pool::Pool, key: &[u8]) -> Option<pool::Idle> {
-    while let Some(mut idle) = pool.take(key) {
+async fn take_alive(pool: &pool::Pool, key: &[u8], admitted: &Admitted) -> Option<pool::Idle> {
+    while let Some(mut idle) = pool.take(key, admitted) {
         // One poll, no timer: an idle, live connection has nothing to read.
         let mut probe = [0u8; 1];
         let quiet = std::future::poll_fn(|cx| {
@@ -405,66 +362,6 @@ async fn check_app_password<S: AsyncRead + AsyncWrite + Unpin>(
             "password authentication failed: the app's password is not this resource's client_password".to_owned(),
         )),
         Err(e) => Err(refused(format!("client_password: {e:?}"))),
-    }
-}
-
-/// Connect, then TLS per the mode: SSLRequest first (`S` → TLS, `N` → refused unless the mode
-/// is `disable`), or direct TLS with ALPN `postgresql`.
-pub async fn open(res: &ResourceRuntime, db: &DbRuntime) -> Result<UpstreamStream, ConnError> {
-    let name = res.name.as_str();
-    let mut tcp = connect::connect_observed(name, &res.upstream, res.connect_timeout).await?;
-    let Some(tls) = res.tls.as_ref() else {
-        return Ok(Either::Left(tcp));
-    };
-    if db.negotiation == Negotiation::Postgres {
-        let mode = res.tls.as_ref().map_or(TlsMode::Disable, |t| t.mode);
-        ssl_request(&mut tcp, &res.upstream, mode, res.handshake_timeout).await?;
-    }
-    let stream = connect::secure_observed(name, tcp, tls, res.handshake_timeout).await?;
-    Ok(Either::Right(stream))
-}
-
-async fn ssl_request(
-    tcp: &mut TcpStream,
-    upstream: &crate::config::Upstream,
-    mode: TlsMode,
-    timeout: Duration,
-) -> Result<(), ConnError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        tcp.write_all(&codec::ssl_request()).await?;
-        let mut answer = [0u8; 1];
-        tcp.read_exact(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer[0])
-    };
-    let answer = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| {
-            ConnError::new(
-                Side::Upstream,
-                Reason::HandshakeTimeout,
-                "the server did not answer the SSLRequest",
-            )
-        })?
-        .map_err(|e| ConnError::from_io(Side::Upstream, &e))?;
-    match answer {
-        b'S' => Ok(()),
-        b'N' => Err(ConnError::new(
-            Side::Upstream,
-            Reason::Tls,
-            format!(
-                "server does not support TLS (it answered N to SSLRequest) and tls.mode is {}",
-                mode.as_str()
-            ),
-        )),
-        other => Err(ConnError::new(
-            Side::Upstream,
-            Reason::Protocol,
-            format!(
-                "unexpected answer {:?} to SSLRequest: is {} a PostgreSQL server?",
-                other as char, upstream
-            ),
-        )),
     }
 }
 
@@ -641,7 +538,13 @@ pub fn app_error(e: &ConnError, resource: &str) -> Vec<u8> {
         | Reason::ConnectTimeout
         | Reason::ConnectFailed => "08001",
         Reason::AuthFailed => "28P01",
-        Reason::Protocol if e.side == Side::Client => "08P01",
+        // invalid_authorization_specification: no (allowed) client certificate.
+        Reason::ClientCertRequired => "28000",
+        Reason::Protocol | Reason::ClientHandshakeTimeout | Reason::MessageTooLarge
+            if e.side == Side::Client =>
+        {
+            "08P01"
+        }
         _ => "08006",
     };
     let message = match e.side {
@@ -748,8 +651,9 @@ async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
 
 /// `keyward probe`: a whole login as the resource would do it (TLS per mode, the configured
 /// credential), then Terminate. Returns what was logged in as.
-pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
-    let db = crate::db::db_of(res)?;
+pub async fn probe_login(res: &Resource, db: &DbRuntime) -> Result<String, ConnError> {
+    // keyward's own operator command: no app is involved.
+    let admitted = Admitted::grant();
     let user = db.username().unwrap_or("postgres").to_owned();
     let database = db.database.clone().unwrap_or_else(|| "postgres".to_owned());
     let startup = Startup {
@@ -761,13 +665,13 @@ pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
             ("application_name".to_owned(), "keyward-probe".to_owned()),
         ],
     };
-    let upstream = open(res, db).await?;
+    let upstream = dial::open(&res.dialer, db.negotiation, &admitted).await?;
     let binding = channel_binding(&upstream);
     let mut up = Wire::new(upstream, Side::Upstream);
     up.send(&startup.encode()).await?;
-    let password = db.password(res.name.as_str())?;
+    let password = db.password(res.name.as_str(), &admitted)?;
     let result = tokio::time::timeout(
-        res.handshake_timeout,
+        res.dialer.handshake_timeout,
         login(&mut up, db, &user, password, binding, res.name.as_str()),
     )
     .await
@@ -796,7 +700,7 @@ pub async fn probe_ssl_request(
     if res.tls.negotiation == Negotiation::Direct {
         return Ok(());
     }
-    ssl_request(tcp, &res.upstream, res.tls.mode, res.handshake_timeout).await
+    dial::ssl_request(tcp, &res.upstream, res.tls.mode, res.handshake_timeout).await
 }
 
 #[cfg(test)]

@@ -88,7 +88,8 @@ impl Pool {
     }
 
     /// The most recently returned connection for `startup`, dropping expired ones.
-    pub fn take(&self, startup: &[u8]) -> Option<Idle> {
+    /// (A pooled connection is logged in: taking one is using the credential.)
+    pub fn take(&self, startup: &[u8], _admitted: &crate::connect::Admitted) -> Option<Idle> {
         let mut map = self.map();
         let list = map.get_mut(startup)?;
         list.retain(|i| i.since.elapsed() < self.idle_timeout);

@@ -19,89 +19,124 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use crate::connect;
+use crate::connect::Admitted;
+use crate::db::DbRuntime;
+use crate::driver::{App, Handler, Resource, TlsStart};
 use crate::error::{ConnError, Reason, Side};
-use crate::listener::ClientStream;
+use crate::record::{Failure, Stats};
 use crate::relay::{relay, Relayed};
-use crate::runtime::ResourceRuntime;
 use crate::secret::Secret;
-use crate::tcp::Failure;
 use crate::wire::Wire;
 
 /// How long keyward waits for the app's first command before it sends an error and closes.
 const ERROR_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves one app connection.
-pub async fn serve(client: ClientStream, res: Arc<ResourceRuntime>) -> Result<Relayed, Failure> {
-    let name = res.name.as_str();
-    let db = crate::db::db_of(&res).map_err(Failure::Open)?;
-    let mut app = Wire::new(client, Side::Client);
-    if let Some(expected) = &db.client_password {
-        match client_auth(&mut app, &expected.current(name)).await {
-            Ok(true) => {}
-            Ok(false) => return Ok(Relayed::default()),
-            Err(e) => return Err(Failure::Open(e)),
+/// The largest command an app may send before keyward relays (with `client_password`: its
+/// AUTH or HELLO, and anything it pipelines behind them). Larger is refused with `-ERR`.
+pub const MAX_PRE_AUTH: usize = 64 * 1024;
+
+/// A `redis` resource's handler: the login it injects and its options.
+#[derive(Debug)]
+pub struct Redis {
+    /// The login and options.
+    pub db: DbRuntime,
+}
+
+impl Handler for Redis {
+    const TLS_START: TlsStart = TlsStart::Accept;
+    const MAX_PRE_AUTH: usize = MAX_PRE_AUTH;
+
+    async fn serve(
+        &self,
+        app: &mut App,
+        res: &Arc<Resource>,
+        _stats: &Arc<Stats>,
+    ) -> Result<Relayed, Failure> {
+        let name = res.name.as_str();
+        let db = &self.db;
+        if let Some(expected) = &db.client_password {
+            match client_auth(&mut app.wire, &expected.current(name)).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(Relayed::default()),
+                Err(e) => return Err(Failure::Open(e)),
+            }
         }
+        let admitted = app.admit().map_err(Failure::Open)?;
+        let username = db.username().map(str::to_owned);
+        let started = tokio::time::Instant::now();
+        let opened = async {
+            let upstream = res.dialer.open(&admitted).await?;
+            let mut up = Wire::new(upstream, Side::Upstream);
+            let password = db.password(name, &admitted)?;
+            if let Some(password) = &password {
+                login(
+                    &mut up,
+                    username.as_deref(),
+                    password,
+                    res.dialer.handshake_timeout,
+                )
+                .await?;
+            }
+            Ok::<_, ConnError>((up, password))
+        };
+        let (up, password) = opened.await.map_err(Failure::Open)?;
+        crate::metrics::metrics()
+            .auth_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        debug!(
+            user = username.as_deref().unwrap_or("default"),
+            "authenticated upstream"
+        );
+        // With client_password the app's AUTH was checked above and is not forwarded;
+        // otherwise its AUTH/HELLO AUTH become keyward's (unless pass_client_auth).
+        let rewrite = match (&password, db.pass_client_auth) {
+            (Some(password), false) => Some((username.clone(), password.clone())),
+            _ => None,
+        };
+        let early = crate::driver::early(app);
+        let app = match rewrite {
+            Some((user, password)) => {
+                let mut scanner = scan::Scanner::new();
+                crate::wire::Filtered::with_filter(
+                    app.relay(),
+                    &early,
+                    Box::new(move |input, out, _reply| {
+                        scanner.feed(input, out, &mut |args| {
+                            rewrite_auth(args, user.as_deref(), &password)
+                        })
+                    }),
+                )
+            }
+            None => crate::wire::Filtered::new(app.relay(), early),
+        };
+        let Wire { io: up_io, buf, .. } = up;
+        let up_io = crate::wire::Prefixed::new(up_io, buf.freeze());
+        relay(app, up_io, res.idle_timeout)
+            .await
+            .map_err(Failure::Relay)
     }
-    let username = db.username().map(str::to_owned);
-    let started = tokio::time::Instant::now();
-    let opened = async {
-        let upstream = connect::open(&res).await?;
-        let mut up = Wire::new(upstream, Side::Upstream);
-        let password = db.password(name)?;
-        if let Some(password) = &password {
-            login(
-                &mut up,
-                username.as_deref(),
-                password,
-                res.handshake_timeout,
-            )
-            .await?;
+
+    /// `-ERR keyward: ...`, then a graceful close: the app's first command is read first, so
+    /// the error is its reply (a close with unread data would reset the connection instead).
+    async fn refuse(&self, app: &mut App, e: &ConnError, resource: &str) {
+        let app = &mut app.wire;
+        if app.buf.is_empty() {
+            let _ = tokio::time::timeout(ERROR_GRACE, app.io.read_buf(&mut app.buf)).await;
         }
-        Ok::<_, ConnError>((up, password))
-    };
-    let (up, password) = match opened.await {
-        Ok(done) => done,
-        Err(e) => {
-            refuse(&mut app, &e, name).await;
-            return Err(Failure::Open(e));
-        }
-    };
-    crate::metrics::metrics()
-        .auth_seconds
-        .with_label_values(&[name])
-        .observe(started.elapsed().as_secs_f64());
-    debug!(
-        user = username.as_deref().unwrap_or("default"),
-        "authenticated upstream"
-    );
-    // With client_password the app's AUTH was checked above and is not forwarded; otherwise
-    // its AUTH/HELLO AUTH become keyward's (unless pass_client_auth).
-    let rewrite = match (&password, db.pass_client_auth) {
-        (Some(password), false) => Some((username.clone(), password.clone())),
-        _ => None,
-    };
-    let early = app.buf.split().freeze();
-    let app = match rewrite {
-        Some((user, password)) => {
-            let mut scanner = scan::Scanner::new();
-            crate::wire::Filtered::with_filter(
-                app.io,
-                &early,
-                Box::new(move |input, out, _reply| {
-                    scanner.feed(input, out, &mut |args| {
-                        rewrite_auth(args, user.as_deref(), &password)
-                    })
-                }),
-            )
-        }
-        None => crate::wire::Filtered::new(app.io, early),
-    };
-    let Wire { io: up_io, buf, .. } = up;
-    let up_io = crate::wire::Prefixed::new(up_io, buf.freeze());
-    relay(app, up_io, res.idle_timeout)
-        .await
-        .map_err(Failure::Relay)
+        let detail = e.detail.replace(['\r', '\n'], " ");
+        let line = match e.side {
+            Side::Client => format!("-ERR keyward: resource \"{resource}\": {detail}\r\n"),
+            _ => format!("-ERR keyward: upstream \"{resource}\": {detail}\r\n"),
+        };
+        let _ = app.send(line.as_bytes()).await;
+        let _ = app.io.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            while matches!(app.io.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
 }
 
 /// `AUTH [user] pass` on a fresh upstream connection; `+OK` or the server's error.
@@ -193,12 +228,7 @@ async fn client_auth<S: AsyncRead + AsyncWrite + Unpin>(
         let cmd = match app.message("a command", frame).await {
             Ok(cmd) => cmd,
             Err(e) if e.reason == Reason::Truncated => return Ok(false),
-            Err(e) => {
-                let _ = app
-                    .send(b"-ERR keyward: expected a RESP command array before AUTH\r\n")
-                    .await;
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         let args = scan::args_of(&cmd).unwrap_or_default();
         let name = args
@@ -238,40 +268,20 @@ async fn client_auth<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Sends `-ERR keyward: ...` and closes gracefully: the app's first command is read first, so
-/// the error is its reply (a close with unread data would reset the connection instead).
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
-    app: &mut Wire<S>,
-    e: &ConnError,
-    resource: &str,
-) {
-    if app.buf.is_empty() {
-        let _ = tokio::time::timeout(ERROR_GRACE, app.io.read_buf(&mut app.buf)).await;
-    }
-    let detail = e.detail.replace(['\r', '\n'], " ");
-    let line = format!("-ERR keyward: upstream \"{resource}\": {detail}\r\n");
-    let _ = app.send(line.as_bytes()).await;
-    let _ = app.io.shutdown().await;
-    let mut sink = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_millis(200), async {
-        while matches!(app.io.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
-}
-
 /// `keyward probe`: connect and AUTH as the resource would.
-pub async fn probe_login(res: &ResourceRuntime) -> Result<String, ConnError> {
-    let db = crate::db::db_of(res)?;
-    let upstream = connect::open(res).await?;
+pub async fn probe_login(res: &Resource, db: &DbRuntime) -> Result<String, ConnError> {
+    // keyward's own operator command: no app is involved.
+    let admitted = Admitted::grant();
+    let upstream = res.dialer.open(&admitted).await?;
     let mut up = Wire::new(upstream, Side::Upstream);
     let username = db.username().map(str::to_owned);
-    match db.password(res.name.as_str())? {
+    match db.password(res.name.as_str(), &admitted)? {
         Some(password) => {
             login(
                 &mut up,
                 username.as_deref(),
                 &password,
-                res.handshake_timeout,
+                res.dialer.handshake_timeout,
             )
             .await?;
             Ok(format!(

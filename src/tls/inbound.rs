@@ -101,6 +101,12 @@ impl InboundTls {
         })
     }
 
+    /// Whether only apps with a verified (and allowed) client certificate may use the
+    /// listener: `require_client_cert`, or an `allow` list.
+    pub fn requires_client_cert(&self) -> bool {
+        self.require_client_cert || !self.allow.is_empty()
+    }
+
     /// TLS with the app within `timeout`, then the allow-list check.
     pub async fn accept(
         &self,
@@ -120,8 +126,11 @@ impl InboundTls {
             Err(_) => {
                 return Err(ConnError::new(
                     Side::Client,
-                    Reason::HandshakeTimeout,
-                    "the app did not complete the TLS handshake",
+                    Reason::ClientHandshakeTimeout,
+                    format!(
+                        "the app did not complete the TLS handshake within {}",
+                        humantime::format_duration(timeout)
+                    ),
                 ))
             }
         };
@@ -174,7 +183,12 @@ fn glob(pattern: &str, text: &str, sep: char) -> bool {
     match pattern.split_once('*') {
         None => pattern.eq_ignore_ascii_case(text),
         Some((head, tail)) => {
-            if text.len() < head.len() || !text[..head.len()].eq_ignore_ascii_case(head) {
+            // `get` and `char_indices` keep every cut on a char boundary: a name with
+            // multi-byte characters cannot panic the matcher.
+            let Some(start) = text.get(..head.len()) else {
+                return false;
+            };
+            if !start.eq_ignore_ascii_case(head) {
                 return false;
             }
             let rest = &text[head.len()..];
@@ -212,6 +226,15 @@ mod tests {
         assert!(glob("App", "app", '.'));
         assert!(!glob("app", "app2", '.'));
         assert!(glob("*", "anything", '/'));
+    }
+
+    #[test]
+    fn globs_never_cut_a_multibyte_character() {
+        // The pattern's literal head ends inside the 'é' of the name: no match, no panic.
+        assert!(!glob("ab*", "aé-worker", '.'));
+        assert!(!glob("a\u{e9}x*", "aé", '.'));
+        assert!(glob("é*", "é-worker", '.'));
+        assert!(!glob("x*", "", '.'));
     }
 
     #[test]

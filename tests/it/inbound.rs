@@ -128,7 +128,7 @@ fn psql_verify_full_to_keyward_and_keyward_verify_full_to_postgresql() {
     }
     let reply = silent.join().unwrap();
     assert!(
-        reply.starts_with('E') && reply.contains("keyward: no startup message within 10s"),
+        reply.starts_with('E') && reply.contains("within client_handshake_timeout (10s)"),
         "{reply:?}"
     );
 }
@@ -390,4 +390,90 @@ fn a_rotated_listener_certificate_is_served_to_new_connections() {
     crate::support::procs::wait_until("the rotated listener certificate", || {
         subject().contains("rotated-listener")
     });
+}
+
+/// A listener that requires client certificates: `psql sslmode=disable` and `mariadb
+/// --skip-ssl` get the protocol's own error and never reach the server's login; the same
+/// clients with a certificate from the listener's client CA get in.
+#[test]
+fn psql_and_mariadb_without_a_client_certificate_are_refused_before_any_login() {
+    if !require("PostgreSQL 15 server binaries", pg::available())
+        || !require("MariaDB server and client", maria::available())
+    {
+        return;
+    }
+    let (pg, m) = (pg::shared(), maria::shared());
+    let l = listener(true, &[]);
+    let yaml = format!(
+        "  - name: pgreq\n    protocol: postgres\n    listen: 127.0.0.1:0\n{block}    upstream: localhost:{}\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n  - name: myreq\n    protocol: mysql\n    listen: 127.0.0.1:0\n{block}    upstream: localhost:{}\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: nativeu\n      password: nativepw\n",
+        pg.port,
+        pg.ca_pem.display(),
+        m.port,
+        m.ca_pem.display(),
+        block = l.block,
+    );
+    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
+    let (cert, key) = l.pki.write_client("app", "app");
+    // libpq refuses a key file others can read.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pg_port = kw.addr("pgreq").port();
+    let out = psql(
+        &format!("host=127.0.0.1 port={pg_port} dbname=app sslmode=disable"),
+        "SELECT 1",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("this listener requires TLS with a client certificate"),
+        "{err}"
+    );
+    let out = psql(
+        &format!(
+            "host=localhost port={pg_port} dbname=app sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            l.ca.display(),
+            cert.display(),
+            key.display()
+        ),
+        "SELECT 1",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let my_port = kw.addr("myreq").port();
+    let mariadb = |tls: &[String]| {
+        let out = Command::new("mariadb")
+            .arg("--no-defaults")
+            .args(["--protocol=TCP", "--host=localhost", "-N", "-B"])
+            .arg(format!("--port={my_port}"))
+            .args(tls)
+            .args(["-e", "SELECT CURRENT_USER()"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let out = mariadb(&["--skip-ssl".to_owned()]);
+    assert!(
+        out.contains("this listener requires TLS with a client certificate"),
+        "{out}"
+    );
+    let out = mariadb(&[
+        "--ssl".to_owned(),
+        format!("--ssl-ca={}", l.ca.display()),
+        "--ssl-verify-server-cert".to_owned(),
+        format!("--ssl-cert={}", cert.display()),
+        format!("--ssl-key={}", key.display()),
+    ]);
+    assert_eq!(out.trim(), "nativeu@127.0.0.1", "{}", kw.log_text());
+    // keyward recorded both refusals as such.
+    let refusals = kw
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("\"reason\":\"client_cert_required\""))
+        .count();
+    assert_eq!(refusals, 2, "{}", kw.log_text());
 }

@@ -8,6 +8,7 @@ mod deploy;
 mod e2e;
 mod http;
 mod inbound;
+mod lifecycle;
 mod limbo;
 mod mysql;
 mod oauth2;

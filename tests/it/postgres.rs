@@ -589,7 +589,7 @@ fn a_silent_app_gets_an_error_response_after_the_startup_timeout() {
         let text = String::from_utf8_lossy(&reply);
         assert_eq!(reply.first(), Some(&b'E'), "{text}");
         assert!(
-            text.contains("keyward: no startup message within 10s"),
+            text.contains("within client_handshake_timeout (10s)"),
             "{text}"
         );
         assert!(text.contains("08P01"), "{text}");

@@ -596,7 +596,7 @@ async fn a_port_in_use_is_a_startup_error_naming_the_resource() {
     let path = pki.write("keyward.yaml", &yaml);
     let config = keyward::config::load(&path).unwrap();
     let runtime = keyward::Runtime::build(&config, &keyward::secret::ProcessEnv).unwrap();
-    let err = keyward::Listeners::bind(&runtime)
+    let err = keyward::Listeners::bind(runtime.listens())
         .await
         .unwrap_err()
         .to_string();

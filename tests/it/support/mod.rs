@@ -219,7 +219,7 @@ impl Proxy {
         let config = keyward::config::load(&path).unwrap_or_else(|p| panic!("config: {p}"));
         let runtime = Runtime::build(&config, &keyward::secret::ProcessEnv)
             .unwrap_or_else(|p| panic!("runtime: {p}"));
-        let listeners = Listeners::bind(&runtime).await.unwrap();
+        let listeners = Listeners::bind(runtime.listens()).await.unwrap();
         let bound = listeners
             .addrs()
             .map(|(n, a)| (n.to_string(), a.clone()))

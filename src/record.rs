@@ -1,0 +1,247 @@
+//! Lifecycle phase **record**: how a connection (or an HTTP request, or an upgraded HTTP
+//! connection) ended, classified once by (side, reason), becomes the log line, the metrics and
+//! the resource's counters. A resource's [`Stats`] outlive its runtime snapshots (a reload
+//! keeps them); [`Open`] counts a live connection and uncounts it on drop, so a connection task
+//! that panics still gives back its gauges.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use tracing::{debug, warn};
+
+use crate::config::ResourceName;
+use crate::error::{ConnError, Reason, Side};
+use crate::metrics::metrics;
+use crate::relay::Relayed;
+
+/// How a connection failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Before relaying; nothing was answered yet: the driver writes the error to the app in the
+    /// protocol's own format, then closes.
+    Open(ConnError),
+    /// Before relaying; the app already got its answer (e.g. the server's own login error).
+    Answered(ConnError),
+    /// The relay ended with an error.
+    Relay(ConnError),
+}
+
+impl Failure {
+    /// The classified error.
+    pub fn error(&self) -> &ConnError {
+        match self {
+            Self::Open(e) | Self::Answered(e) | Self::Relay(e) => e,
+        }
+    }
+}
+
+/// The last failure of a resource, with its time (for `/resources` and tests).
+#[derive(Debug, Clone)]
+pub struct LastError {
+    /// When it happened.
+    pub at: SystemTime,
+    /// What it was.
+    pub error: ConnError,
+}
+
+/// A resource's counters, kept across reloads.
+#[derive(Debug)]
+pub struct Stats {
+    /// The resource.
+    pub name: ResourceName,
+    open: AtomicU64,
+    total: AtomicU64,
+    errors: AtomicU64,
+    last_error: Mutex<Option<LastError>>,
+    requests: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl Stats {
+    /// Zeroed counters for `name`.
+    pub fn new(name: ResourceName) -> Self {
+        Self {
+            name,
+            open: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            requests: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far (including refused ones).
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Connections (and HTTP requests) that ended in an error.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The most recent failure.
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// HTTP responses sent to apps, by status code.
+    pub fn requests(&self) -> BTreeMap<u16, u64> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// One more accepted connection.
+    pub fn accepted(&self) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An HTTP response sent to an app.
+    pub fn count_request(&self, status: http::StatusCode) {
+        metrics()
+            .http_requests
+            .with_label_values(&[self.name.as_str(), status.as_str()])
+            .inc();
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry(status.as_u16()).or_default() += 1;
+        }
+    }
+
+    /// A failure: counted, labelled, kept as the last error.
+    pub fn failed(&self, error: ConnError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        metrics()
+            .errors
+            .with_label_values(&[
+                self.name.as_str(),
+                error.side.as_str(),
+                error.reason.as_str(),
+            ])
+            .inc();
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(LastError {
+                at: SystemTime::now(),
+                error,
+            });
+        }
+    }
+
+    /// Records how one connection (or upgraded HTTP connection) ended: exactly one call per
+    /// end. `None`: closed by keyward at the end of a drain.
+    pub fn record(
+        &self,
+        upstream: &dyn std::fmt::Display,
+        result: Option<Result<Relayed, Failure>>,
+    ) {
+        match result {
+            None => debug!("closed at the end of the grace period"),
+            Some(Ok(done)) => {
+                let bytes = &metrics().bytes;
+                bytes
+                    .with_label_values(&[self.name.as_str(), "client_to_upstream"])
+                    .inc_by(done.sent);
+                bytes
+                    .with_label_values(&[self.name.as_str(), "upstream_to_client"])
+                    .inc_by(done.received);
+                debug!(sent = done.sent, received = done.received, "closed");
+            }
+            Some(Err(Failure::Open(e) | Failure::Answered(e))) => {
+                if e.side == Side::Internal && e.reason == Reason::Panic {
+                    tracing::error!(
+                        side = e.side.as_str(),
+                        reason = e.reason.as_str(),
+                        "{}",
+                        e.detail
+                    );
+                } else {
+                    warn!(
+                        side = e.side.as_str(),
+                        reason = e.reason.as_str(),
+                        "upstream {upstream}: {}",
+                        e.detail
+                    );
+                }
+                self.failed(e);
+            }
+            Some(Err(Failure::Relay(e))) => {
+                let tls_trouble = e.side == Side::Upstream
+                    && matches!(e.reason, Reason::ClientCertRejected | Reason::Tls);
+                if tls_trouble {
+                    warn!(
+                        side = e.side.as_str(),
+                        reason = e.reason.as_str(),
+                        "upstream {upstream}: {}",
+                        e.detail
+                    );
+                } else {
+                    debug!(
+                        side = e.side.as_str(),
+                        reason = e.reason.as_str(),
+                        "relay ended: {}",
+                        e.detail
+                    );
+                }
+                self.failed(e);
+            }
+        }
+    }
+}
+
+/// One open connection of a resource: counted in `open` and `keyward_connections_open` from
+/// creation until drop, whatever ends the task (a return, a cancellation, a panic).
+#[derive(Debug)]
+pub struct Open<'a> {
+    stats: &'a Stats,
+    gauge: prometheus::IntGauge,
+}
+
+impl<'a> Open<'a> {
+    /// Counts a connection open.
+    pub fn new(stats: &'a Stats) -> Self {
+        let gauge = metrics().open.with_label_values(&[stats.name.as_str()]);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        gauge.inc();
+        Self { stats, gauge }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+/// The error recorded for a connection task that panicked. The panic's own message stays
+/// out of logs and labels (it may quote peer bytes); the panic hook prints it to stderr.
+pub fn panicked() -> ConnError {
+    ConnError::new(
+        Side::Internal,
+        Reason::Panic,
+        "keyward bug: the connection task panicked (its message is on stderr); please report it",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_connection_is_uncounted_when_its_task_panics() {
+        let stats = Stats::new(ResourceName::internal());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _open = Open::new(&stats);
+            assert_eq!(stats.open(), 1);
+            panic!("boom");
+        }));
+        assert!(caught.is_err());
+        assert_eq!(stats.open(), 0);
+        let e = panicked();
+        assert_eq!((e.side, e.reason), (Side::Internal, Reason::Panic));
+    }
+}
