@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use futures_util::FutureExt as _;
 use tracing::{debug, warn};
 
 use crate::config::ResourceName;
@@ -150,46 +151,47 @@ impl Stats {
                     .inc_by(done.received);
                 debug!(sent = done.sent, received = done.received, "closed");
             }
-            Some(Err(Failure::Open(e) | Failure::Answered(e))) => {
-                if e.side == Side::Internal && e.reason == Reason::Panic {
-                    tracing::error!(
-                        side = e.side.as_str(),
-                        reason = e.reason.as_str(),
-                        "{}",
-                        e.detail
-                    );
+            Some(Err(failure)) => {
+                // Before the relay every failure is worth a warning; a relay that ends in an
+                // error mostly means a peer went away (debug), unless TLS broke.
+                let (loud, e) = match failure {
+                    Failure::Open(e) | Failure::Answered(e) => (true, e),
+                    Failure::Relay(e) => (
+                        e.side == Side::Upstream
+                            && matches!(e.reason, Reason::ClientCertRejected | Reason::Tls),
+                        e,
+                    ),
+                };
+                let (side, reason) = (e.side.as_str(), e.reason.as_str());
+                if e.reason == Reason::Panic {
+                    tracing::error!(side, reason, "{}", e.detail);
+                } else if loud {
+                    warn!(side, reason, "upstream {upstream}: {}", e.detail);
                 } else {
-                    warn!(
-                        side = e.side.as_str(),
-                        reason = e.reason.as_str(),
-                        "upstream {upstream}: {}",
-                        e.detail
-                    );
-                }
-                self.failed(e);
-            }
-            Some(Err(Failure::Relay(e))) => {
-                let tls_trouble = e.side == Side::Upstream
-                    && matches!(e.reason, Reason::ClientCertRejected | Reason::Tls);
-                if tls_trouble {
-                    warn!(
-                        side = e.side.as_str(),
-                        reason = e.reason.as_str(),
-                        "upstream {upstream}: {}",
-                        e.detail
-                    );
-                } else {
-                    debug!(
-                        side = e.side.as_str(),
-                        reason = e.reason.as_str(),
-                        "relay ended: {}",
-                        e.detail
-                    );
+                    debug!(side, reason, "relay ended: {}", e.detail);
                 }
                 self.failed(e);
             }
         }
     }
+}
+
+/// Runs one connection (or upgraded HTTP connection) to its end and records it once: counted
+/// open for the whole task (a drop guard, released however the task ends), a panic caught and
+/// recorded as `side=internal, reason=panic`, `kill` (the end of a drain) recorded as a close.
+pub async fn guarded(
+    stats: &Stats,
+    upstream: &(dyn std::fmt::Display + Sync),
+    serving: impl std::future::Future<Output = Result<Relayed, Failure>>,
+    kill: impl std::future::Future<Output = ()>,
+) {
+    let _open = Open::new(stats);
+    let serving = std::panic::AssertUnwindSafe(serving).catch_unwind();
+    let result = tokio::select! {
+        r = serving => Some(r.unwrap_or_else(|_| Err(Failure::Open(panicked())))),
+        () = kill => None,
+    };
+    stats.record(upstream, result);
 }
 
 /// One open connection of a resource: counted in `open` and `keyward_connections_open` from
@@ -230,6 +232,26 @@ pub fn panicked() -> ConnError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_connection_task_that_panics_releases_its_gauges_and_is_recorded_once() {
+        let stats = Stats::new(ResourceName::internal());
+        let gauge = metrics().open.with_label_values(&[stats.name.as_str()]);
+        let before = gauge.get();
+        let serving = async {
+            assert_eq!(stats.open(), 1, "counted open while serving");
+            if stats.total() == 0 {
+                panic!("a bug in a handler");
+            }
+            Ok(Relayed::default())
+        };
+        guarded(&stats, &"upstream", serving, std::future::pending()).await;
+        assert_eq!(stats.open(), 0);
+        assert_eq!(gauge.get(), before);
+        assert_eq!(stats.errors(), 1);
+        let last = stats.last_error().unwrap().error;
+        assert_eq!((last.side, last.reason), (Side::Internal, Reason::Panic));
+    }
 
     #[test]
     fn an_open_connection_is_uncounted_when_its_task_panics() {

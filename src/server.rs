@@ -18,14 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use futures_util::FutureExt as _;
-
 use crate::config::{protocol_name, ResourceName};
 use crate::error::{ConnError, Reason, Side};
 use crate::listener::{bind_one, BindError, BoundAddr, Listener, Listeners};
 use crate::metrics::metrics;
 pub use crate::record::LastError;
-use crate::record::{panicked, Failure, Open, Stats};
+use crate::record::{guarded, Stats};
 use crate::runtime::{ResourceRuntime, Runtime};
 
 /// Live state of one resource.
@@ -460,20 +458,17 @@ async fn accept_loop(
         let span = info_span!("conn", resource = %state.name, client = %peer, conn);
         inner.connections.spawn(
             async move {
-                // Released by drop, whatever ends this task: the slot and the gauges.
+                // Released by drop, whatever ends this task (the slot; `guarded` does the
+                // gauges, catches a panic and records the end once).
                 let _permit = permit;
-                let _open = Open::new(&stats);
                 debug!("accepted");
-                // A panic in the connection is recorded as keyward's own failure instead of
-                // taking the task down silently (STYLE.md rule 6: peer bytes never panic us;
-                // this is the net under that rule).
-                let serving =
-                    std::panic::AssertUnwindSafe(runtime.serve(client, &stats)).catch_unwind();
-                let result = tokio::select! {
-                    r = serving => Some(r.unwrap_or_else(|_| Err(Failure::Open(panicked())))),
-                    () = kill.cancelled() => None,
-                };
-                stats.record(&runtime.upstream, result);
+                guarded(
+                    &stats,
+                    &runtime.upstream,
+                    runtime.serve(client, &stats),
+                    kill.cancelled(),
+                )
+                .await;
             }
             .instrument(span),
         );

@@ -27,14 +27,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::{debug, warn};
 
-use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 
 use crate::config::{ApiKeyPlace, Auth, Http2, HttpOptions, ResourceConfig, ResourceName, Site};
 use crate::connect::{Admitted, Dialer};
 use crate::driver::{App, Handler, Resource, TlsStart};
 use crate::error::{ConnError, Reason, Side};
-use crate::record::{Failure, Open, Stats};
+use crate::record::{guarded, Failure, Stats};
 use crate::relay::Relayed;
 use crate::secret::{Env, Secret};
 use connector::Connector;
@@ -779,8 +778,7 @@ async fn send(
             // counted open meanwhile; a panic in it is recorded too.
             tokio::spawn(
                 async move {
-                    let _open = Open::new(&stats);
-                    let relayed = std::panic::AssertUnwindSafe(async {
+                    let relayed = async {
                         match tokio::try_join!(client_side, upstream_side) {
                             Ok((c, u)) => {
                                 let (c, u) = (TokioIo::new(c), TokioIo::new(u));
@@ -794,11 +792,8 @@ async fn send(
                                 format!("upgrade failed: {e}"),
                             ))),
                         }
-                    })
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| Err(Failure::Open(crate::record::panicked())));
-                    stats.record(&authority, Some(relayed));
+                    };
+                    guarded(&stats, &authority, relayed, std::future::pending()).await;
                 }
                 .in_current_span(),
             );

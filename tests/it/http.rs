@@ -450,6 +450,16 @@ async fn upgrade_is_passed_through_on_http_1_1() {
         waited >= std::time::Duration::from_millis(900),
         "{waited:?}"
     );
+    // The upgraded relay's end is recorded once, like any connection's.
+    let res = s.proxy.state.resource("api").unwrap();
+    let start = std::time::Instant::now();
+    while res.last_error().is_none() && start.elapsed() < DEADLINE {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        res.last_error().map(|e| e.error.reason),
+        Some(keyward::error::Reason::IdleTimeout)
+    );
 }
 
 #[tokio::test]

@@ -205,6 +205,23 @@ async fn signatures_match_botocore_for_the_same_requests() {
         );
     }
     assert_eq!(theirs.len(), 5);
+    // Signing is the credential work of these resources: timed like a database login.
+    let metrics = keyward::metrics::metrics().render();
+    for name in ["signed", "session", "unsigned"] {
+        let count = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("keyward_upstream_auth_seconds_count")
+                    && l.contains(&format!("resource=\"{name}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(
+            count > 0,
+            "{name}: no keyward_upstream_auth_seconds observation"
+        );
+    }
 }
 
 #[tokio::test]
