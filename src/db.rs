@@ -7,7 +7,7 @@ use tracing::warn;
 
 use crate::config::{Auth, DbOptions, Negotiation, ResourceConfig, SecretRef};
 use crate::error::{ConnError, Reason, Side};
-use crate::secret::{Env, Secret, SecretSource};
+use crate::secret::{Env, Secret, SecretError, SecretSource};
 
 /// A secret that is re-read from its file at each use, so a rotated file takes effect for
 /// the next connection. If a read fails (mid-rotation), the last good value is used.
@@ -19,7 +19,7 @@ pub struct Credential {
 
 impl Credential {
     /// Resolves the secret once (the build fails if it cannot be read).
-    pub fn new(secret: &SecretRef, env: &dyn Env) -> Result<Self, String> {
+    pub fn new(secret: &SecretRef, env: &dyn Env) -> Result<Self, SecretError> {
         let value = secret.source.resolve(env)?;
         Ok(Self {
             source: secret.source.clone(),
@@ -27,8 +27,10 @@ impl Credential {
         })
     }
 
-    /// The current value: a `${file:}` secret is read again; others do not change.
-    pub fn current(&self, resource: &str) -> Secret {
+    /// The current value: a `${file:}` secret is read again; others do not change. A file
+    /// that cannot be read (mid-rotation) leaves the last value in use; a file that reads
+    /// empty refuses the connection: an empty credential is never used.
+    pub fn current(&self, resource: &str) -> Result<Secret, ConnError> {
         let mut last = match self.last.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -38,12 +40,19 @@ impl Credential {
             count_read(resource, result.is_ok());
             match result {
                 Ok(value) => *last = value,
+                Err(e @ SecretError::Empty(_)) => {
+                    return Err(ConnError::new(
+                        Side::Internal,
+                        Reason::AuthFailed,
+                        format!("{e} (re-read for this connection)"),
+                    ))
+                }
                 Err(message) => {
                     warn!(resource, file = %path.display(), "cannot re-read the password file, using the last value read: {message}")
                 }
             }
         }
-        last.clone()
+        Ok(last.clone())
     }
 }
 
@@ -105,7 +114,7 @@ impl DbRuntime {
             match read {
                 Ok(c) => Some(c),
                 Err(message) => {
-                    problems.push((secret.site.clone(), message));
+                    problems.push((secret.site.clone(), message.to_string()));
                     None
                 }
             }
@@ -188,7 +197,9 @@ impl DbRuntime {
     ) -> Result<Option<Secret>, ConnError> {
         match &self.login {
             Login::None => Ok(None),
-            Login::Password { password, .. } => Ok(password.as_ref().map(|c| c.current(resource))),
+            Login::Password { password, .. } => {
+                password.as_ref().map(|c| c.current(resource)).transpose()
+            }
             Login::RdsIam(rds) => rds
                 .token()
                 .map(Some)
@@ -199,5 +210,30 @@ impl DbRuntime {
     /// Whether keyward's password is an RDS token (sent in clear over TLS).
     pub fn is_rds_iam(&self) -> bool {
         matches!(self.login, Login::RdsIam(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_file_that_reads_empty_refuses_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let secret = SecretRef {
+            source: SecretSource::File(path.clone()),
+            site: crate::config::Site::default(),
+        };
+        let credential = Credential::new(&secret, &crate::secret::ProcessEnv).unwrap();
+        assert_eq!(credential.current("r").unwrap().expose(), "s3cret");
+        // Mid-rotation, truncated: refused, not used empty.
+        std::fs::write(&path, "").unwrap();
+        let refused = credential.current("r").unwrap_err();
+        assert_eq!(refused.reason, Reason::AuthFailed);
+        // Gone for a moment: the last value stays in use.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(credential.current("r").unwrap().expose(), "s3cret");
     }
 }

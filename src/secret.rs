@@ -37,6 +37,29 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Why a secret could not be read. Never carries the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// `${env:NAME}` with `NAME` unset.
+    #[error("environment variable {0} is not set")]
+    EnvUnset(String),
+    /// `${file:PATH}` that cannot be read.
+    #[error("reading secret file {path:?}: {reason}")]
+    FileRead {
+        /// The file.
+        path: String,
+        /// Why (not found, permission denied, ...).
+        reason: String,
+    },
+    /// A secret that resolves to nothing: an empty literal, variable or file (a file caught
+    /// mid-rotation reads empty). An empty credential is never used.
+    #[error("the secret is empty ({0}); keyward refuses to use an empty credential")]
+    Empty(String),
+    /// A config value that looks like a reference but is not a valid one.
+    #[error("{0}")]
+    Syntax(&'static str),
+}
+
 /// Where a secret comes from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -86,43 +109,50 @@ where
 impl SecretSource {
     /// Parses a config value: a whole-value `${env:NAME}` or `${file:PATH}` is a reference,
     /// anything else is a literal. Relative file paths are taken from `base`.
-    pub fn parse(value: &str, base: &Path) -> Result<Self, String> {
+    pub fn parse(value: &str, base: &Path) -> Result<Self, SecretError> {
         let Some(inner) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
             return Ok(Self::Literal(Secret::new(value)));
         };
         match inner.split_once(':') {
             Some(("env", name)) if is_env_name(name) => Ok(Self::Env(name.to_owned())),
-            Some(("env", _)) => {
-                Err("`${env:NAME}` needs a variable name of letters, digits and _".into())
-            }
+            Some(("env", _)) => Err(SecretError::Syntax(
+                "`${env:NAME}` needs a variable name of letters, digits and _",
+            )),
             Some(("file", path)) if !path.is_empty() => Ok(Self::File(base.join(path))),
-            Some(("file", _)) => Err("`${file:PATH}` needs a path".into()),
-            _ => Err("a secret reference is `${env:NAME}` or `${file:PATH}`".into()),
+            Some(("file", _)) => Err(SecretError::Syntax("`${file:PATH}` needs a path")),
+            _ => Err(SecretError::Syntax(
+                "a secret reference is `${env:NAME}` or `${file:PATH}`",
+            )),
         }
     }
 
-    /// Reads the secret now.
-    pub fn resolve(&self, env: &dyn Env) -> Result<Secret, String> {
-        match self {
-            Self::Literal(secret) => Ok(secret.clone()),
+    /// Reads the secret now. An empty value is an error, wherever it comes from.
+    pub fn resolve(&self, env: &dyn Env) -> Result<Secret, SecretError> {
+        let secret = match self {
+            Self::Literal(secret) => secret.clone(),
             Self::Env(name) => env
                 .var(name)
                 .map(Secret::new)
-                .ok_or_else(|| format!("environment variable {name} is not set")),
+                .ok_or_else(|| SecretError::EnvUnset(name.clone()))?,
             Self::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!(
-                        "reading secret file {:?}: {}",
-                        path.display().to_string(),
-                        crate::error::io_reason(&e)
-                    )
+                let text = std::fs::read_to_string(path).map_err(|e| SecretError::FileRead {
+                    path: path.display().to_string(),
+                    reason: crate::error::io_reason(&e),
                 })?;
                 let text = Zeroizing::new(text);
                 let trimmed = text.strip_suffix('\n').unwrap_or(&text);
                 let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-                Ok(Secret::new(trimmed))
+                Secret::new(trimmed)
             }
+        };
+        if secret.expose().is_empty() {
+            return Err(SecretError::Empty(match self {
+                Self::Literal(_) => "written empty in the config".to_owned(),
+                Self::Env(name) => format!("environment variable {name} is empty"),
+                Self::File(path) => format!("file {:?} is empty", path.display().to_string()),
+            }));
         }
+        Ok(secret)
     }
 
     /// The file this secret is read from, if any (for watching).
@@ -181,7 +211,7 @@ mod tests {
         let source = SecretSource::Env("TOKEN".into());
         assert_eq!(source.resolve(&env).unwrap().expose(), "abc");
         let missing = SecretSource::Env("NOPE".into()).resolve(&env).unwrap_err();
-        assert_eq!(missing, "environment variable NOPE is not set");
+        assert_eq!(missing.to_string(), "environment variable NOPE is not set");
     }
 
     #[test]
@@ -204,6 +234,24 @@ mod tests {
         let err = SecretSource::File(dir.path().join("none"))
             .resolve(&ProcessEnv)
             .unwrap_err();
-        assert!(err.contains("not found"), "{err}");
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_secret_is_an_error_wherever_it_comes_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "\n").unwrap();
+        let env = |name: &str| (name == "BLANK").then(String::new);
+        for source in [
+            SecretSource::Literal(Secret::new("")),
+            SecretSource::Env("BLANK".into()),
+            SecretSource::File(path.clone()),
+        ] {
+            assert!(
+                matches!(source.resolve(&env), Err(SecretError::Empty(_))),
+                "{source:?}"
+            );
+        }
     }
 }

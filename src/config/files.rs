@@ -57,7 +57,7 @@ pub fn fingerprint(res: &ResourceConfig, env: &dyn Env) -> [u8; 32] {
     for secret in resource_secrets(res) {
         match secret.source.resolve(env) {
             Ok(v) => h.update(v.expose().as_bytes()),
-            Err(e) => h.update(e.as_bytes()),
+            Err(e) => h.update(e.to_string().as_bytes()),
         }
     }
     h.finalize().into()

@@ -359,7 +359,7 @@ impl Ctx {
                 site: site(value, path),
             }),
             Err(msg) => {
-                self.problem(site(value, path), msg);
+                self.problem(site(value, path), msg.to_string());
                 None
             }
         }

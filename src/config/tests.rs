@@ -1,5 +1,5 @@
-use super::*;
 use super::upstream::split_host_port;
+use super::*;
 
 fn ok(yaml: &str) -> Config {
     parse(yaml, Path::new("/etc/keyward/k.yaml")).unwrap_or_else(|p| panic!("{p}"))

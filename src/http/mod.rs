@@ -124,7 +124,7 @@ impl HttpUpstream {
             }
             Err(e) => {
                 reads.with_label_values(&[res.name.as_str(), "error"]).inc();
-                problems.borrow_mut().push((s.site.clone(), e));
+                problems.borrow_mut().push((s.site.clone(), e.to_string()));
                 None
             }
         };

@@ -232,11 +232,17 @@ pub fn resolve_credentials(config: &AwsCredentials, env: &dyn Env) -> Result<Res
     };
     if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
         let token = match &config.session_token {
-            Some(t) => Some(t.source.resolve(env)?.expose().to_owned()),
+            Some(t) => Some(
+                t.source
+                    .resolve(env)
+                    .map_err(|e| e.to_string())?
+                    .expose()
+                    .to_owned(),
+            ),
             None => None,
         };
-        let id = id.source.resolve(env)?;
-        let secret = secret.source.resolve(env)?;
+        let id = id.source.resolve(env).map_err(|e| e.to_string())?;
+        let secret = secret.source.resolve(env).map_err(|e| e.to_string())?;
         return fixed(Credentials::new(
             id.expose(),
             secret.expose(),

@@ -304,7 +304,7 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
         attrs: response.connect_attributes(),
     };
     if let Some(expected) = &db.client_password {
-        let expected = expected.current(resource);
+        let expected = expected.current(resource)?;
         let mut given = response.scramble_buf().to_vec();
         let plugin_is_native = response
             .auth_plugin()

@@ -140,7 +140,7 @@ async fn session(
 ) -> Result<Relayed, Failure> {
     let name = res.name.as_str();
     if let Some(expected) = &db.client_password {
-        let expected = expected.current(name);
+        let expected = expected.current(name).map_err(Failure::Open)?;
         check_app_password(&mut app.wire, &expected)
             .await
             .map_err(Failure::Open)?;

@@ -55,7 +55,8 @@ impl Handler for Redis {
         let name = res.name.as_str();
         let db = &self.db;
         if let Some(expected) = &db.client_password {
-            match client_auth(&mut app.wire, &expected.current(name)).await {
+            let expected = expected.current(name).map_err(Failure::Open)?;
+            match client_auth(&mut app.wire, &expected).await {
                 Ok(true) => {}
                 Ok(false) => return Ok(Relayed::default()),
                 Err(e) => return Err(Failure::Open(e)),

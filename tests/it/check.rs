@@ -330,3 +330,23 @@ fn cert_inspect_describes_chains_and_keys_without_printing_key_material() {
         "{out}"
     );
 }
+
+/// An empty secret (a literal, or a file caught empty mid-rotation) is a config error, so a
+/// reload that finds one keeps the running configuration instead of injecting nothing.
+#[test]
+fn an_empty_secret_is_a_config_error_naming_its_key() {
+    let pki = Pki::new();
+    let redis = "resources:\n  - name: r\n    protocol: redis\n    listen: 127.0.0.1:0\n    upstream: localhost:7000\n    tls:\n      mode: disable\n";
+    assert_problem(
+        &pki,
+        &format!("{redis}    client_password: \"\"\n"),
+        "FILE:8:22: resources[0].client_password: the secret is empty (written empty in the config); keyward refuses to use an empty credential",
+    );
+    let empty = pki.write("key.txt", "\n");
+    let http = format!("resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:7000\n    auth:\n      type: api_key\n      query: api_key\n      value: ${{file:{}}}\n", empty.display());
+    assert_problem(
+        &pki,
+        &http,
+        &format!("FILE:9:14: resources[0].auth.value: the secret is empty (file {:?} is empty); keyward refuses to use an empty credential", empty.display().to_string()),
+    );
+}
