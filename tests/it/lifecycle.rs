@@ -439,3 +439,69 @@ async fn a_multibyte_client_cn_at_the_globs_cut_is_refused_without_a_panic() {
     );
     assert_eq!(up.accepted.load(Ordering::SeqCst), 0);
 }
+
+/// `keyward::run` is the whole product: admin endpoint and hot reload composed from injected
+/// listeners and a shutdown future, in-process on port 0 (no port picked and released).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyward_run_serves_admin_and_reload_in_process() {
+    let pki = Pki::new();
+    let up = counter().await;
+    let path = pki.write("keyward.yaml", &config(&resource("tcp", up.addr, "")));
+    let loaded = keyward::config::load(&path).unwrap();
+    let runtime = keyward::Runtime::build(&loaded, &keyward::secret::ProcessEnv).unwrap();
+    let listeners = keyward::Listeners::bind(runtime.listens()).await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let parts = keyward::Parts {
+        admin: Some(admin),
+        reload: Some(keyward::Reload {
+            path: path.clone(),
+            config: loaded,
+            env: Arc::new(keyward::secret::ProcessEnv),
+        }),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let product = tokio::spawn(keyward::run(runtime, listeners, parts, async {
+        let _ = stopped.await;
+    }));
+    let get = |path: &'static str| async move {
+        let mut conn = TcpStream::connect(admin_addr).await.unwrap();
+        conn.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut body = String::new();
+        tokio::time::timeout(DEADLINE, conn.read_to_string(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        body
+    };
+    assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+    // A second resource written into the config is picked up by the reload part.
+    std::fs::write(
+        &path,
+        config(&format!(
+            "{}{}",
+            resource("tcp", up.addr, ""),
+            resource("redis", up.addr, "")
+        )),
+    )
+    .unwrap();
+    let start = Instant::now();
+    while !get("/resources").await.contains("\"name\":\"redis\"") {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the reload did not add the resource"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    let outcome = tokio::time::timeout(DEADLINE, product)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.cut, 0);
+}

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::httpd::{always_ok, httpd};
-use crate::support::procs::{free_port, have, Keyward};
+use crate::support::procs::{have, Keyward};
 use crate::support::{require, roundtrip, server_config, upstream, Behavior, Pki};
 
 const BOTH: &[&rustls::SupportedProtocolVersion] = &[&TLS13, &TLS12];
@@ -112,14 +112,13 @@ async fn metrics_pass_promtool_and_the_admin_endpoints_answer() {
     .await;
     pki.write_ca();
     pki.write_client("client", "kw-metrics");
-    let admin = free_port();
     let down = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let yaml = format!(
-        "admin:\n  listen: 127.0.0.1:{admin}\nresources:\n{}{}  - name: tokens\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: oauth2\n      token_url: https://localhost:{down}/token\n      client_id: kw\n      client_secret: metrics-client-secret\n      tls:\n        ca: ca.pem\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: metrics-test-token\n",
+        "admin:\n  listen: 127.0.0.1:0\nresources:\n{}{}  - name: tokens\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: oauth2\n      token_url: https://localhost:{down}/token\n      client_id: kw\n      client_secret: metrics-client-secret\n      tls:\n        ca: ca.pem\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: metrics-test-token\n",
         tcp_resource("echo", up.port(), "127.0.0.1:0", "      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n"),
         tcp_resource("down", down, "127.0.0.1:0", "      ca: ca.pem\n"),
         api.port(),
@@ -128,7 +127,7 @@ async fn metrics_pass_promtool_and_the_admin_endpoints_answer() {
     let kw = Keyward::start(&pki.write("keyward.yaml", &yaml));
     let echo = kw.addr("echo");
     let api_addr = kw.addr("api");
-    let base = format!("http://127.0.0.1:{admin}");
+    let base = format!("http://{}", kw.admin_addr());
     assert_eq!(get(&format!("{base}/healthz")).0, 200);
     assert_eq!(get(&format!("{base}/startupz")).0, 200);
     let (code, ready) = get(&format!("{base}/readyz"));
@@ -225,7 +224,7 @@ async fn metrics_pass_promtool_and_the_admin_endpoints_answer() {
 struct Running {
     pki: Pki,
     kw: Keyward,
-    admin: u16,
+    admin: std::net::SocketAddr,
     config: PathBuf,
     up: crate::support::Upstream,
 }
@@ -239,9 +238,8 @@ async fn running(extra: &str) -> Running {
     .await;
     pki.write_ca();
     pki.write_client("client", "kw-reload");
-    let admin = free_port();
     let yaml = format!(
-        "admin:\n  listen: 127.0.0.1:{admin}\nshutdown_grace: 5s\n{extra}resources:\n{}",
+        "admin:\n  listen: 127.0.0.1:0\nshutdown_grace: 5s\n{extra}resources:\n{}",
         tcp_resource(
             "r",
             up.port(),
@@ -252,6 +250,7 @@ async fn running(extra: &str) -> Running {
     let config = pki.write("keyward.yaml", &yaml);
     let kw = Keyward::start(&config);
     kw.addr("r");
+    let admin = kw.admin_addr();
     Running {
         pki,
         kw,
@@ -263,7 +262,7 @@ async fn running(extra: &str) -> Running {
 
 impl Running {
     fn metrics(&self) -> String {
-        get(&format!("http://127.0.0.1:{}/metrics", self.admin)).1
+        get(&format!("http://{}/metrics", self.admin)).1
     }
 
     fn reload_errors(&self) -> f64 {
@@ -366,62 +365,31 @@ async fn resources_are_added_moved_and_removed_at_runtime_without_touching_live_
     live.read_exact(&mut b).await.unwrap();
     let base = std::fs::read_to_string(&r.config).unwrap();
     let tls = "      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n";
-    // Added.
-    let added_port = free_port();
-    write_renamed(
-        &r.config,
-        &format!(
-            "{base}{}",
-            tcp_resource(
-                "added",
-                r.up.port(),
-                &format!("127.0.0.1:{added_port}"),
-                tls
-            )
-        ),
-    );
-    eventually("resource added", 10, async || {
-        TcpStream::connect(("127.0.0.1", added_port)).await.is_ok()
-    })
-    .await;
-    assert_eq!(
-        roundtrip(format!("127.0.0.1:{added_port}").parse().unwrap(), b"new").await,
-        b"new"
-    );
+    // Added (on port 0: the address comes from keyward's log, no port race).
+    let added_res = tcp_resource("added", r.up.port(), "127.0.0.1:0", tls);
+    write_renamed(&r.config, &format!("{base}{added_res}"));
+    let added = r.kw.addr("added");
+    assert_eq!(roundtrip(added, b"new").await, b"new");
     live.write_all(b"2").await.unwrap();
     live.read_exact(&mut b).await.unwrap();
     assert_eq!(
         &b, b"2",
         "a live connection of another resource is untouched"
     );
-    // Moved: r to a fixed port.
-    let moved_port = free_port();
+    // Moved: r to another loopback address.
     let moved = base.replace(
         &format!(
             "listen: 127.0.0.1:0\n    upstream: localhost:{}",
             r.up.port()
         ),
         &format!(
-            "listen: 127.0.0.1:{moved_port}\n    upstream: localhost:{}",
+            "listen: 127.0.0.2:0\n    upstream: localhost:{}",
             r.up.port()
         ),
     );
-    write_renamed(
-        &r.config,
-        &format!(
-            "{moved}{}",
-            tcp_resource(
-                "added",
-                r.up.port(),
-                &format!("127.0.0.1:{added_port}"),
-                tls
-            )
-        ),
-    );
-    eventually("resource moved", 10, async || {
-        TcpStream::connect(("127.0.0.1", moved_port)).await.is_ok()
-    })
-    .await;
+    write_renamed(&r.config, &format!("{moved}{added_res}"));
+    let moved_addr = r.kw.addr_other_than("r", addr);
+    assert_eq!(moved_addr.ip().to_string(), "127.0.0.2");
     eventually("old address closed", 10, async || {
         TcpStream::connect(addr).await.is_err()
     })
@@ -435,13 +403,10 @@ async fn resources_are_added_moved_and_removed_at_runtime_without_touching_live_
     // Removed.
     write_renamed(&r.config, &moved);
     eventually("resource removed", 10, async || {
-        TcpStream::connect(("127.0.0.1", added_port)).await.is_err()
+        TcpStream::connect(added).await.is_err()
     })
     .await;
-    assert_eq!(
-        roundtrip(format!("127.0.0.1:{moved_port}").parse().unwrap(), b"r").await,
-        b"r"
-    );
+    assert_eq!(roundtrip(moved_addr, b"r").await, b"r");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,7 +595,7 @@ async fn sigterm_keeps_accepting_for_the_delay_then_drains_the_live_connection()
         .unwrap()
         .success());
     eventually("readyz turns 503 at once", 2, async || {
-        get(&format!("http://127.0.0.1:{}/readyz", r.admin)).0 == 503
+        get(&format!("http://{}/readyz", r.admin)).0 == 503
     })
     .await;
     assert_eq!(
@@ -709,51 +674,37 @@ async fn a_file_that_appears_after_a_failed_reload_is_picked_up() {
     let r = running("").await;
     let late_dir = r.pki.path("late");
     std::fs::create_dir_all(&late_dir).unwrap();
-    let port = free_port();
     let base = std::fs::read_to_string(&r.config).unwrap();
     let errors = r.reload_errors();
-    write_renamed(&r.config, &format!("{base}{}", tcp_resource("late", r.up.port(), &format!("127.0.0.1:{port}"), "      ca: late/ca.pem\n      client_cert: client.pem\n      client_key: client.key\n")));
+    write_renamed(&r.config, &format!("{base}{}", tcp_resource("late", r.up.port(), "127.0.0.1:0", "      ca: late/ca.pem\n      client_cert: client.pem\n      client_key: client.key\n")));
     eventually(
         "the reload fails while late/ca.pem is missing",
         10,
         async || r.reload_errors() > errors,
     )
     .await;
-    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
-    std::fs::write(late_dir.join("ca.pem"), &r.pki.ca.cert.cert_pem).unwrap();
-    eventually(
-        "the new file triggers a successful reload",
-        10,
-        async || TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
-    )
-    .await;
-    assert_eq!(
-        roundtrip(format!("127.0.0.1:{port}").parse().unwrap(), b"late").await,
-        b"late"
+    assert!(
+        !r.kw.log_text().contains("\"resource\":\"late\""),
+        "late was added from a broken config"
     );
+    std::fs::write(late_dir.join("ca.pem"), &r.pki.ca.cert.cert_pem).unwrap();
+    // The new file triggers a successful reload.
+    let late = r.kw.addr("late");
+    assert_eq!(roundtrip(late, b"late").await, b"late");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_to_one_resource_leaves_the_others_snapshot_alone() {
     let r = running("").await;
     let base = std::fs::read_to_string(&r.config).unwrap();
-    let port = free_port();
     write_renamed(
         &r.config,
         &format!(
             "{base}{}",
-            tcp_resource(
-                "other",
-                r.up.port(),
-                &format!("127.0.0.1:{port}"),
-                "      ca: ca.pem\n"
-            )
+            tcp_resource("other", r.up.port(), "127.0.0.1:0", "      ca: ca.pem\n")
         ),
     );
-    eventually("other added", 10, async || {
-        TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
+    r.kw.addr("other");
     let log = r.kw.log_text();
     assert!(
         log.lines()

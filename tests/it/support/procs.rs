@@ -132,6 +132,28 @@ impl Keyward {
         line["addr"].as_str().unwrap().parse().unwrap()
     }
 
+    /// Where resource `name` listens now: its newest `listening` line other than at `not`
+    /// (after a move), waiting for it.
+    pub fn addr_other_than(&self, resource: &str, not: SocketAddr) -> SocketAddr {
+        let line = self.wait_log(
+            &format!("keyward listening for {resource} elsewhere"),
+            |v| {
+                v["message"] == "listening"
+                    && v["resource"] == resource
+                    && v["addr"].as_str() != Some(not.to_string().as_str())
+            },
+        );
+        line["addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Where the admin endpoint listens (bound on port 0 by the config: no port race).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_log("the admin endpoint", |v| {
+            v["message"] == "admin endpoint listening"
+        });
+        line["addr"].as_str().unwrap().parse().unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
