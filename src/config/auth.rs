@@ -1,7 +1,12 @@
 //! `auth`: what keyward injects, per protocol and auth type. Each type takes its own keys;
 //! a key of another type is an error naming it (with its line), as is a missing one.
 
-use super::*;
+use serde_saphyr::Spanned;
+
+use super::load::{site, Ctx};
+use super::problems::Site;
+use super::raw;
+use super::types::*;
 
 impl Ctx {
     pub(super) fn auth(&mut self, protocol: Protocol, auth: &raw::Auth, at: &str) -> Option<Auth> {

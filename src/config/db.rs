@@ -1,7 +1,9 @@
 //! Options of database resources (`client_password`, pooling, cleartext/RSA opt-ins,
 //! `pass_client_auth`), refused on other protocols with the key named.
 
-use super::*;
+use super::load::{site, Ctx};
+use super::raw;
+use super::types::*;
 
 impl Ctx {
     pub(super) fn db_options(

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Auth, ResourceConfig, SecretRef, TlsSettings};
+use super::types::{Auth, ResourceConfig, SecretRef, TlsSettings};
 use crate::secret::Env;
 
 /// The TLS files of one resource (secrets are in [`resource_secrets`]).

@@ -1,7 +1,9 @@
 //! Options of `http` resources (`http2`, `preserve_host`, `pass_client_auth`, timeouts,
 //! `max_signed_body`), refused on other protocols with the key named.
 
-use super::*;
+use super::load::{site, Ctx};
+use super::raw;
+use super::types::*;
 
 impl Ctx {
     pub(super) fn http_options(

@@ -1,6 +1,10 @@
 //! `listen`, `listen_mode`, `allow_remote` and `listen_tls`: where and how apps connect.
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use super::load::{site, Ctx};
+use super::raw;
+use super::types::*;
 
 impl Ctx {
     pub(super) fn listen(&mut self, res: &raw::Resource, at: &str) -> Option<ListenAddr> {

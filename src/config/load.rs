@@ -1,7 +1,17 @@
 //! Reading and validating: YAML → [`raw`](super::raw) → [`Config`], every problem collected
 //! with its site (`Ctx`), resource by resource; defaults, durations, files and secrets.
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use super::problems::{Problem, Problems, Site};
+use super::raw;
+use super::types::*;
+use crate::error::io_reason;
+use crate::secret::SecretSource;
 
 /// Reads and validates a config file.
 pub fn load(file: &Path) -> Result<Config, Problems> {

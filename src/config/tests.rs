@@ -1,3 +1,7 @@
+use rustls::pki_types::ServerName;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use super::upstream::split_host_port;
 use super::*;
 

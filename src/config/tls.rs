@@ -1,7 +1,14 @@
 //! Upstream `tls` (and an OAuth2 token endpoint's): mode, CA bundle, client identity, name,
 //! versions, PostgreSQL negotiation; resource values over `defaults.tls`.
 
-use super::*;
+use std::net::Ipv4Addr;
+
+use rustls::pki_types::ServerName;
+use serde_saphyr::Spanned;
+
+use super::load::{pick, site, Ctx};
+use super::raw;
+use super::types::*;
 
 impl Ctx {
     /// `upstream_at` is the key path of the upstream value (for errors about the name);

@@ -1,6 +1,9 @@
 //! `upstream`: `host:port` for byte and database protocols, a URL for `http`.
 
-use super::*;
+use serde_saphyr::Spanned;
+
+use super::load::{site, Ctx};
+use super::types::*;
 
 impl Ctx {
     pub(super) fn upstream(

@@ -8,6 +8,7 @@ mod deploy;
 mod e2e;
 mod http;
 mod inbound;
+mod layers;
 mod lifecycle;
 mod limbo;
 mod mysql;

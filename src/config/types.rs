@@ -1,0 +1,418 @@
+//! The validated configuration: the domain types every other layer is handed (STYLE.md
+//! rule 9), at the bottom of the module graph.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+use super::problems::Site;
+pub use super::raw::{AuthType, Http2, LogFormat, Negotiation, Protocol, TlsMode, TlsVersion};
+use crate::secret::SecretSource;
+
+/// A validated resource name: letters, digits, `-`, `_`, `.`; usable as a metric label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceName(pub(super) String);
+
+impl ResourceName {
+    /// A name for keyward's own (non-resource) errors.
+    pub(crate) fn internal() -> Self {
+        Self("keyward".to_owned())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The admin endpoint, `None` when `admin: null`.
+    pub admin: Option<Admin>,
+    /// Logging.
+    pub log: LogSettings,
+    /// How long live connections may finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// How long listeners keep accepting (not ready) after a shutdown signal.
+    pub shutdown_delay: Duration,
+    /// The resources, in file order.
+    pub resources: Vec<ResourceConfig>,
+}
+
+/// `admin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Where `/metrics` and the health endpoints listen.
+    pub listen: SocketAddr,
+}
+
+/// `log`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    /// A level or an EnvFilter string; `KEYWARD_LOG` overrides it.
+    pub level: Option<String>,
+    /// Plain or JSON lines.
+    pub format: LogFormat,
+}
+
+/// One resource: a local listener in front of one upstream.
+#[derive(Debug, Clone)]
+pub struct ResourceConfig {
+    /// Unique name, the `resource` label.
+    pub name: ResourceName,
+    /// What keyward speaks on this listener.
+    pub protocol: Protocol,
+    /// Where the app connects.
+    pub listen: ListenAddr,
+    /// The upstream.
+    pub upstream: Upstream,
+    /// Upstream TLS.
+    pub tls: TlsSettings,
+    /// What keyward injects.
+    pub auth: Auth,
+    /// Extra HTTP headers (name, value).
+    pub headers: Vec<(String, SecretRef)>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+    /// How long the app has for everything it must send before keyward relays (startup
+    /// packets, TLS with keyward, the MySQL handshake response, `client_password` exchanges,
+    /// the first HTTP request's headers).
+    pub client_handshake_timeout: Duration,
+    /// Close a connection after this long without a byte either way; `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// Connections beyond this many are closed at once.
+    pub max_connections: usize,
+    /// HTTP options (used by `protocol: http`).
+    pub http: HttpOptions,
+    /// Database options (used by `postgres`, `mysql`, `redis`).
+    pub db: DbOptions,
+    /// TLS on keyward's own listener.
+    pub listen_tls: Option<ListenTls>,
+    /// Where the resource starts in the file.
+    pub site: Site,
+}
+
+/// Options of `protocol: http` resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// HTTP/2 upstream: auto (ALPN), always, never.
+    pub http2: Http2,
+    /// Send the app's `Host` instead of the upstream's.
+    pub preserve_host: bool,
+    /// Keep the app's own `Authorization` (or API-key header/parameter) instead of replacing it.
+    pub pass_client_auth: bool,
+    /// How long to wait for the upstream's response headers.
+    pub response_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Largest body buffered to compute a SigV4 payload hash.
+    pub max_signed_body: u64,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            http2: Http2::Auto,
+            preserve_host: false,
+            pass_client_auth: false,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            max_signed_body: DEFAULT_MAX_SIGNED_BODY,
+        }
+    }
+}
+
+/// `listen_tls`: keyward terminates TLS from the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    /// keyward's certificate chain (PEM).
+    pub cert: FileRef,
+    /// Its key.
+    pub key: FileRef,
+    /// CA bundle for client certificates.
+    pub client_ca: Option<FileRef>,
+    /// Refuse clients without a verified certificate.
+    pub require_client_cert: bool,
+    /// Allowed client identities (empty lists: any verified client).
+    pub allow: AllowList,
+}
+
+/// Client identities allowed on an inbound TLS listener (glob `*`, as ghostunnel).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// Subject common names.
+    pub cn: Vec<String>,
+    /// DNS SANs.
+    pub dns: Vec<String>,
+    /// URI SANs (SPIFFE IDs).
+    pub uri: Vec<String>,
+}
+
+impl AllowList {
+    /// Whether any pattern is set.
+    pub fn is_empty(&self) -> bool {
+        self.cn.is_empty() && self.dns.is_empty() && self.uri.is_empty()
+    }
+}
+
+/// Options of the database protocols (`postgres`, `mysql`, `redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbOptions {
+    /// A password the app must present to keyward (`postgres`: SCRAM-SHA-256 on keyward's
+    /// side; `mysql`: mysql_native_password; `redis`: `AUTH`). `None`: any local client.
+    pub client_password: Option<SecretRef>,
+    /// `postgres`: send the password in clear text when the server asks for it over plaintext.
+    pub allow_cleartext_password: bool,
+    /// `mysql`: caching_sha2_password full auth over plaintext with the server's RSA key.
+    pub allow_rsa_key_exchange: bool,
+    /// `redis`: forward the app's own `AUTH`/`HELLO AUTH` instead of answering it.
+    pub pass_client_auth: bool,
+    /// `postgres`: how many logged-in server connections to keep for reuse after their app
+    /// session ends (reset with `DISCARD ALL`); 0 = none, each app connection logs in anew.
+    pub pool_max_idle: usize,
+    /// `postgres`: how long an idle server connection is kept.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            client_password: None,
+            allow_cleartext_password: false,
+            allow_rsa_key_exchange: false,
+            pass_client_auth: false,
+            pool_max_idle: 0,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// A listening address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `host:port`; port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// `unix:PATH`, created with `mode`.
+    Unix {
+        /// Socket file.
+        path: PathBuf,
+        /// Permission bits (default 0600).
+        mode: u32,
+    },
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix { path, .. } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The upstream a resource forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Host name or IP literal (no brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// For `http`: the full URL (scheme, base path).
+    pub url: Option<::http::Uri>,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.url {
+            Some(url) => write!(f, "{url}"),
+            None if self.host.contains(':') => write!(f, "[{}]:{}", self.host, self.port),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// A file named in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// Absolute, or relative to the working directory.
+    pub path: PathBuf,
+    /// Where it was named.
+    pub site: Site,
+}
+
+/// A secret named in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Where the value comes from.
+    pub source: SecretSource,
+    /// Where it was named.
+    pub site: Site,
+}
+
+/// Upstream TLS settings of one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The verification mode.
+    pub mode: TlsMode,
+    /// Extra (or, with `system_roots: false`, the only) trust anchors.
+    pub ca: Option<FileRef>,
+    /// Whether the OS trust store is used.
+    pub system_roots: bool,
+    /// mTLS identity.
+    pub client: Option<ClientIdentity>,
+    /// SNI and the name verified.
+    pub server_name: ServerName<'static>,
+    /// Lowest TLS version offered.
+    pub min_version: TlsVersion,
+    /// `postgres`: SSLRequest first, or direct TLS (PostgreSQL 17+).
+    pub negotiation: Negotiation,
+    /// Where the mode was decided (for errors about the whole block).
+    pub site: Site,
+}
+
+/// A client certificate chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// PEM chain, leaf first.
+    pub cert: FileRef,
+    /// PEM key: PKCS#8, PKCS#1 or SEC1.
+    pub key: FileRef,
+}
+
+/// Where an API key goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyPlace {
+    /// A request header.
+    Header(String),
+    /// A query parameter.
+    Query(String),
+}
+
+/// AWS credentials: from the config, or (all `None`) from the standard environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsCredentials {
+    /// Access key id.
+    pub access_key_id: Option<SecretRef>,
+    /// Secret access key.
+    pub secret_access_key: Option<SecretRef>,
+    /// Session token.
+    pub session_token: Option<SecretRef>,
+}
+
+/// `auth`: what keyward injects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Nothing.
+    None,
+    /// A database login.
+    Password {
+        /// Upstream user.
+        username: Option<String>,
+        /// Its password (absent for certificate auth).
+        password: Option<SecretRef>,
+        /// Database override.
+        database: Option<String>,
+    },
+    /// An RDS IAM token as the password.
+    RdsIam {
+        /// Upstream user.
+        username: String,
+        /// AWS region.
+        region: String,
+        /// Database override.
+        database: Option<String>,
+        /// Signing credentials.
+        credentials: AwsCredentials,
+    },
+    /// An API key.
+    ApiKey {
+        /// Header or query parameter.
+        place: ApiKeyPlace,
+        /// The key.
+        value: SecretRef,
+    },
+    /// HTTP Basic.
+    Basic {
+        /// User.
+        username: String,
+        /// Password.
+        password: SecretRef,
+    },
+    /// HTTP Bearer.
+    Bearer {
+        /// Token.
+        token: SecretRef,
+    },
+    /// OAuth2 token fetched by keyward.
+    OAuth2(Box<OAuth2>),
+    /// AWS SigV4 request signing.
+    AwsSigV4 {
+        /// AWS service name.
+        service: String,
+        /// AWS region.
+        region: String,
+        /// Signing credentials.
+        credentials: AwsCredentials,
+        /// Sign `UNSIGNED-PAYLOAD` instead of hashing bodies.
+        unsigned_payload: bool,
+    },
+}
+
+/// `auth.type: oauth2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2 {
+    /// Token endpoint.
+    pub token_url: ::http::Uri,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: Option<SecretRef>,
+    /// Refresh token (refresh_token grant).
+    pub refresh_token: Option<SecretRef>,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Audience.
+    pub audience: Option<String>,
+    /// Extra form fields.
+    pub params: Vec<(String, String)>,
+    /// Client authentication: HTTP Basic (true) or in the body.
+    pub client_auth_basic: bool,
+    /// TLS to the token endpoint (its own rules; default verify-full).
+    pub tls: TlsSettings,
+}
+
+pub(super) const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(super) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub(super) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const DEFAULT_MAX_SIGNED_BODY: u64 = 10 * 1024 * 1024;
+
+/// The config spelling of a protocol.
+pub fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Http => "http",
+        Protocol::Postgres => "postgres",
+        Protocol::Mysql => "mysql",
+        Protocol::Redis => "redis",
+    }
+}
