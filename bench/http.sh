@@ -60,7 +60,7 @@ resources:
     tls: { ca: $T/ca.pem }
     auth: { type: bearer, token: bench-token }
 YAML
-./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" & pids+=($!)
+"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" & pids+=($!)
 KEYWARD_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && break; sleep 0.05; done
 

@@ -52,7 +52,7 @@ resources:
     auth: { type: password, username: bench, password: benchpw }
 YAML
 floor_resource "$FPORT" "$MPORT" >> "$T/keyward.yaml"
-./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 pids+=($!)
 until mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$KPORT" --skip-ssl -e "select 1" >/dev/null 2>&1; do sleep 0.05; done
 

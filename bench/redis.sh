@@ -91,7 +91,7 @@ stream {
 CONF
 "$NGINX" -c "$T/nginx.conf" -e "$T/nginx-error.log" &
 NGINX_PID=$!; pids+=($!)
-./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 KEYWARD_PID=$!; pids+=($!)
 for port in "$KPORT" "$FPORT" "$SPORT" "$NPORT"; do
   ok=

@@ -40,7 +40,7 @@ resources:
     upstream: localhost:$RPORT
     tls: { ca: $T/ca.pem }
 YAML
-./target/release/keyward run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 pids+=($!)
 for _ in $(seq 100); do
   redis-cli -p "$KPORT" PING 2>/dev/null | grep -q PONG && break

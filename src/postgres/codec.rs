@@ -29,6 +29,9 @@ pub enum CodecError {
     Version(u16, u16),
     /// Structurally wrong content.
     Malformed(&'static str),
+    /// A startup parameter given twice. The server takes the last one; keyward's rewrite of
+    /// `user`/`database` must not be sidestepped by a second copy, so the packet is refused.
+    Repeated(String),
 }
 
 impl fmt::Display for CodecError {
@@ -40,6 +43,7 @@ impl fmt::Display for CodecError {
                 "unsupported frontend protocol {major}.{minor}: keyward supports protocol 3"
             ),
             Self::Malformed(what) => write!(f, "malformed message: {what}"),
+            Self::Repeated(name) => write!(f, "repeated startup parameter {name:?}"),
         }
     }
 }
@@ -170,6 +174,9 @@ fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, CodecError> {
             return Ok(params);
         }
         let (value, rest) = cstr(rest)?;
+        if params.iter().any(|(k, _)| *k == name) {
+            return Err(CodecError::Repeated(name));
+        }
         params.push((name, value));
         body = rest;
     }
@@ -473,6 +480,28 @@ mod tests {
         assert_eq!((s.major, s.minor), (3, 0));
         assert_eq!(s.get("database"), Some("billing"));
         assert_eq!(s.encode(), bytes, "re-encodes byte for byte");
+    }
+
+    #[test]
+    fn a_startup_packet_that_repeats_a_parameter_is_refused() {
+        let twice = Startup {
+            major: 3,
+            minor: 0,
+            params: vec![
+                ("user".into(), "app".into()),
+                ("database".into(), "app".into()),
+                ("user".into(), "postgres".into()),
+            ],
+        }
+        .encode();
+        assert_eq!(
+            parse_initial(&twice),
+            Err(CodecError::Repeated("user".into()))
+        );
+        assert_eq!(
+            CodecError::Repeated("user".into()).to_string(),
+            "repeated startup parameter \"user\""
+        );
     }
 
     #[test]

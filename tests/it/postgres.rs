@@ -602,3 +602,50 @@ fn a_silent_app_gets_an_error_response_after_the_startup_timeout() {
     let out = psql(&local(port, "app"), "SELECT 1");
     assert_eq!(stdout(&out), "1", "{}", stderr(&out));
 }
+
+/// A StartupMessage that names `user` (or any parameter) twice: the server would take the
+/// last copy, past keyward's rewrite of the first. keyward refuses the packet (08P01) before
+/// any server is contacted.
+#[test]
+fn a_startup_message_that_repeats_user_is_refused_before_the_server() {
+    use std::io::{Read, Write};
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(
+        dir.path(),
+        pg,
+        &[Res::new("twice", "scramuser", Some("scrampw"))],
+    );
+    let kw = Keyward::start(&conf);
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in [
+        ("user", "app"),
+        ("database", "app"),
+        ("user", "postgres"),
+        ("database", "postgres"),
+    ] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    let mut app = std::net::TcpStream::connect(kw.addr("twice")).unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    app.write_all(&packet).unwrap();
+    let mut reply = Vec::new();
+    let _ = app.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    assert_eq!(reply.first(), Some(&b'E'), "{text}");
+    assert!(
+        text.contains("C08P01") && text.contains("repeated startup parameter \"user\""),
+        "{text}"
+    );
+    assert!(
+        !kw.log_text().contains("logged in upstream"),
+        "a login happened: {}",
+        kw.log_text()
+    );
+}
