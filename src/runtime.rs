@@ -245,6 +245,11 @@ impl Runtime {
             if mode == TlsMode::Disable {
                 warn!(resource = %res.name, "tls.mode is disable: traffic to {} is plaintext", res.upstream);
             }
+            if let AnyHandler::Http(h) = &res.handler {
+                if let Some(url) = h.0.plaintext_token_url() {
+                    warn!(resource = %res.name, "auth.allow_plaintext_token_url: the client secret and refresh token go to {url} unencrypted");
+                }
+            }
         }
     }
 }

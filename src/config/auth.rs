@@ -41,7 +41,7 @@ impl Ctx {
             );
             return None;
         }
-        let fields: [(&str, Option<Site>); 23] = [
+        let fields: [(&str, Option<Site>); 24] = [
             ("username", auth.username.as_ref().map(|v| site(v, ""))),
             ("password", auth.password.as_ref().map(|v| site(v, ""))),
             ("database", auth.database.as_ref().map(|v| site(v, ""))),
@@ -50,6 +50,10 @@ impl Ctx {
             ("query", auth.query.as_ref().map(|v| site(v, ""))),
             ("value", auth.value.as_ref().map(|v| site(v, ""))),
             ("token_url", auth.token_url.as_ref().map(|v| site(v, ""))),
+            (
+                "allow_plaintext_token_url",
+                auth.allow_plaintext_token_url.as_ref().map(|v| site(v, "")),
+            ),
             ("client_id", auth.client_id.as_ref().map(|v| site(v, ""))),
             (
                 "client_secret",
@@ -109,6 +113,7 @@ impl Ctx {
             T::Bearer => vec!["token"],
             T::Oauth2 => vec![
                 "token_url",
+                "allow_plaintext_token_url",
                 "client_id",
                 "client_secret",
                 "refresh_token",
@@ -246,6 +251,18 @@ impl Ctx {
                     },
                     None => (None, None),
                 };
+                let plaintext_token_url = auth
+                    .allow_plaintext_token_url
+                    .as_ref()
+                    .is_some_and(|v| v.value);
+                if let (Some(v), Some(url)) = (&auth.token_url, &token_url) {
+                    if url.scheme_str() == Some("http") && !plaintext_token_url {
+                        self.problem(
+                            site(v, format!("{at}.token_url")),
+                            "an http:// token endpoint would receive the client secret and refresh token unencrypted: use https://, or set auth.allow_plaintext_token_url: true to accept that",
+                        );
+                    }
+                }
                 let client_id = require(self, &auth.client_id, "client_id");
                 if auth.client_secret.is_none() && auth.refresh_token.is_none() {
                     self.problem(type_site.clone(), "auth type \"oauth2\" needs \"client_secret\" (client_credentials grant) or \"refresh_token\"");
@@ -282,6 +299,7 @@ impl Ctx {
                         .unwrap_or_default(),
                     client_auth_basic,
                     tls: tls?,
+                    plaintext_token_url,
                 })))
             }
             T::AwsSigv4 => {

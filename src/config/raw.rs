@@ -244,6 +244,7 @@ pub struct Auth {
     pub query: Option<Spanned<String>>,
     pub value: Option<Spanned<String>>,
     pub token_url: Option<Spanned<String>>,
+    pub allow_plaintext_token_url: Option<Spanned<bool>>,
     pub client_id: Option<Spanned<String>>,
     pub client_secret: Option<Spanned<String>>,
     pub refresh_token: Option<Spanned<String>>,

@@ -393,6 +393,9 @@ pub struct OAuth2 {
     pub client_auth_basic: bool,
     /// TLS to the token endpoint (its own rules; default verify-full).
     pub tls: TlsSettings,
+    /// `allow_plaintext_token_url: true`: an `http://` token endpoint is accepted (warned at
+    /// every load): the client secret and refresh token then cross the network in clear.
+    pub plaintext_token_url: bool,
 }
 
 pub(super) const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);

@@ -17,11 +17,24 @@ impl Ctx {
         if protocol == Protocol::Http {
             let url: ::http::Uri = match text.parse() {
                 Ok(url) => url,
+                // The text is not quoted when it may hold userinfo (a password).
+                Err(e) if text.contains('@') => {
+                    self.problem(site(value, path), format!("not a URL: {e}"));
+                    return None;
+                }
                 Err(e) => {
                     self.problem(site(value, path), format!("\"{text}\" is not a URL: {e}"));
                     return None;
                 }
             };
+            if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+                // It would reach the upstream inside `Host`, the logs and `/resources`.
+                self.problem(
+                    site(value, path),
+                    "the URL holds credentials (user:password@): keyward never sends or shows them; put them in `auth` (e.g. type: basic)",
+                );
+                return None;
+            }
             let port = match url.scheme_str() {
                 Some("https") => 443,
                 Some("http") => 80,

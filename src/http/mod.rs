@@ -303,6 +303,16 @@ impl HttpUpstream {
     pub fn uses_oauth2(&self) -> bool {
         matches!(self.injector, Injector::OAuth2(_))
     }
+
+    /// The OAuth2 token endpoint, when it is plain `http://` (opted in, warned at each load).
+    pub fn plaintext_token_url(&self) -> Option<&http::Uri> {
+        match &self.injector {
+            Injector::OAuth2(source) => {
+                Some(source.token_url()).filter(|u| u.scheme_str() == Some("http"))
+            }
+            _ => None,
+        }
+    }
 }
 
 fn sensitive_value(text: &str) -> Option<HeaderValue> {

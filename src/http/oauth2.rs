@@ -103,6 +103,11 @@ impl TokenSource {
         }
     }
 
+    /// The token endpoint.
+    pub fn token_url(&self) -> &http::Uri {
+        &self.settings.token_url
+    }
+
     /// A usable token: the cached one, or a fresh one. When the cached one is due for refresh
     /// but still valid, it is returned at once and refreshed in the background.
     pub async fn token(self: &Arc<Self>) -> Result<Secret, ConnError> {

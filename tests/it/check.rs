@@ -350,3 +350,37 @@ fn an_empty_secret_is_a_config_error_naming_its_key() {
         &format!("FILE:9:14: resources[0].auth.value: the secret is empty (file {:?} is empty); keyward refuses to use an empty credential", empty.display().to_string()),
     );
 }
+
+/// Credentials written into an upstream URL would travel in `Host`, logs and `/resources`:
+/// a config error that does not repeat them.
+#[test]
+fn an_upstream_url_with_userinfo_is_refused_without_echoing_it() {
+    let pki = Pki::new();
+    let yaml = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://user:hunter2@api.example.com/v1\n";
+    assert_problem(
+        &pki,
+        yaml,
+        "FILE:5:15: resources[0].upstream: the URL holds credentials (user:password@): keyward never sends or shows them; put them in `auth` (e.g. type: basic)",
+    );
+    let (_, _, stderr) = check(&pki.write("bad.yaml", yaml));
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+/// An `http://` OAuth2 token endpoint gets the client secret in clear: refused unless the
+/// resource says so explicitly.
+#[test]
+fn a_plaintext_oauth2_token_endpoint_needs_an_explicit_opt_in() {
+    let pki = Pki::new();
+    let yaml = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://api.example.com\n    auth:\n      type: oauth2\n      token_url: http://auth.example.com/token\n      client_id: kw\n      client_secret: s\n";
+    assert_problem(
+        &pki,
+        yaml,
+        "FILE:8:18: resources[0].auth.token_url: an http:// token endpoint would receive the client secret and refresh token unencrypted: use https://, or set auth.allow_plaintext_token_url: true to accept that",
+    );
+    let opted = pki.write(
+        "ok.yaml",
+        &format!("{yaml}      allow_plaintext_token_url: true\n"),
+    );
+    let (code, _, stderr) = check(&opted);
+    assert_eq!(code, 0, "{stderr}");
+}
