@@ -11,20 +11,37 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::{protocol_name, TlsMode};
 use crate::metrics::metrics;
 use crate::server::State;
 use crate::tls::rfc3339;
 
+/// The admin endpoint: a bound listener and what it offers.
+#[derive(Debug)]
+pub struct Admin {
+    /// Bound by the caller (`admin.listen`, or port 0 in tests).
+    pub listener: TcpListener,
+    /// `admin.shutdown_endpoint`: whether `POST /quitquitquit` stops keyward.
+    pub shutdown_endpoint: bool,
+}
+
 /// Serves the admin endpoint until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken) {
-    if let Ok(addr) = listener.local_addr() {
+pub async fn serve(admin: Admin, state: State, stop: CancellationToken) {
+    let Admin {
+        listener,
+        shutdown_endpoint,
+    } = admin;
+    let local = listener.local_addr().ok();
+    if let Some(addr) = local {
         info!(%addr, "admin endpoint listening");
+        if !addr.ip().is_loopback() {
+            warn!(%addr, "the admin endpoint listens on a non-loopback address (admin.allow_remote: true)");
+        }
     }
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -38,7 +55,12 @@ pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken)
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                let shutdown = Shutdown {
+                    enabled: shutdown_endpoint,
+                    local,
+                    peer,
+                };
+                async move { Ok::<_, Infallible>(route(&req, &state, &shutdown)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -47,7 +69,49 @@ pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken)
     }
 }
 
-fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+/// What `/quitquitquit` needs to decide.
+struct Shutdown {
+    enabled: bool,
+    local: Option<std::net::SocketAddr>,
+    peer: std::net::SocketAddr,
+}
+
+impl Shutdown {
+    /// Why this request may not stop keyward, if it may not: the endpoint is off, or the
+    /// request comes from a browser page (a cross-site POST carries `Origin` or
+    /// `Sec-Fetch-Site`), or it was addressed to another name than the listener's address (DNS
+    /// rebinding).
+    fn refusal(&self, req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
+        if !self.enabled {
+            return Some((
+                StatusCode::NOT_FOUND,
+                "the shutdown endpoint is off (admin.shutdown_endpoint: true turns it on)\n",
+            ));
+        }
+        let headers = req.headers();
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"same-origin" && v.as_bytes() != b"none");
+        if headers.contains_key(header::ORIGIN) || cross_site {
+            return Some((
+                StatusCode::FORBIDDEN,
+                "refused: a request from a web page may not stop keyward\n",
+            ));
+        }
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let own = self.local.map(|a| a.to_string());
+        let localhost = self.local.map(|a| format!("localhost:{}", a.port()));
+        if host.is_none() || (host != own.as_deref() && host != localhost.as_deref()) {
+            return Some((
+                StatusCode::FORBIDDEN,
+                "refused: the Host header is not this listener's address\n",
+            ));
+        }
+        None
+    }
+}
+
+fn route(req: &Request<Incoming>, state: &State, shutdown: &Shutdown) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
@@ -71,11 +135,17 @@ fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
             ),
         },
         (&Method::GET, "/resources") => json(StatusCode::OK, resources(state)),
-        (&Method::POST, "/quitquitquit") => {
-            info!("shutdown requested through /quitquitquit");
-            state.shutdown();
-            text(StatusCode::OK, "text/plain", "shutting down\n".to_owned())
-        }
+        (&Method::POST, "/quitquitquit") => match shutdown.refusal(req) {
+            Some((status, why)) => {
+                warn!(peer = %shutdown.peer, status = status.as_u16(), "POST /quitquitquit refused: {}", why.trim_end());
+                text(status, "text/plain", why.to_owned())
+            }
+            None => {
+                info!(peer = %shutdown.peer, "shutdown requested through /quitquitquit");
+                state.shutdown();
+                text(StatusCode::OK, "text/plain", "shutting down\n".to_owned())
+            }
+        },
         (_, "/quitquitquit") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",

@@ -41,8 +41,8 @@ pub use server::{Outcome, Server, State};
 /// can run the whole product in-process on port-0 listeners.
 #[derive(Default)]
 pub struct Parts {
-    /// The admin endpoint's bound listener (`admin.listen`); `None`: no admin endpoint.
-    pub admin: Option<tokio::net::TcpListener>,
+    /// The admin endpoint (`admin`); `None`: no admin endpoint.
+    pub admin: Option<admin::Admin>,
     /// Hot reload: the config file, the config loaded from it (the files to watch), and where
     /// secrets come from; `None`: no reload.
     pub reload: Option<Reload>,

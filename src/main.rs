@@ -56,6 +56,32 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// One probe of a running keyward (its admin endpoint's /readyz, or /healthz with
+    /// --live): exit 0 when it answers 200, 1 otherwise. For exec probes.
+    Health {
+        /// The running keyward's config (for admin.listen; default 127.0.0.1:9901).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The admin endpoint's address, instead of reading the config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Liveness (/healthz) instead of readiness (/readyz).
+        #[arg(long)]
+        live: bool,
+    },
+    /// Waits until a running keyward is ready: exit 0 once /readyz answers 200, 1 when the
+    /// timeout passes first.
+    Wait {
+        /// The running keyward's config (for admin.listen; default 127.0.0.1:9901).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The admin endpoint's address, instead of reading the config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// How long to wait.
+        #[arg(long, default_value = "30s")]
+        timeout: humantime::Duration,
+    },
     /// Self-contained demo: an in-process mTLS upstream with keyward in front of it.
     Demo {
         /// Where the demo's keyward listener binds.
@@ -118,6 +144,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => run(&config, cli.log_format),
+        Command::Health {
+            config,
+            admin,
+            live,
+        } => {
+            let path = if live { "/healthz" } else { "/readyz" };
+            probe_admin(config.as_deref(), admin, |addr| async move {
+                keyward::cli::health::probe(addr, path, std::time::Duration::from_secs(5)).await
+            })
+        }
+        Command::Wait {
+            config,
+            admin,
+            timeout,
+        } => probe_admin(config.as_deref(), admin, |addr| async move {
+            keyward::cli::health::wait(addr, timeout.into()).await
+        }),
         Command::Demo { listen, once } => {
             init_logging(
                 None,
@@ -125,6 +168,37 @@ fn main() -> ExitCode {
                 "warn",
             );
             finish(runtime().and_then(|rt| rt.block_on(keyward::cli::demo::run(listen, once))))
+        }
+    }
+}
+
+/// `health` and `wait`: exit 0 on success, 1 with the reason on stderr, 64 on a bad config.
+fn probe_admin<F, Fut>(
+    config: Option<&std::path::Path>,
+    admin: Option<SocketAddr>,
+    f: F,
+) -> ExitCode
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let addr = match admin.map_or_else(|| keyward::cli::health::admin_addr(config), Ok) {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("keyward: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(f(addr)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyward: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -171,13 +245,14 @@ fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
             keyward::reload::count_success();
             let listeners = Listeners::bind(runtime.listens()).await?;
             let admin = match &config.admin {
-                Some(admin) => Some(
-                    tokio::net::TcpListener::bind(admin.listen)
+                Some(admin) => Some(keyward::admin::Admin {
+                    listener: tokio::net::TcpListener::bind(admin.listen)
                         .await
                         .with_context(|| {
                             format!("admin endpoint: cannot listen on {}", admin.listen)
                         })?,
-                ),
+                    shutdown_endpoint: admin.shutdown_endpoint,
+                }),
                 None => None,
             };
             let parts = keyward::Parts {

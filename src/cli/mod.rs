@@ -2,5 +2,6 @@
 //! in `main.rs`.
 
 pub mod demo;
+pub mod health;
 pub mod inspect;
 pub mod probe;

@@ -143,6 +143,13 @@ impl Ctx {
         let admin = raw.admin.map(|admin| Admin {
             listen: match &admin.listen {
                 Some(listen) => match self.socket_addr(&listen.value) {
+                    Ok(addr) if !addr.ip().is_loopback() && !admin.allow_remote => {
+                        self.problem(
+                            site(listen, "admin.listen"),
+                            format!("{addr} is not a loopback address: any host that reaches it sees the metrics and resource status; set admin.allow_remote: true if that is intended"),
+                        );
+                        addr
+                    }
                     Ok(addr) => addr,
                     Err(msg) => {
                         self.problem(site(listen, "admin.listen"), msg);
@@ -151,6 +158,7 @@ impl Ctx {
                 },
                 None => DEFAULT_ADMIN,
             },
+            shutdown_endpoint: admin.shutdown_endpoint,
         });
         let log = LogSettings {
             level: raw.log.level,

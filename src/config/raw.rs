@@ -29,6 +29,10 @@ fn admin_on() -> Option<Admin> {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_remote: bool,
+    #[serde(default)]
+    pub shutdown_endpoint: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -50,8 +50,10 @@ fn builtin_defaults_are_secure() {
     assert_eq!(
         c.admin,
         Some(Admin {
-            listen: DEFAULT_ADMIN
-        })
+            listen: DEFAULT_ADMIN,
+            shutdown_endpoint: false,
+        }),
+        "admin on loopback, the shutdown endpoint off"
     );
     assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
 }

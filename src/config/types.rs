@@ -54,8 +54,11 @@ pub struct Config {
 /// `admin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
-    /// Where `/metrics` and the health endpoints listen.
+    /// Where `/metrics` and the health endpoints listen (loopback unless `allow_remote`).
     pub listen: SocketAddr,
+    /// `POST /quitquitquit` answers (off by default: anyone who can reach the listener could
+    /// stop the sidecar).
+    pub shutdown_endpoint: bool,
 }
 
 /// `log`.

@@ -90,24 +90,26 @@ fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
                     "{}: keyward runs as a native sidecar",
                     file.display()
                 );
-                assert_eq!(
-                    sidecar["startupProbe"]["httpGet"]["path"],
-                    "/startupz",
-                    "{}",
+                // Exec probes: an httpGet with host 127.0.0.1 is resolved on the node.
+                assert!(
+                    sidecar["startupProbe"]["exec"]["command"]
+                        .to_string()
+                        .contains("\"health\""),
+                    "{}: startup probe runs keyward health",
                     file.display()
                 );
                 if doc["kind"] == "Deployment" {
-                    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+                    assert!(sidecar["readinessProbe"]["exec"]["command"]
+                        .to_string()
+                        .contains("\"health\""));
                     assert_eq!(
                         doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"],
                         "true"
                     );
                 } else {
                     assert!(
-                        spec["containers"][0]["command"]
-                            .to_string()
-                            .contains("/quitquitquit"),
-                        "the Job ends its sidecar"
+                        !text.contains("quitquitquit"),
+                        "a native sidecar needs no shutdown call"
                     );
                 }
             }

@@ -453,7 +453,10 @@ async fn keyward_run_serves_admin_and_reload_in_process() {
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
     let parts = keyward::Parts {
-        admin: Some(admin),
+        admin: Some(keyward::admin::Admin {
+            listener: admin,
+            shutdown_endpoint: false,
+        }),
         reload: Some(keyward::Reload {
             path: path.clone(),
             config: loaded,

@@ -118,7 +118,7 @@ async fn metrics_pass_promtool_and_the_admin_endpoints_answer() {
         .unwrap()
         .port();
     let yaml = format!(
-        "admin:\n  listen: 127.0.0.1:0\nresources:\n{}{}  - name: tokens\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: oauth2\n      token_url: https://localhost:{down}/token\n      client_id: kw\n      client_secret: metrics-client-secret\n      tls:\n        ca: ca.pem\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: metrics-test-token\n",
+        "admin:\n  listen: 127.0.0.1:0\n  shutdown_endpoint: true\nresources:\n{}{}  - name: tokens\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: oauth2\n      token_url: https://localhost:{down}/token\n      client_id: kw\n      client_secret: metrics-client-secret\n      tls:\n        ca: ca.pem\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: metrics-test-token\n",
         tcp_resource("echo", up.port(), "127.0.0.1:0", "      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n"),
         tcp_resource("down", down, "127.0.0.1:0", "      ca: ca.pem\n"),
         api.port(),
@@ -734,4 +734,35 @@ async fn sighup_reloads() {
     .await;
     assert!(r.kw.log_text().contains("SIGHUP received: reloading"));
     assert_eq!(roundtrip(r.kw.addr("r"), b"after hup").await, b"after hup");
+}
+
+/// `keyward health` and `keyward wait`: exec probes for images without curl (exit 0 when
+/// ready, 1 otherwise, the reason on stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_wait_probe_a_running_keyward() {
+    let r = running("").await;
+    let kw_bin = env!("CARGO_BIN_EXE_keyward");
+    let run = |args: &[&str]| {
+        let out = Command::new(kw_bin).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let admin = r.admin.to_string();
+    assert_eq!(run(&["health", "--admin", &admin]).0, Some(0));
+    assert_eq!(run(&["health", "--live", "--admin", &admin]).0, Some(0));
+    assert_eq!(
+        run(&["wait", "--admin", &admin, "--timeout", "5s"]).0,
+        Some(0)
+    );
+    // Nothing listens on port 1: not ready, said so, within the timeout.
+    let started = Instant::now();
+    let (code, stderr) = run(&["wait", "--admin", "127.0.0.1:1", "--timeout", "1s"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not ready within"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (code, stderr) = run(&["health", "--admin", "127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach the admin endpoint"), "{stderr}");
 }
