@@ -89,6 +89,8 @@ pub enum Reason {
     MessageTooLarge,
     /// keyward itself failed (a panic in a connection task): a bug to report.
     Panic,
+    /// An HTTP method keyward does not forward unless allowed (TRACE, CONNECT).
+    MethodNotAllowed,
 }
 
 impl Reason {
@@ -122,6 +124,7 @@ impl Reason {
             Self::ClientCertRequired => "client_cert_required",
             Self::MessageTooLarge => "message_too_large",
             Self::Panic => "panic",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 }

@@ -107,7 +107,15 @@ enum CertCommand {
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
+    // No core dumps and no ptrace by other processes of the same user: a dump of keyward's
+    // memory would hold the credentials it keeps (PR_SET_DUMPABLE, through rustix's safe
+    // wrapper; `unsafe_code` stays forbidden).
+    let dumpable =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let cli = Cli::parse();
+    if let Err(e) = dumpable {
+        eprintln!("keyward: warning: cannot turn off core dumps (PR_SET_DUMPABLE): {e}");
+    }
     // Installed once, before any TLS config exists (ARCHITECTURE.md: ring only).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {

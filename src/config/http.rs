@@ -14,7 +14,7 @@ impl Ctx {
     ) -> HttpOptions {
         let mut opts = HttpOptions::default();
         // Each key, whether it is set, and the protocols it applies to besides http.
-        let keys: [(&str, bool, Option<Protocol>); 6] = [
+        let keys: [(&str, bool, Option<Protocol>); 7] = [
             ("http2", res.http2.is_some(), None),
             ("preserve_host", res.preserve_host.is_some(), None),
             (
@@ -29,6 +29,7 @@ impl Ctx {
                 Some(Protocol::Postgres),
             ),
             ("max_signed_body", res.max_signed_body.is_some(), None),
+            ("allow_methods", res.allow_methods.is_some(), None),
         ];
         if protocol != Protocol::Http {
             for (key, set, also) in keys {
@@ -61,6 +62,18 @@ impl Ctx {
         }
         if let Some(v) = &res.max_signed_body {
             opts.max_signed_body = v.value;
+        }
+        if let Some(v) = &res.allow_methods {
+            for m in &v.value {
+                match m.to_ascii_uppercase().as_str() {
+                    "TRACE" => opts.allow_methods.push(::http::Method::TRACE),
+                    "CONNECT" => opts.allow_methods.push(::http::Method::CONNECT),
+                    other => self.problem(
+                        site(v, format!("{at}.allow_methods")),
+                        format!("\"{other}\": only TRACE and CONNECT are refused by default, so only they can be allowed"),
+                    ),
+                }
+            }
         }
         opts
     }

@@ -89,6 +89,7 @@ pub struct Resource {
     pub response_timeout: Option<Spanned<String>>,
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub max_signed_body: Option<Spanned<u64>>,
+    pub allow_methods: Option<Spanned<Vec<String>>>,
     pub client_password: Option<Spanned<String>>,
     pub listen_tls: Option<ListenTls>,
     pub pool_max_idle: Option<Spanned<u32>>,

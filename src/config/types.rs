@@ -124,6 +124,9 @@ pub struct HttpOptions {
     pub pool_idle_timeout: Duration,
     /// Largest body buffered to compute a SigV4 payload hash.
     pub max_signed_body: u64,
+    /// Methods refused by default that this resource forwards anyway (`TRACE` echoes the
+    /// injected credential back to the app; `CONNECT` would tunnel with it).
+    pub allow_methods: Vec<::http::Method>,
 }
 
 impl Default for HttpOptions {
@@ -135,6 +138,7 @@ impl Default for HttpOptions {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             max_signed_body: DEFAULT_MAX_SIGNED_BODY,
+            allow_methods: Vec::new(),
         }
     }
 }

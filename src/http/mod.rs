@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Incoming};
@@ -401,8 +401,21 @@ async fn proxy(
     stats: &Arc<Stats>,
     admitted: &Admitted,
 ) -> Response<ProxyBody> {
-    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let method = req.method().clone();
+    let refused = [Method::TRACE, Method::CONNECT];
+    if refused.contains(&method) && !up.opts.allow_methods.contains(&method) {
+        // TRACE would echo the injected credential back to the app; CONNECT would tunnel
+        // with it (and hang the app's connection).
+        let e = ConnError::new(
+            Side::Client,
+            Reason::MethodNotAllowed,
+            format!("{method} is not forwarded (it would expose or tunnel the injected credential); allow_methods: [{method}] forwards it"),
+        );
+        stats.count_request(StatusCode::METHOD_NOT_ALLOWED);
+        stats.failed(e.clone());
+        return error_response(&up.name, StatusCode::METHOD_NOT_ALLOWED, &e);
+    }
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     match forward(req, up, upgrade, stats, admitted).await {
         Ok(response) => {
             debug!(%method, status = response.status().as_u16(), "forwarded");
@@ -538,6 +551,33 @@ pub fn target_path(
     if !query.is_empty() {
         out.push('?');
         out.push_str(&query.join("&"));
+    }
+    out
+}
+
+/// `uri` (absolute or relative) without the query parameter `name` (every occurrence,
+/// compared after form-decoding, as `target_path` compares it); the rest is kept as sent.
+fn without_query_param(uri: &str, name: &str) -> String {
+    let (before_fragment, fragment) = match uri.split_once('#') {
+        Some((a, f)) => (a, Some(f)),
+        None => (uri, None),
+    };
+    let Some((path, query)) = before_fragment.split_once('?') else {
+        return uri.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split('=').next().map(decode).as_deref() != Some(name))
+        .collect();
+    let mut out = path.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
     }
     out
 }
@@ -811,6 +851,19 @@ async fn send(
     } else {
         strip_hop_by_hop(response.headers_mut(), false);
     }
+    if let Injector::Query(name, _) = &up.injector {
+        // A redirect that echoes the request's query would hand the injected key to the app.
+        for h in [header::LOCATION, header::CONTENT_LOCATION] {
+            let cleaned = response
+                .headers()
+                .get(&h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| without_query_param(v, name));
+            if let Some(v) = cleaned.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                response.headers_mut().insert(h, v);
+            }
+        }
+    }
     let received = up.bytes("upstream_to_client");
     Ok(response.map(|b| {
         b.map_frame(move |f| {
@@ -856,6 +909,20 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn the_injected_query_parameter_is_taken_out_of_redirects() {
+        assert_eq!(
+            without_query_param(
+                "https://api.example/v1/next?page=2&api_key=s3cret#top",
+                "api_key"
+            ),
+            "https://api.example/v1/next?page=2#top"
+        );
+        assert_eq!(without_query_param("/x?api%5Fkey=s3cret", "api_key"), "/x");
+        assert_eq!(without_query_param("/x?keep=1", "api_key"), "/x?keep=1");
+        assert_eq!(without_query_param("/plain", "api_key"), "/plain");
     }
 
     #[test]

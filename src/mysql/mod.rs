@@ -550,7 +550,7 @@ async fn login(
                         .map_err(|e| up.protocol(format!("malformed AuthSwitchRequest: {e}")))?;
                     plugin = switch.auth_plugin().into_owned();
                     let data = switch.plugin_data();
-                    scramble = data.strip_suffix(&[0]).unwrap_or(data).to_vec();
+                    scramble = switch_data(&plugin, data);
                     debug!(plugin = %String::from_utf8_lossy(plugin.as_bytes()), "auth switch");
                     proc = start_plugin(&plugin, on_tls)?;
                     let answer = step(
@@ -587,6 +587,17 @@ async fn login(
             )
         })??;
     Ok((up, ok))
+}
+
+/// The challenge in an AuthSwitchRequest's plugin data. `mysql_native_password` and
+/// `caching_sha2_password` send a 20-byte scramble and a NUL terminator (MySQL docs,
+/// "Protocol::AuthSwitchRequest"); MariaDB's `client_ed25519` sends its 32-byte nonce raw,
+/// and a nonce may well end in 0x00 (1 in 256), so nothing is stripped from it.
+fn switch_data(plugin: &AuthPlugin<'_>, data: &[u8]) -> Vec<u8> {
+    if matches!(plugin, AuthPlugin::Ed25519) {
+        return data.to_vec();
+    }
+    data.strip_suffix(&[0]).unwrap_or(data).to_vec()
 }
 
 fn start_plugin(plugin: &AuthPlugin<'_>, tls: bool) -> Result<AuthProc, ConnError> {
@@ -723,6 +734,19 @@ pub async fn probe_ssl_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ed25519_nonce_ending_in_nul_keeps_all_32_bytes() {
+        let mut nonce = [7u8; 32];
+        nonce[31] = 0;
+        assert_eq!(switch_data(&AuthPlugin::Ed25519, &nonce), nonce.to_vec());
+        let mut native = vec![5u8; 20];
+        native.push(0);
+        assert_eq!(
+            switch_data(&AuthPlugin::MysqlNativePassword, &native),
+            vec![5u8; 20]
+        );
+    }
 
     #[test]
     fn clear_password_is_refused_without_tls() {

@@ -149,7 +149,9 @@ impl InboundTls {
     }
 }
 
-/// Whether a certificate's CN, DNS or URI SANs match the allow-list.
+/// Whether a certificate's CN, DNS or URI SANs match the allow-list. CNs and DNS names
+/// compare without regard to ASCII case (DNS is case-insensitive); URIs exactly (SPIFFE IDs
+/// are case-sensitive).
 pub fn allowed(allow: &AllowList, der: &[u8]) -> bool {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return false;
@@ -159,7 +161,7 @@ pub fn allowed(allow: &AllowList, der: &[u8]) -> bool {
         .iter_common_name()
         .filter_map(|cn| cn.as_str().ok().map(str::to_owned));
     for cn in cns {
-        if allow.cn.iter().any(|p| glob(p, &cn, '.')) {
+        if allow.cn.iter().any(|p| glob(p, &cn, Names::Dns)) {
             return true;
         }
     }
@@ -167,10 +169,12 @@ pub fn allowed(allow: &AllowList, der: &[u8]) -> bool {
         use x509_parser::extensions::GeneralName;
         for name in &san.value.general_names {
             match name {
-                GeneralName::DNSName(d) if allow.dns.iter().any(|p| glob(p, d, '.')) => {
+                GeneralName::DNSName(d) if allow.dns.iter().any(|p| glob(p, d, Names::Dns)) => {
                     return true
                 }
-                GeneralName::URI(u) if allow.uri.iter().any(|p| glob(p, u, '/')) => return true,
+                GeneralName::URI(u) if allow.uri.iter().any(|p| glob(p, u, Names::Uri)) => {
+                    return true
+                }
                 _ => {}
             }
         }
@@ -178,29 +182,55 @@ pub fn allowed(allow: &AllowList, der: &[u8]) -> bool {
     false
 }
 
-/// `*` matches any run of characters other than `sep` (one DNS label, one URI path segment).
-fn glob(pattern: &str, text: &str, sep: char) -> bool {
+/// How names of a kind compare: the separator a `*` does not cross, and case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Names {
+    /// DNS names and CNs: `*` is within one label; ASCII case is ignored.
+    Dns,
+    /// URIs: `*` is within one path segment; case matters.
+    Uri,
+}
+
+impl Names {
+    fn sep(self) -> char {
+        match self {
+            Self::Dns => '.',
+            Self::Uri => '/',
+        }
+    }
+
+    fn eq(self, a: &str, b: &str) -> bool {
+        match self {
+            Self::Dns => a.eq_ignore_ascii_case(b),
+            Self::Uri => a == b,
+        }
+    }
+}
+
+/// `*` matches one or more characters other than the separator (within one DNS label, one
+/// URI path segment): `*.svc` never matches `.svc` itself.
+fn glob(pattern: &str, text: &str, names: Names) -> bool {
     match pattern.split_once('*') {
-        None => pattern.eq_ignore_ascii_case(text),
+        None => names.eq(pattern, text),
         Some((head, tail)) => {
             // `get` and `char_indices` keep every cut on a char boundary: a name with
             // multi-byte characters cannot panic the matcher.
             let Some(start) = text.get(..head.len()) else {
                 return false;
             };
-            if !start.eq_ignore_ascii_case(head) {
+            if !names.eq(start, head) {
                 return false;
             }
             let rest = &text[head.len()..];
             for (i, c) in rest.char_indices() {
-                if glob(tail, &rest[i..], sep) {
-                    return true;
-                }
-                if c == sep {
+                if c == names.sep() {
                     return false;
                 }
+                if glob(tail, &rest[i + c.len_utf8()..], names) {
+                    return true;
+                }
             }
-            glob(tail, "", sep)
+            false
         }
     }
 }
@@ -211,30 +241,63 @@ mod tests {
 
     #[test]
     fn globs_match_one_label_or_segment() {
-        assert!(glob("*.svc.cluster.local", "api.svc.cluster.local", '.'));
-        assert!(!glob("*.svc.cluster.local", "a.b.svc.cluster.local", '.'));
+        assert!(glob(
+            "*.svc.cluster.local",
+            "api.svc.cluster.local",
+            Names::Dns
+        ));
+        assert!(!glob(
+            "*.svc.cluster.local",
+            "a.b.svc.cluster.local",
+            Names::Dns
+        ));
         assert!(glob(
             "spiffe://prod/ns/*/sa/web",
             "spiffe://prod/ns/shop/sa/web",
-            '/'
+            Names::Uri
         ));
         assert!(!glob(
             "spiffe://prod/ns/*/sa/web",
             "spiffe://prod/ns/a/b/sa/web",
-            '/'
+            Names::Uri
         ));
-        assert!(glob("App", "app", '.'));
-        assert!(!glob("app", "app2", '.'));
-        assert!(glob("*", "anything", '/'));
+        assert!(glob("App", "app", Names::Dns));
+        assert!(!glob("app", "app2", Names::Dns));
+        assert!(glob("*", "anything", Names::Uri));
+    }
+
+    #[test]
+    fn a_star_matches_at_least_one_character_and_uris_keep_their_case() {
+        assert!(!glob("*.svc", ".svc", Names::Dns));
+        assert!(!glob("app-*", "app-", Names::Dns));
+        assert!(glob("app-*", "app-1", Names::Dns));
+        assert!(!glob("*", "", Names::Uri));
+        assert!(glob(
+            "spiffe://prod/ns/*/sa/web",
+            "spiffe://prod/ns/a/sa/web",
+            Names::Uri
+        ));
+        assert!(!glob(
+            "spiffe://prod/ns/*/sa/web",
+            "spiffe://prod/ns//sa/web",
+            Names::Uri
+        ));
+        assert!(!glob(
+            "spiffe://prod/sa/Web",
+            "spiffe://prod/sa/web",
+            Names::Uri
+        ));
+        assert!(!glob("spiffe://Prod/*", "spiffe://prod/x", Names::Uri));
+        assert!(glob("API.svc", "api.SVC", Names::Dns));
     }
 
     #[test]
     fn globs_never_cut_a_multibyte_character() {
         // The pattern's literal head ends inside the 'é' of the name: no match, no panic.
-        assert!(!glob("ab*", "aé-worker", '.'));
-        assert!(!glob("a\u{e9}x*", "aé", '.'));
-        assert!(glob("é*", "é-worker", '.'));
-        assert!(!glob("x*", "", '.'));
+        assert!(!glob("ab*", "aé-worker", Names::Dns));
+        assert!(!glob("a\u{e9}x*", "aé", Names::Dns));
+        assert!(glob("é*", "é-worker", Names::Dns));
+        assert!(!glob("x*", "", Names::Dns));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use keyward::pki::{Ca, Usage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::httpd::{always_ok, httpd, Handler, Httpd, Reply};
+use crate::support::httpd::{always_ok, httpd, Handler, Httpd, Recorded, Reply};
 use crate::support::{Pki, Proxy, DEADLINE};
 
 const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -383,11 +383,7 @@ async fn refused_is_a_502() {
 
 #[tokio::test]
 async fn a_slow_upstream_is_a_504() {
-    let slow: Handler = Arc::new(|_| Reply {
-        status: StatusCode::OK,
-        body: "late".into(),
-        delay: Duration::from_secs(5),
-    });
+    let slow: Handler = Arc::new(|_| Reply::ok("late").after(Duration::from_secs(5)));
     let s = setup(BOTH, slow, "", "    response_timeout: 200ms\n").await;
     let started = Instant::now();
     let a = fetch(&s.proxy, get(&s.proxy, "/")).await;
@@ -539,4 +535,68 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
         started.elapsed() >= Duration::from_millis(250),
         "not before the idle timeout"
     );
+}
+
+/// TRACE would echo the injected credential back to the app and CONNECT would tunnel with
+/// it: both get a 405 naming the reason, and reach the upstream only when a resource opts in.
+#[tokio::test]
+async fn trace_and_connect_are_refused_unless_allowed() {
+    let s = setup(
+        H1,
+        always_ok(),
+        "",
+        "    auth:\n      type: bearer\n      token: trace-secret\n",
+    )
+    .await;
+    for method in ["TRACE", "CONNECT"] {
+        let uri = if method == "CONNECT" {
+            format!("{}", s.proxy.addr("api"))
+        } else {
+            format!("http://{}/x", s.proxy.addr("api"))
+        };
+        let a = fetch(&s.proxy, Request::builder().method(method).uri(uri)).await;
+        assert_eq!(
+            a.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method}: {}",
+            a.body
+        );
+        assert_eq!(a.headers["x-keyward-error"], "method_not_allowed");
+        assert!(!a.body.contains("trace-secret"));
+    }
+    assert!(s.up.seen().is_empty(), "the upstream saw a refused method");
+    let allowed = setup(H1, always_ok(), "", "    allow_methods: [TRACE]\n").await;
+    let a = fetch(
+        &allowed.proxy,
+        Request::builder()
+            .method("TRACE")
+            .uri(format!("http://{}/x", allowed.proxy.addr("api"))),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(allowed.up.last().method, "TRACE");
+}
+
+/// An API key injected as a query parameter must not come back to the app in a redirect
+/// that repeats the request's query.
+#[tokio::test]
+async fn the_injected_api_key_is_removed_from_redirects() {
+    let echo_query: Handler = Arc::new(|r: &Recorded| {
+        let query = r.uri.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        Reply::status(StatusCode::FOUND, "")
+            .header("location", format!("https://localhost/next?{query}#frag"))
+            .header("content-location", format!("/here?{query}"))
+    });
+    let s = setup(
+        H1,
+        echo_query,
+        "",
+        "    auth:\n      type: api_key\n      query: api_key\n      value: redirect-secret\n",
+    )
+    .await;
+    let a = fetch(&s.proxy, get(&s.proxy, "/x?page=2")).await;
+    assert_eq!(a.status, StatusCode::FOUND);
+    assert!(s.up.last().uri.contains("api_key=redirect-secret"));
+    assert_eq!(a.headers["location"], "https://localhost/next?page=2#frag");
+    assert_eq!(a.headers["content-location"], "/here?page=2");
 }

@@ -280,21 +280,27 @@ async fn a_silent_app_is_closed_at_the_client_deadline_with_the_protocols_error(
 #[tokio::test]
 async fn a_message_over_the_pre_auth_limit_gets_the_protocols_error_and_a_close() {
     let pki = Pki::new();
+    let cert = pki.server(&["localhost", "127.0.0.1"]);
+    let tls_block = format!(
+        "    listen_tls:\n      cert: {}\n      key: {}\n",
+        pki.write("listen.pem", &cert.cert_pem).display(),
+        pki.write("listen.key", &cert.key_pem).display(),
+    );
     let (count, mysql) = upstreams().await;
     let yaml: String = PROTOCOLS
         .iter()
-        .filter(|p| **p != "tcp")
         .map(|p| {
-            let extra = if *p == "redis" {
-                "    client_password: app-pw\n"
-            } else {
-                ""
+            // tcp reads nothing of the app's before relaying but its TLS ClientHello.
+            let extra = match *p {
+                "redis" => "    client_password: app-pw\n".to_owned(),
+                "tcp" => tls_block.clone(),
+                _ => String::new(),
             };
-            resource(p, upstream_of(p, &count, &mysql), extra)
+            resource(p, upstream_of(p, &count, &mysql), &extra)
         })
         .collect();
     let proxy = Proxy::start(pki.dir.path(), &config(&yaml)).await;
-    for protocol in ["http", "postgres", "mysql", "redis"] {
+    for protocol in PROTOCOLS {
         let mut app = TcpStream::connect(proxy.addr(protocol)).await.unwrap();
         let head: Vec<u8> = match protocol {
             // A StartupMessage that claims 1 GB.
@@ -311,7 +317,9 @@ async fn a_message_over_the_pre_auth_limit_gets_the_protocols_error_and_a_close(
             // A bulk string that claims 1 GB, before AUTH.
             "redis" => b"*1\r\n$1000000000\r\n".to_vec(),
             // A request head that never ends.
-            _ => b"GET / HTTP/1.1\r\nx-long: ".to_vec(),
+            "http" => b"GET / HTTP/1.1\r\nx-long: ".to_vec(),
+            // A TLS record header that claims the largest handshake record, then garbage.
+            _ => vec![0x16, 0x03, 0x01, 0xff, 0xff],
         };
         let _ = app.write_all(&head).await;
         // Somewhat over every limit, in pieces, while keyward is still reading.
@@ -329,11 +337,13 @@ async fn a_message_over_the_pre_auth_limit_gets_the_protocols_error_and_a_close(
             String::from_utf8_lossy(&reply)
         );
         let reason = settled(&proxy, protocol).await;
-        assert!(
-            protocol == "http"
-                || matches!(reason, Some(Reason::MessageTooLarge | Reason::Protocol)),
-            "{protocol}: {reason:?}"
-        );
+        // HTTP: hyper's own 431; tcp: the TLS handshake fails on the oversized record.
+        let expected = match protocol {
+            "http" => true,
+            "tcp" => reason == Some(Reason::Tls),
+            _ => matches!(reason, Some(Reason::MessageTooLarge | Reason::Protocol)),
+        };
+        assert!(expected, "{protocol}: {reason:?}");
     }
     assert_eq!(
         count.accepted.load(Ordering::SeqCst),

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::maria::{self, mariadb, Maria};
 use crate::support::procs::{have, Keyward};
@@ -378,4 +379,178 @@ fn probe_logs_in_to_mariadb() {
     let (code, t) = probe("badpw");
     assert_eq!(code, Some(1), "{t}");
     assert!(t.contains("auth: FAILED: Access denied"), "{t}");
+}
+
+/// An app's whole login through keyward, as a minimal plaintext client with no password:
+/// greeting, HandshakeResponse41, keyward's answer (`Ok` on OK, the ERR text otherwise), then
+/// COM_QUIT.
+fn app_login(addr: std::net::SocketAddr) -> Result<(), String> {
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.set_nodelay(true).unwrap();
+    let packet = |conn: &mut std::net::TcpStream| -> Result<Vec<u8>, String> {
+        let mut head = [0u8; 4];
+        conn.read_exact(&mut head).map_err(|e| e.to_string())?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
+        let mut body = vec![0u8; len];
+        conn.read_exact(&mut body).map_err(|e| e.to_string())?;
+        Ok(body)
+    };
+    packet(&mut conn)?;
+    // CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH
+    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000;
+    let mut body = caps.to_le_bytes().to_vec();
+    body.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    body.push(45);
+    body.extend_from_slice(&[0u8; 23]);
+    body.extend_from_slice(b"app\0");
+    body.push(0);
+    body.extend_from_slice(b"mysql_native_password\0");
+    let mut m = (body.len() as u32).to_le_bytes()[..3].to_vec();
+    m.push(1);
+    m.extend(body);
+    conn.write_all(&m).map_err(|e| e.to_string())?;
+    let reply = packet(&mut conn)?;
+    let _ = conn.write_all(&[1, 0, 0, 0, 1]);
+    match reply.first() {
+        Some(0x00) => Ok(()),
+        _ => Err(String::from_utf8_lossy(&reply).into_owned()),
+    }
+}
+
+/// MariaDB's ed25519 nonce is 32 raw bytes; one that ends in 0x00 (1 in 256) used to lose its
+/// last byte in keyward's AuthSwitchRequest handling (3 failures in 1,024 logins). 2,000 logins
+/// through keyward, none may fail.
+#[test]
+fn two_thousand_ed25519_logins_through_keyward_all_succeed() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let kw = start(
+        dir.path(),
+        &[resource("ed", m, "edu", Some("edpw"), "", "")],
+    );
+    let addr = kw.addr("ed");
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(move || {
+                    (0..500)
+                        .filter_map(|_| app_login(addr).err())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of 2000 ed25519 logins failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
+
+/// A direct login over verified TLS, as a client does it: greeting, SSLRequest, TLS,
+/// HandshakeResponse with the mysql_native_password scramble, OK, COM_QUIT.
+fn direct_tls_login(m: &Maria, user: &str, password: &str) -> Result<(), String> {
+    use mysql_common::constants::CapabilityFlags as C;
+    use mysql_common::io::ParseBuf;
+    use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse, SslRequest};
+    use mysql_common::proto::{MyDeserialize, MySerialize};
+    let frame = |seq: u8, payload: &[u8]| {
+        let mut m = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        m.push(seq);
+        m.extend_from_slice(payload);
+        m
+    };
+    fn packet(conn: &mut impl Read) -> Result<Vec<u8>, String> {
+        let mut head = [0u8; 4];
+        conn.read_exact(&mut head).map_err(|e| e.to_string())?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
+        let mut body = vec![0u8; len];
+        conn.read_exact(&mut body).map_err(|e| e.to_string())?;
+        Ok(body)
+    }
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", m.port)).map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let greeting = packet(&mut tcp)?;
+    let hello =
+        HandshakePacket::deserialize((), &mut ParseBuf(&greeting)).map_err(|e| e.to_string())?;
+    let caps =
+        C::CLIENT_PROTOCOL_41 | C::CLIENT_SECURE_CONNECTION | C::CLIENT_PLUGIN_AUTH | C::CLIENT_SSL;
+    let mut payload = Vec::new();
+    SslRequest::new(caps, 16 << 20, 45).serialize(&mut payload);
+    tcp.write_all(&frame(1, &payload))
+        .map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(m.ca.cert.cert_der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let scramble = mysql_common::auth::plugins::mysql_native_password::scramble_native(
+        &hello.nonce(),
+        password.as_bytes(),
+    )
+    .ok_or("no scramble")?;
+    let response = HandshakeResponse::new(
+        Some(std::borrow::Cow::Owned(scramble.to_vec())),
+        (10, 11, 0),
+        Some(std::borrow::Cow::Owned(user.as_bytes().to_vec())),
+        None::<std::borrow::Cow<'_, [u8]>>,
+        Some(AuthPlugin::MysqlNativePassword),
+        caps,
+        None,
+        16 << 20,
+    );
+    let mut payload = Vec::new();
+    response.serialize(&mut payload);
+    tls.write_all(&frame(2, &payload))
+        .map_err(|e| e.to_string())?;
+    let reply = packet(&mut tls)?;
+    let _ = tls.write_all(&[1, 0, 0, 0, 1]);
+    match reply.first() {
+        Some(0x00) => Ok(()),
+        _ => Err(String::from_utf8_lossy(&reply).into_owned()),
+    }
+}
+
+/// A new connection through keyward must not cost many times a direct TLS login (apps that
+/// connect per request pay it every time). 20 logins each way, interleaved in one run; the
+/// bound is generous (3x the median) so it does not flake on a loaded machine.
+#[test]
+fn a_login_through_keyward_costs_at_most_three_direct_tls_logins() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let kw = start(
+        dir.path(),
+        &[resource("fast", m, "nativeu", Some("nativepw"), "", "")],
+    );
+    let addr = kw.addr("fast");
+    app_login(addr).unwrap();
+    direct_tls_login(m, "nativeu", "nativepw").unwrap();
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        direct_tls_login(m, "nativeu", "nativepw").unwrap();
+        direct.push(t.elapsed());
+        let t = std::time::Instant::now();
+        app_login(addr).unwrap();
+        through.push(t.elapsed());
+    }
+    direct.sort();
+    through.sort();
+    let (d, k) = (direct[10], through[10]);
+    eprintln!("login median: direct TLS {d:?}, through keyward {k:?}");
+    assert!(
+        k <= d * 3,
+        "a login through keyward takes {k:?}, a direct TLS login {d:?}"
+    );
 }

@@ -764,5 +764,8 @@ async fn health_and_wait_probe_a_running_keyward() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let (code, stderr) = run(&["health", "--admin", "127.0.0.1:1"]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("cannot reach the admin endpoint"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the admin endpoint"),
+        "{stderr}"
+    );
 }

@@ -47,6 +47,7 @@ pub struct Reply {
     pub status: StatusCode,
     pub body: String,
     pub delay: Duration,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -55,6 +56,7 @@ impl Reply {
             status: StatusCode::OK,
             body: body.into(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
     }
 
@@ -63,7 +65,13 @@ impl Reply {
             status,
             body: body.into(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
     }
 
     pub fn after(mut self, delay: Duration) -> Self {
@@ -225,8 +233,9 @@ async fn handle(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    Response::builder()
-        .status(reply.status)
-        .body(Full::new(Bytes::from(reply.body)))
-        .unwrap()
+    let mut builder = Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        builder = builder.header(name, value);
+    }
+    builder.body(Full::new(Bytes::from(reply.body))).unwrap()
 }
