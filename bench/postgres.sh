@@ -70,6 +70,15 @@ YAML
 floor_resource "$FPORT" "$PGPORT" >> "$T/keyward.yaml"
 "${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 KW_PID=$!; pids+=($!)
+# KEYWARD_BIN_B=path: a second keyward build beside the first, same config on other ports,
+# measured in the same interleaved run (e.g. before/after a change); its numbers are printed
+# in the repetition lines as "keyward B".
+if [ -n "${KEYWARD_BIN_B:-}" ]; then
+  KPORT_B=$(free_port)
+  sed -e "s/127.0.0.1:$KPORT/127.0.0.1:$KPORT_B/" -e "s/127.0.0.1:$FPORT/127.0.0.1:$(free_port)/" "$T/keyward.yaml" > "$T/keyward-b.yaml"
+  "$KEYWARD_BIN_B" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" &
+  KWB_PID=$!; pids+=($!)
+fi
 
 BPORT=$(free_port)
 echo '"benchuser" ""' > "$T/userlist.txt"
@@ -96,10 +105,11 @@ PB_PID=$!; pids+=($!)
 
 DIRECT="host=localhost port=$PGPORT dbname=bench user=benchuser password=benchpw sslmode=verify-full sslrootcert=$T/ca.pem"
 KEYWARD="host=127.0.0.1 port=$KPORT dbname=bench user=benchuser sslmode=disable"
+KEYWARD_B="host=127.0.0.1 port=${KPORT_B:-0} dbname=bench user=benchuser sslmode=disable"
 BOUNCER="host=127.0.0.1 port=$BPORT dbname=bench user=benchuser sslmode=disable"
 PLAIN="host=127.0.0.1 port=$PGPORT dbname=bench user=benchuser password=benchpw sslmode=disable"
 FLOOR="host=127.0.0.1 port=$FPORT dbname=bench user=benchuser password=benchpw sslmode=disable"
-for c in "$KEYWARD" "$BOUNCER"; do
+for c in "$KEYWARD" "$BOUNCER" ${KEYWARD_BIN_B:+"$KEYWARD_B"}; do
   for _ in $(seq 100); do $B/psql "$c" -Atc "select 1" >/dev/null 2>&1 && break; sleep 0.05; done
 done
 $B/pgbench -i -s 1 -q "$DIRECT" >/dev/null 2>&1
@@ -123,6 +133,7 @@ for mode in open reconnect; do
   for r in $(seq "$REPS"); do
     d=$(run - "$DIRECT" "${extra[@]}"); k=$(run "$KW_PID" "$KEYWARD" "${extra[@]}"); b=$(run "$PB_PID" "$BOUNCER" "${extra[@]}")
     line="  $mode rep $r  direct TLS: $d   keyward: $k   pgbouncer: $b"
+    if [ -n "${KEYWARD_BIN_B:-}" ]; then line="$line   keyward B: $(run "$KWB_PID" "$KEYWARD_B" "${extra[@]}")"; fi
     if [ "$mode" = open ]; then
       p=$(run - "$PLAIN"); f=$(run "$KW_PID" "$FLOOR")
       line="$line   plaintext: $p   plaintext via keyward tcp: $f"

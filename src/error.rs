@@ -91,6 +91,8 @@ pub enum Reason {
     Panic,
     /// An HTTP method keyward does not forward unless allowed (TRACE, CONNECT).
     MethodNotAllowed,
+    /// An HTTP request path whose `..` segments would leave the upstream's base path.
+    PathOutsideBase,
 }
 
 impl Reason {
@@ -125,6 +127,7 @@ impl Reason {
             Self::MessageTooLarge => "message_too_large",
             Self::Panic => "panic",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::PathOutsideBase => "path_outside_base",
         }
     }
 }

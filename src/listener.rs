@@ -153,9 +153,23 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, String> {
         }
         std::fs::remove_file(path).map_err(|e| format!("removing stale socket: {e}"))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| bind_reason(&e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    // Bound in a private directory (0700) beside the target, given its mode there, then
+    // renamed into place: no moment where the socket exists with the umask's permissions, and
+    // the mode is set on the socket itself (nobody can plant a symlink in the private
+    // directory; rename replaces a link at `path` instead of following it).
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let private = tempfile::Builder::new()
+        .prefix(".keyward-bind-")
+        .tempdir_in(&parent)
+        .map_err(|e| format!("creating a private directory in {}: {e}", parent.display()))?;
+    let staged = private.path().join("socket");
+    let listener = UnixListener::bind(&staged).map_err(|e| bind_reason(&e))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("setting mode {mode:o}: {e}"))?;
+    std::fs::rename(&staged, path).map_err(|e| format!("moving the socket into place: {e}"))?;
     Ok(listener)
 }
 

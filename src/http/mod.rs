@@ -428,6 +428,7 @@ async fn proxy(
                     StatusCode::GATEWAY_TIMEOUT
                 }
                 Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Reason::PathOutsideBase => StatusCode::BAD_REQUEST,
                 _ => StatusCode::BAD_GATEWAY,
             };
             warn!(
@@ -510,6 +511,46 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The app's path with its dot segments removed (RFC 3986 §5.2.4), `%2e` counting as a dot,
+/// other bytes kept as sent. `None` when a `..` would climb above the path's root: joined to
+/// the upstream's base path, it would leave it (`/v1` + `/../admin` = `/admin`).
+pub fn without_dot_segments(path: &str) -> Option<String> {
+    fn is_dots(segment: &str, n: usize) -> bool {
+        let lower = segment.to_ascii_lowercase();
+        let mut rest = lower.as_str();
+        let mut count = 0;
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix('.') {
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("%2e") {
+                rest = r;
+            } else {
+                return false;
+            }
+            count += 1;
+        }
+        count == n
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        if is_dots(segment, 1) {
+            if i == last {
+                out.push("");
+            }
+        } else if is_dots(segment, 2) {
+            out.pop()?;
+            if i == last {
+                out.push("");
+            }
+        } else {
+            out.push(segment);
+        }
+    }
+    Some(format!("/{}", out.join("/")))
 }
 
 /// `base` + the app's path; the query is kept (minus `drop_param`, plus `add`).
@@ -620,12 +661,21 @@ async fn forward(
             parts.headers.remove(name);
         }
     }
-    let path = target_path(
-        &up.base_path,
-        parts.uri.path_and_query(),
-        drop_param,
-        add_param,
-    );
+    let clean = without_dot_segments(parts.uri.path()).ok_or_else(|| {
+        ConnError::new(
+            Side::Client,
+            Reason::PathOutsideBase,
+            "the request path climbs out of the upstream's base path with '..' segments",
+        )
+    })?;
+    let clean_pq = match parts.uri.query() {
+        Some(q) => format!("{clean}?{q}"),
+        None => clean,
+    };
+    let clean_pq = http::uri::PathAndQuery::try_from(clean_pq).map_err(|e| {
+        ConnError::new(Side::Client, Reason::Protocol, format!("request path: {e}"))
+    })?;
+    let path = target_path(&up.base_path, Some(&clean_pq), drop_param, add_param);
     parts.uri = Uri::builder()
         .scheme(up.scheme.clone())
         .authority(up.authority.clone())
@@ -923,6 +973,22 @@ mod tests {
         assert_eq!(without_query_param("/x?api%5Fkey=s3cret", "api_key"), "/x");
         assert_eq!(without_query_param("/x?keep=1", "api_key"), "/x?keep=1");
         assert_eq!(without_query_param("/plain", "api_key"), "/plain");
+    }
+
+    #[test]
+    fn dot_segments_are_removed_and_may_not_climb_above_the_root() {
+        assert_eq!(without_dot_segments("/a/./b/../c").as_deref(), Some("/a/c"));
+        assert_eq!(without_dot_segments("/a/%2e%2E/b").as_deref(), Some("/b"));
+        assert_eq!(without_dot_segments("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(without_dot_segments("/a/.").as_deref(), Some("/a/"));
+        assert_eq!(without_dot_segments("/").as_deref(), Some("/"));
+        assert_eq!(
+            without_dot_segments("/x/..%2e/y").as_deref(),
+            Some("/x/..%2e/y")
+        );
+        assert_eq!(without_dot_segments("/../admin"), None);
+        assert_eq!(without_dot_segments("/a/../../admin"), None);
+        assert_eq!(without_dot_segments("/%2e%2e/admin"), None);
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub async fn forward(listener: &ResourceName, pid: i32, key: &[u8]) {
     let send = async {
         let admitted = Admitted::grant();
         let mut upstream = super::dial::open(&dialer, negotiation, &admitted).await?;
+        // The session may have ended while keyward connected (its server connection may even
+        // serve another app by now, pooled): only a key still registered is sent on.
+        if !sessions().contains_key(&(pid, key.to_vec())) {
+            debug!("CancelRequest for a session that ended meanwhile: dropped");
+            return Ok(());
+        }
         upstream
             .write_all(&super::codec::cancel_request(server_pid, &server_key))
             .await

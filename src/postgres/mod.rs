@@ -218,7 +218,7 @@ async fn session(
     }
     // Rewrite BackendKeyData: the app gets a key of keyward's own.
     let server_key = greeting.backend_key.clone();
-    let _registration = match greeting.backend_key.take() {
+    let registration = match greeting.backend_key.take() {
         Some((pid, key)) => {
             let target = cancel::Target {
                 resource: res.name.clone(),
@@ -266,6 +266,9 @@ async fn session(
     )
     .await
     .map_err(Failure::Relay)?;
+    // The app's cancel key dies with its session, before the server connection can serve
+    // another app: a late CancelRequest must never reach the next app's query.
+    drop(registration);
     if end == End::Stopped && from_server.idle() && reset(&mut up).await {
         db.pool.put(pool_key, pool::Idle::new(up, params, pid, key));
     }

@@ -199,12 +199,19 @@ fn rewrite_auth(args: Vec<Vec<u8>>, username: Option<&str>, password: &Secret) -
     if is_auth {
         return auth_command(username, password);
     }
-    // HELLO [protover [AUTH username password] [SETNAME clientname]]
+    hello_with_auth(&args, Some((user, pw)))
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]` with its AUTH part
+/// replaced by `auth`, or taken out when `auth` is `None`.
+fn hello_with_auth(args: &[Vec<u8>], auth: Option<(&[u8], &[u8])>) -> Vec<u8> {
     let mut out: Vec<&[u8]> = Vec::with_capacity(args.len());
     let mut i = 0;
     while i < args.len() {
         if i >= 2 && args[i].eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
-            out.extend([&args[i][..], user, pw]);
+            if let Some((user, pw)) = auth {
+                out.extend([&args[i][..], user, pw]);
+            }
             i += 3;
         } else {
             out.push(&args[i]);
@@ -256,8 +263,10 @@ async fn client_auth<S: AsyncRead + AsyncWrite + Unpin>(
             if name == b"AUTH" {
                 app.send(b"+OK\r\n").await?;
             } else {
-                // HELLO goes on to the server (rewritten to keyward's credentials).
-                let mut rest = cmd.to_vec();
+                // HELLO goes on to the server without the app's AUTH part: that holds
+                // keyward's local client_password, which the server must never see. (keyward
+                // logged in upstream itself, if it has a password.)
+                let mut rest = hello_with_auth(&args, None);
                 rest.extend_from_slice(&app.buf);
                 app.buf.clear();
                 app.buf.extend_from_slice(&rest);
@@ -297,6 +306,26 @@ pub async fn probe_login(res: &Resource, db: &DbRuntime) -> Result<String, ConnE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hello_that_passed_client_password_loses_its_auth_part() {
+        let args: Vec<Vec<u8>> = [
+            "HELLO",
+            "3",
+            "AUTH",
+            "default",
+            "local-secret",
+            "SETNAME",
+            "x",
+        ]
+        .iter()
+        .map(|a| a.as_bytes().to_vec())
+        .collect();
+        assert_eq!(
+            hello_with_auth(&args, None),
+            scan::command(&[b"HELLO", b"3", b"SETNAME", b"x"])
+        );
+    }
 
     #[test]
     fn hello_auth_is_rewritten_and_other_arguments_kept() {

@@ -600,3 +600,34 @@ async fn the_injected_api_key_is_removed_from_redirects() {
     assert_eq!(a.headers["location"], "https://localhost/next?page=2#frag");
     assert_eq!(a.headers["content-location"], "/here?page=2");
 }
+
+/// Dot segments are removed (RFC 3986 §5.2.4, `%2e` included) before the base path is joined;
+/// a path that would climb out of the base path is a 400 and never reaches the upstream.
+#[tokio::test]
+async fn dot_segments_cannot_leave_the_upstreams_base_path() {
+    let s = setup(H1, always_ok(), "/v1", "").await;
+    let a = fetch(&s.proxy, get(&s.proxy, "/items/./x/../y")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(s.up.last().uri, "/v1/items/y");
+    let before = s.up.seen().len();
+    for path in ["/../../admin", "/a/%2e%2e/%2E%2E/admin/x", "/%2e%2e/admin"] {
+        let mut conn = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+        conn.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut reply = String::new();
+        tokio::time::timeout(DEADLINE, conn.read_to_string(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 400"), "{path}: {reply}");
+        assert!(reply.contains("path_outside_base"), "{path}: {reply}");
+    }
+    assert_eq!(
+        s.up.seen().len(),
+        before,
+        "a climbing path reached the upstream"
+    );
+}

@@ -364,3 +364,56 @@ fn redis_cli_over_tls_to_keyward() {
     let plain = cli(&kw, "tlscache", &["PING"]);
     assert!(!plain.contains("PONG"), "{plain}");
 }
+
+/// With `client_password` and no upstream password, an app's `HELLO 3 AUTH default <pw>` is
+/// checked by keyward and then forwarded — without its AUTH part: keyward's local secret never
+/// reaches the server (it did before: the HELLO went on verbatim).
+#[tokio::test]
+async fn a_hello_auth_with_the_client_password_never_reaches_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let (mut tcp, _) = upstream.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            record.lock().unwrap().extend_from_slice(&buf[..n]);
+            let _ = tcp
+                .write_all(b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n")
+                .await;
+        }
+    });
+    let yaml = format!("admin: null\nresources:\n  - name: guarded\n    protocol: redis\n    listen: 127.0.0.1:0\n    upstream: {up_addr}\n    tls:\n      mode: disable\n    client_password: local-secret\n");
+    let proxy = crate::support::Proxy::start(pki.dir.path(), &yaml).await;
+    let mut app = tokio::net::TcpStream::connect(proxy.addr("guarded"))
+        .await
+        .unwrap();
+    app.write_all(
+        b"*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$7\r\ndefault\r\n$12\r\nlocal-secret\r\n",
+    )
+    .await
+    .unwrap();
+    let mut reply = [0u8; 64];
+    let n = tokio::time::timeout(crate::support::DEADLINE, app.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        reply[..n].starts_with(b"%1"),
+        "{:?}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+    let seen = seen.lock().unwrap().clone();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("HELLO"), "{text}");
+    assert!(
+        !text.contains("local-secret"),
+        "the server saw keyward's client_password: {text}"
+    );
+}

@@ -573,6 +573,17 @@ async fn unix_listener_serves_with_mode_0600_and_replaces_a_stale_socket() {
     let proxy = Proxy::start(pki.dir.path(), &yaml).await;
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    // Bound in a private directory and renamed into place: nothing of that is left over.
+    let leftovers: Vec<_> = std::fs::read_dir(pki.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".keyward-bind-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     let mut conn = tokio::net::UnixStream::connect(&sock).await.unwrap();
     conn.write_all(b"over unix").await.unwrap();
     conn.shutdown().await.unwrap();
