@@ -220,6 +220,8 @@ impl TokenSource {
             .await
             .map_err(|e| format!("reading the response: {e}"))?
             .to_bytes();
+        // The raw token response (it holds the token) is wiped once parsed.
+        let bytes = zeroize::Zeroizing::new(bytes.to_vec());
         let json: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if !status.is_success() {

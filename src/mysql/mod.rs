@@ -483,10 +483,13 @@ async fn login(
         .username()
         .map(|u| u.as_bytes().to_vec())
         .unwrap_or_else(|| app.user.clone());
-    let pw: Vec<u8> = password
-        .as_ref()
-        .map(|p| p.expose().as_bytes().to_vec())
-        .unwrap_or_default();
+    // A plain copy for the auth plugins, wiped when the login is over.
+    let pw = zeroize::Zeroizing::new(
+        password
+            .as_ref()
+            .map(|p| p.expose().as_bytes().to_vec())
+            .unwrap_or_default(),
+    );
     let mut scramble = greeting.nonce();
     let mut plugin: AuthPlugin<'static> = greeting
         .auth_plugin()

@@ -455,9 +455,11 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 if !on_tls && !db.allow_cleartext_password {
                     return Err(auth_error("the server asks for the password in clear text over a connection without TLS; keyward refuses (set auth.allow_cleartext_password: true to allow it)".to_owned()));
                 }
-                let mut data = pw.expose().as_bytes().to_vec();
+                // Plain copies of the password are wiped after use (zeroize on drop).
+                let mut data = zeroize::Zeroizing::new(pw.expose().as_bytes().to_vec());
                 data.push(0);
-                up.send(&codec::password_message(&data)).await?;
+                let message = zeroize::Zeroizing::new(codec::password_message(&data));
+                up.send(&message).await?;
             }
             LoginMessage::Auth(AuthRequest::Md5(salt)) => {
                 let pw = need_password("md5")?;
@@ -466,9 +468,10 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                     pw.expose().as_bytes(),
                     salt,
                 );
-                let mut data = hash.into_bytes();
+                let mut data = zeroize::Zeroizing::new(hash.into_bytes());
                 data.push(0);
-                up.send(&codec::password_message(&data)).await?;
+                let message = zeroize::Zeroizing::new(codec::password_message(&data));
+                up.send(&message).await?;
             }
             LoginMessage::Auth(AuthRequest::Sasl(mechanisms)) => {
                 let pw = need_password("SCRAM-SHA-256")?;

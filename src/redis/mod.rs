@@ -147,7 +147,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     password: &Secret,
     timeout: Duration,
 ) -> Result<(), ConnError> {
-    let cmd = auth_command(username, password);
+    let cmd = zeroize::Zeroizing::new(auth_command(username, password));
     let exchange = async {
         up.send(&cmd).await?;
         let reply = up
