@@ -596,6 +596,21 @@ pub fn target_path(
     out
 }
 
+/// The `Host` value hyper-util derives from a URI for HTTP/1.1: the host, and the port unless
+/// it is the scheme's default.
+fn wire_host(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    let default = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    match uri.port_u16() {
+        Some(port) if Some(port) != default => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    }
+}
+
 /// `uri` (absolute or relative) without the query parameter `name` (every occurrence,
 /// compared after form-decoding, as `target_path` compares it); the rest is kept as sent.
 fn without_query_param(uri: &str, name: &str) -> String {
@@ -676,9 +691,21 @@ async fn forward(
         ConnError::new(Side::Client, Reason::Protocol, format!("request path: {e}"))
     })?;
     let path = target_path(&up.base_path, Some(&clean_pq), drop_param, add_param);
+    // The name the upstream is addressed by travels in the URI's authority: hyper-util writes
+    // it as `Host` on HTTP/1.1 and as `:authority` on HTTP/2, where a `Host` header of
+    // keyward's own would be a second, possibly different, copy that servers reject (RFC 9113
+    // §8.3.1; nginx: "client sent duplicate host header"). With preserve_host it is the app's.
+    let authority = match parts.headers.get(header::HOST) {
+        Some(h) if up.opts.preserve_host => h
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .unwrap_or_else(|| up.authority.clone()),
+        _ => up.authority.clone(),
+    };
     parts.uri = Uri::builder()
         .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
+        .authority(authority)
         .path_and_query(path)
         .build()
         .map_err(|e| {
@@ -689,12 +716,11 @@ async fn forward(
             )
         })?;
     parts.version = Version::HTTP_11;
-    if !up.opts.preserve_host {
-        let host = HeaderValue::from_str(up.authority.as_str()).map_err(|_| {
-            ConnError::new(Side::Internal, Reason::Protocol, "bad upstream authority")
-        })?;
-        parts.headers.insert(header::HOST, host);
-    }
+    // `Host` as hyper-util will write it on HTTP/1.1 (so a SigV4 signature covers the value
+    // sent); `send` takes the header out again and lets the URI carry it.
+    let host = HeaderValue::from_str(&wire_host(&parts.uri))
+        .map_err(|_| ConnError::new(Side::Internal, Reason::Protocol, "bad upstream authority"))?;
+    parts.headers.insert(header::HOST, host);
     for (name, value) in &up.headers {
         parts.headers.insert(name.clone(), value.clone());
     }
@@ -854,6 +880,8 @@ async fn send(
         &up.client
     };
     let timeout = up.opts.response_timeout;
+    let mut request = request;
+    request.headers_mut().remove(header::HOST);
     let mut response = match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => return Err(connector::describe_client_error(&e)),

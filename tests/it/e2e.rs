@@ -346,3 +346,53 @@ fn curl_sees_a_502_with_the_reason_when_the_http_upstream_has_the_wrong_ca() {
         "{out}"
     );
 }
+
+/// An HTTP/2 upstream (nginx with `http2`, ALPN h2): GET and POST through keyward get 200,
+/// with and without `preserve_host`. keyward used to send a `Host` header beside hyper's
+/// `:authority`, which nginx answers with 400 "client sent duplicate host header".
+#[test]
+fn an_http2_nginx_upstream_accepts_get_and_post_with_and_without_preserve_host() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    for (preserve, expected_host) in [
+        (false, format!("localhost:{}", nginx.h2_port)),
+        (true, "app.internal".to_owned()),
+    ] {
+        let extra = if preserve {
+            "    preserve_host: true\n"
+        } else {
+            ""
+        };
+        let cfg = http_config(&pki, nginx.h2_port, &f, extra);
+        let keyward = Keyward::start(&cfg);
+        let addr = keyward.addr("api");
+        for post in [false, true] {
+            let mut args = vec![
+                "-H".to_owned(),
+                "Host: app.internal".to_owned(),
+                "-w".to_owned(),
+                "\nstatus=%{http_code}\n".to_owned(),
+            ];
+            if post {
+                args.extend(["--data".to_owned(), "x=1".to_owned()]);
+            }
+            args.push(format!("http://{addr}/items"));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, body) = curl_with(&args);
+            assert_eq!(code, 0, "{body}");
+            assert!(
+                body.contains("status=200") && body.contains("protocol=HTTP/2.0"),
+                "preserve_host={preserve} post={post}: {body}\n{}",
+                keyward.log_text()
+            );
+            assert!(
+                body.contains(&format!("host={expected_host}\n")),
+                "preserve_host={preserve}: {body}"
+            );
+        }
+    }
+}

@@ -302,12 +302,15 @@ impl Redis {
 /// A private nginx: HTTPS requiring a client certificate from `ca`, echoing what it saw.
 pub struct Nginx {
     pub port: u16,
+    /// The same server with HTTP/2 (ALPN h2) on.
+    pub h2_port: u16,
     _proc: Proc,
 }
 
 impl Nginx {
     pub fn start(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Self {
         let port = free_port();
+        let h2_port = free_port();
         let root: PathBuf = dir.join("nginx");
         std::fs::create_dir_all(root.join("tmp")).unwrap();
         let t = root.display();
@@ -323,6 +326,7 @@ http {{
   uwsgi_temp_path {t}/tmp/uwsgi; scgi_temp_path {t}/tmp/scgi;
   server {{
     listen 127.0.0.1:{port} ssl;
+    listen 127.0.0.1:{h2_port} ssl http2;
     server_name localhost;
     ssl_certificate {cert};
     ssl_certificate_key {key};
@@ -331,7 +335,7 @@ http {{
     ssl_protocols TLSv1.2 TLSv1.3;
     default_type text/plain;
     location / {{
-      return 200 "client_dn=$ssl_client_s_dn\nclient_verify=$ssl_client_verify\ntls=$ssl_protocol\nsni=$ssl_server_name\nuri=$request_uri\nauthorization=$http_authorization\nx-api-key=$http_x_api_key\nx-tenant=$http_x_tenant\nhost=$http_host\n";
+      return 200 "client_dn=$ssl_client_s_dn\nclient_verify=$ssl_client_verify\ntls=$ssl_protocol\nsni=$ssl_server_name\nuri=$request_uri\nauthorization=$http_authorization\nx-api-key=$http_x_api_key\nx-tenant=$http_x_tenant\nhost=$http_host\nprotocol=$server_protocol\n";
     }}
   }}
 }}
@@ -355,7 +359,11 @@ http {{
         wait_until("nginx", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        Self { port, _proc: proc }
+        Self {
+            port,
+            h2_port,
+            _proc: proc,
+        }
     }
 }
 
