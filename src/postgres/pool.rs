@@ -6,7 +6,7 @@
 //! a reload (new credentials, certificates) starts a fresh one.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::connect::UpstreamStream;
@@ -40,10 +40,18 @@ impl Idle {
 }
 
 /// Idle server connections by startup packet.
+///
+/// Bounded in total (`max`) and per startup packet (`max` / 2, at least 1, so a burst of one
+/// key cannot keep all the room); when full, the longest-idle connection of any key makes room
+/// (one-off keys — another `application_name`, a JDBC `TimeZone` — age out instead of
+/// starving everyone). Expired connections of every key are closed on each take and put and by
+/// a sweep every quarter `idle_timeout` while any are pooled, so none outlives
+/// `pool_idle_timeout` by more than a quarter of it.
 pub struct Pool {
     max: usize,
     idle_timeout: Duration,
-    idle: Mutex<HashMap<Vec<u8>, Vec<Idle>>>,
+    idle: Arc<Mutex<HashMap<Vec<u8>, Vec<Idle>>>>,
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -55,13 +63,57 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+type Map = HashMap<Vec<u8>, Vec<Idle>>;
+
+fn lock(idle: &Mutex<Map>) -> std::sync::MutexGuard<'_, Map> {
+    match idle.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Takes every expired connection out of `map` (and empty keys with them).
+fn expired(map: &mut Map, idle_timeout: Duration) -> Vec<Idle> {
+    let mut out = Vec::new();
+    map.retain(|_, list| {
+        let (keep, old): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
+            .into_iter()
+            .partition(|i| i.since.elapsed() < idle_timeout);
+        *list = keep;
+        out.extend(old);
+        !list.is_empty()
+    });
+    out
+}
+
+/// Ends server sessions politely (Terminate, then close), off the caller's path.
+fn close(idle: Vec<Idle>) {
+    if idle.is_empty() {
+        return;
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return; // dropped: the sockets close
+    };
+    handle.spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for mut i in idle {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = i.up.io.write_all(&[b'X', 0, 0, 0, 4]).await;
+                let _ = i.up.io.shutdown().await;
+            })
+            .await;
+        }
+    });
+}
+
 impl Pool {
     /// A pool keeping up to `max` connections for `idle_timeout`; `max == 0` keeps none.
     pub fn new(max: usize, idle_timeout: Duration) -> Self {
         Self {
             max,
             idle_timeout,
-            idle: Mutex::new(HashMap::new()),
+            idle: Arc::new(Mutex::new(HashMap::new())),
+            sweeping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -70,11 +122,13 @@ impl Pool {
         self.max > 0
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<Idle>>> {
-        match self.idle.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn map(&self) -> std::sync::MutexGuard<'_, Map> {
+        lock(&self.idle)
+    }
+
+    /// The most connections one startup packet may keep.
+    fn per_key(&self) -> usize {
+        (self.max / 2).max(1)
     }
 
     /// How many connections are idle now.
@@ -87,22 +141,92 @@ impl Pool {
         self.len() == 0
     }
 
-    /// The most recently returned connection for `startup`, dropping expired ones.
-    /// (A pooled connection is logged in: taking one is using the credential.)
+    /// The most recently returned connection for `startup`; expired ones of every key are
+    /// closed. (A pooled connection is logged in: taking one is using the credential.)
     pub fn take(&self, startup: &[u8], _admitted: &crate::connect::Admitted) -> Option<Idle> {
         let mut map = self.map();
-        let list = map.get_mut(startup)?;
-        list.retain(|i| i.since.elapsed() < self.idle_timeout);
-        list.pop()
+        let old = expired(&mut map, self.idle_timeout);
+        let found = map.get_mut(startup).and_then(Vec::pop);
+        if map.get(startup).is_some_and(Vec::is_empty) {
+            map.remove(startup);
+        }
+        drop(map);
+        close(old);
+        found
     }
 
-    /// Keeps `idle` if there is room.
+    /// Keeps `idle`: expired connections go first, then, if its key is at its bound, that
+    /// key's oldest, or if the pool is full, the oldest of any key.
     pub fn put(&self, startup: Vec<u8>, idle: Idle) {
-        let mut map = self.map();
-        let total: usize = map.values().map(Vec::len).sum();
-        if total < self.max {
-            map.entry(startup).or_default().push(idle);
+        if self.max == 0 {
+            return;
         }
+        let mut map = self.map();
+        let mut old = expired(&mut map, self.idle_timeout);
+        let per_key = self.per_key();
+        if let Some(list) = map.get_mut(&startup) {
+            if list.len() >= per_key {
+                old.push(list.remove(0));
+            }
+        }
+        let total: usize = map.values().map(Vec::len).sum();
+        if total >= self.max {
+            let oldest = map
+                .iter()
+                .filter_map(|(k, list)| list.first().map(|i| (k.clone(), i.since)))
+                .min_by_key(|(_, since)| *since)
+                .map(|(k, _)| k);
+            if let Some(k) = oldest {
+                if let Some(list) = map.get_mut(&k) {
+                    old.push(list.remove(0));
+                    if list.is_empty() {
+                        map.remove(&k);
+                    }
+                }
+            }
+        }
+        map.entry(startup).or_default().push(idle);
+        drop(map);
+        close(old);
+        self.sweep_while_pooled();
+    }
+
+    /// Starts the periodic sweep if it is not running: every quarter `idle_timeout` it
+    /// closes expired connections, and ends once the pool is empty (or dropped).
+    fn sweep_while_pooled(&self) {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Release);
+            return;
+        };
+        let idle = Arc::downgrade(&self.idle);
+        let sweeping = self.sweeping.clone();
+        let timeout = self.idle_timeout;
+        let tick = (timeout / 4).max(Duration::from_millis(10));
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(idle) = idle.upgrade() else { break };
+                let (old, empty) = {
+                    let mut map = lock(&idle);
+                    let old = expired(&mut map, timeout);
+                    (old, map.is_empty())
+                };
+                close(old);
+                if empty {
+                    sweeping.store(false, Ordering::Release);
+                    // A put between the check and the store found the flag still set and
+                    // left the sweeping to this task: go on if so.
+                    let refilled = !lock(&idle).is_empty();
+                    if !refilled || sweeping.swap(true, Ordering::AcqRel) {
+                        break;
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -245,5 +369,61 @@ mod tests {
         f.feed(b"Z\0\0\0\x07I");
         f.feed(b"TT");
         assert_eq!(f.status, b'I');
+    }
+
+    async fn idle_pair() -> (Idle, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let up = Wire::new(
+            tokio_util::either::Either::Left(client),
+            crate::error::Side::Upstream,
+        );
+        (Idle::new(up, Vec::new(), 1, vec![0; 4]), server)
+    }
+
+    #[tokio::test]
+    async fn one_off_keys_cannot_starve_the_pool() {
+        let pool = Pool::new(4, Duration::from_secs(60));
+        let admitted = crate::connect::Admitted::grant();
+        let mut peers = Vec::new();
+        // Four one-off keys fill the pool...
+        for k in 0..4u8 {
+            let (idle, peer) = idle_pair().await;
+            peers.push(peer);
+            pool.put(vec![k], idle);
+        }
+        assert_eq!(pool.len(), 4);
+        // ...yet the common key still gets its connections kept: the oldest make room.
+        for _ in 0..3 {
+            let (idle, peer) = idle_pair().await;
+            peers.push(peer);
+            pool.put(b"app".to_vec(), idle);
+        }
+        assert_eq!(pool.len(), 4, "bounded in total");
+        assert!(pool.take(b"app", &admitted).is_some());
+        assert!(pool.take(b"app", &admitted).is_some());
+        assert!(
+            pool.take(b"app", &admitted).is_none(),
+            "bounded per key (max / 2)"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_connections_of_any_key_are_terminated() {
+        use tokio::io::AsyncReadExt;
+        let pool = Pool::new(4, Duration::from_millis(100));
+        let (idle, mut peer) = idle_pair().await;
+        pool.put(b"one-off".to_vec(), idle);
+        // Nobody asks for "one-off" again: the sweep ends it on the server.
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut got))
+            .await
+            .expect("the expired connection was not closed")
+            .unwrap();
+        assert_eq!(got, vec![b'X', 0, 0, 0, 4], "Terminate, then close");
+        assert!(pool.is_empty());
     }
 }
