@@ -269,7 +269,7 @@ async fn session(
     // The app's cancel key dies with its session, before the server connection can serve
     // another app: a late CancelRequest must never reach the next app's query.
     drop(registration);
-    if end == End::Stopped && from_server.idle() && reset(&mut up).await {
+    if end == End::Stopped && from_server.settled(&from_app) && reset(&mut up).await {
         db.pool.put(pool_key, pool::Idle::new(up, params, pid, key));
     }
     Ok(relayed)
@@ -301,6 +301,9 @@ async fn take_alive(pool: &pool::Pool, key: &[u8], admitted: &Admitted) -> Optio
 async fn reset(up: &mut Wire<UpstreamStream>) -> bool {
     let exchange = async {
         up.send(&codec::query("DISCARD ALL")).await?;
+        // Nothing else is outstanding (the session was settled): the first ReadyForQuery is
+        // the reset's own, and it counts only after DISCARD ALL's CommandComplete.
+        let mut completed = false;
         loop {
             let msg = up
                 .message("the reply to DISCARD ALL", |b| {
@@ -308,7 +311,8 @@ async fn reset(up: &mut Wire<UpstreamStream>) -> bool {
                 })
                 .await?;
             match msg.first() {
-                Some(b'Z') => return Ok::<_, ConnError>(msg.get(5) == Some(&b'I')),
+                Some(b'C') => completed = true,
+                Some(b'Z') => return Ok::<_, ConnError>(completed && msg.get(5) == Some(&b'I')),
                 Some(b'E') => return Ok(false),
                 _ => {}
             }
@@ -622,8 +626,8 @@ async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
             split.feed(&bytes[..cut]);
             split.feed(&bytes[cut..]);
             assert_eq!(
-                (whole.idle(), whole.at_boundary(), whole.last),
-                (split.idle(), split.at_boundary(), split.last)
+                (whole.idle(), whole.at_boundary(), whole.last, whole.cycles),
+                (split.idle(), split.at_boundary(), split.last, split.cycles)
             );
         }
         // The server's side: keyward answering its authentication requests.

@@ -246,6 +246,10 @@ pub struct Frames {
     pub last: u8,
     /// The status byte of the last ReadyForQuery.
     pub status: u8,
+    /// Messages that each get exactly one ReadyForQuery: in the app's direction, simple
+    /// queries (`Q`), Syncs (`S`) and function calls (`F`) sent; in the server's,
+    /// ReadyForQuery messages (`Z`) received (PostgreSQL protocol, "Message Flow").
+    pub cycles: u64,
 }
 
 impl Frames {
@@ -270,6 +274,13 @@ impl Frames {
     /// Whether the server is idle outside a transaction (last message ReadyForQuery `I`).
     pub fn idle(&self) -> bool {
         self.at_boundary() && self.last == b'Z' && self.status == b'I'
+    }
+
+    /// Whether the server (`self`) has answered every query and Sync the app (`app`) sent and
+    /// is idle outside a transaction: only then may its connection serve another app. A
+    /// pipelining app can end its session while the server still works on what it sent.
+    pub fn settled(&self, app: &Frames) -> bool {
+        self.idle() && app.at_boundary() && self.cycles == app.cycles
     }
 
     /// Follows `input`. Returns the offset of a Terminate message (`X`) whose 5-byte header
@@ -297,6 +308,10 @@ impl Frames {
                     return Some(start);
                 }
                 self.want_status = self.tag == b'Z' && self.left > 0;
+                let counted: &[u8] = if self.stop_on_terminate { b"QSF" } else { b"Z" };
+                if counted.contains(&self.tag) {
+                    self.cycles += 1;
+                }
                 if self.left == 0 {
                     self.last = self.tag;
                 }
@@ -382,6 +397,30 @@ mod tests {
             crate::error::Side::Upstream,
         );
         (Idle::new(up, Vec::new(), 1, vec![0; 4]), server)
+    }
+
+    #[test]
+    fn a_session_is_settled_only_when_every_query_was_answered() {
+        let msg = |tag: u8, body: &[u8]| {
+            let mut m = vec![tag];
+            m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            m.extend_from_slice(body);
+            m
+        };
+        let (mut app, mut server) = (Frames::app(), Frames::server());
+        // Two simple queries pipelined, then Sync of an extended-protocol batch.
+        app.feed(&[msg(b'Q', b"SELECT 1\0"), msg(b'Q', b"SELECT 2\0")].concat());
+        app.feed(&[msg(b'P', b"\0SELECT 3\0\0\0"), msg(b'S', b"")].concat());
+        let answer = |s: &mut Frames| {
+            s.feed(&[msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")].concat());
+        };
+        answer(&mut server);
+        assert!(server.idle(), "idle after the first answer");
+        assert!(!server.settled(&app), "but two answers are outstanding");
+        answer(&mut server);
+        assert!(!server.settled(&app));
+        answer(&mut server);
+        assert!(server.settled(&app));
     }
 
     #[tokio::test]

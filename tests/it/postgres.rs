@@ -649,3 +649,72 @@ fn a_startup_message_that_repeats_user_is_refused_before_the_server() {
         kw.log_text()
     );
 }
+
+/// With `pool_max_idle`, an app that pipelines a slow query and Terminate in one write must not
+/// leave its server connection to the next app while the query runs: the next app's first
+/// answer is its own (before: the pool took the connection after the first ReadyForQuery, and
+/// the next app got the reset's or the slow query's results).
+#[test]
+fn a_pipelined_session_is_not_pooled_before_the_server_answered_everything() {
+    use std::io::{Read, Write};
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = Res::new("piped", "pooluser", Some("poolpw"));
+    res.extra = "    pool_max_idle: 2\n";
+    let conf = config(dir.path(), pg, &[res]);
+    let kw = Keyward::start(&conf);
+    let addr = kw.addr("piped");
+    let message = |tag: u8, body: &[u8]| {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let query = |sql: &str| message(b'Q', &[sql.as_bytes(), &[0]].concat());
+    let read_message = |conn: &mut std::net::TcpStream| -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        conn.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        conn.read_exact(&mut body).unwrap();
+        (head[0], body)
+    };
+    let login = || {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let body = [&[0u8, 3, 0, 0][..], b"user\0pooluser\0database\0pool\0\0"].concat();
+        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        startup.extend(body);
+        conn.write_all(&startup).unwrap();
+        while read_message(&mut conn).0 != b'Z' {}
+        conn
+    };
+    let mut first = login();
+    let mut pipelined = query("SELECT 1");
+    pipelined.extend(query("SELECT pg_sleep(1), 'secret'"));
+    first.write_all(&pipelined).unwrap();
+    // The first query's ReadyForQuery (the server idle for a moment), then Terminate while
+    // the slow one runs.
+    while read_message(&mut first).0 != b'Z' {}
+    first.write_all(&message(b'X', &[])).unwrap();
+    drop(first);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut second = login();
+    second.write_all(&query("SELECT 'mine'")).unwrap();
+    let mut answer = Vec::new();
+    loop {
+        let (tag, body) = read_message(&mut second);
+        answer.push((tag, String::from_utf8_lossy(&body).into_owned()));
+        if tag == b'Z' {
+            break;
+        }
+    }
+    let tags: Vec<u8> = answer.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"TDCZ".to_vec(), "{answer:?}");
+    assert!(answer[1].1.contains("mine"), "{answer:?}");
+    assert!(
+        !answer.iter().any(|(_, b)| b.contains("secret")),
+        "{answer:?}"
+    );
+}
