@@ -381,23 +381,41 @@ fn probe_logs_in_to_mariadb() {
     assert!(t.contains("auth: FAILED: Access denied"), "{t}");
 }
 
+/// One MySQL packet's payload.
+fn read_packet(conn: &mut impl Read) -> Result<Vec<u8>, String> {
+    let mut head = [0u8; 4];
+    conn.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+/// A MySQL packet with sequence id `seq`.
+fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut m = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+    m.push(seq);
+    m.extend_from_slice(payload);
+    m
+}
+
+/// The login's answer, then COM_QUIT: `Ok` on OK, the ERR text otherwise.
+fn finish_login(conn: &mut impl Write, reply: &[u8]) -> Result<(), String> {
+    let _ = conn.write_all(&frame(0, &[1]));
+    match reply.first() {
+        Some(0x00) => Ok(()),
+        _ => Err(String::from_utf8_lossy(reply).into_owned()),
+    }
+}
+
 /// An app's whole login through keyward, as a minimal plaintext client with no password:
-/// greeting, HandshakeResponse41, keyward's answer (`Ok` on OK, the ERR text otherwise), then
-/// COM_QUIT.
+/// greeting, HandshakeResponse41, keyward's answer, COM_QUIT.
 fn app_login(addr: std::net::SocketAddr) -> Result<(), String> {
     let mut conn = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     conn.set_nodelay(true).unwrap();
-    let packet = |conn: &mut std::net::TcpStream| -> Result<Vec<u8>, String> {
-        let mut head = [0u8; 4];
-        conn.read_exact(&mut head).map_err(|e| e.to_string())?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
-        let mut body = vec![0u8; len];
-        conn.read_exact(&mut body).map_err(|e| e.to_string())?;
-        Ok(body)
-    };
-    packet(&mut conn)?;
+    read_packet(&mut conn)?;
     // CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH
     let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000;
     let mut body = caps.to_le_bytes().to_vec();
@@ -407,16 +425,10 @@ fn app_login(addr: std::net::SocketAddr) -> Result<(), String> {
     body.extend_from_slice(b"app\0");
     body.push(0);
     body.extend_from_slice(b"mysql_native_password\0");
-    let mut m = (body.len() as u32).to_le_bytes()[..3].to_vec();
-    m.push(1);
-    m.extend(body);
-    conn.write_all(&m).map_err(|e| e.to_string())?;
-    let reply = packet(&mut conn)?;
-    let _ = conn.write_all(&[1, 0, 0, 0, 1]);
-    match reply.first() {
-        Some(0x00) => Ok(()),
-        _ => Err(String::from_utf8_lossy(&reply).into_owned()),
-    }
+    conn.write_all(&frame(1, &body))
+        .map_err(|e| e.to_string())?;
+    let reply = read_packet(&mut conn)?;
+    finish_login(&mut conn, &reply)
 }
 
 /// MariaDB's ed25519 nonce is 32 raw bytes; one that ends in 0x00 (1 in 256) used to lose its
@@ -461,24 +473,10 @@ fn direct_tls_login(m: &Maria, user: &str, password: &str) -> Result<(), String>
     use mysql_common::io::ParseBuf;
     use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse, SslRequest};
     use mysql_common::proto::{MyDeserialize, MySerialize};
-    let frame = |seq: u8, payload: &[u8]| {
-        let mut m = (payload.len() as u32).to_le_bytes()[..3].to_vec();
-        m.push(seq);
-        m.extend_from_slice(payload);
-        m
-    };
-    fn packet(conn: &mut impl Read) -> Result<Vec<u8>, String> {
-        let mut head = [0u8; 4];
-        conn.read_exact(&mut head).map_err(|e| e.to_string())?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
-        let mut body = vec![0u8; len];
-        conn.read_exact(&mut body).map_err(|e| e.to_string())?;
-        Ok(body)
-    }
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", m.port)).map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let greeting = packet(&mut tcp)?;
+    let greeting = read_packet(&mut tcp)?;
     let hello =
         HandshakePacket::deserialize((), &mut ParseBuf(&greeting)).map_err(|e| e.to_string())?;
     let caps =
@@ -514,12 +512,8 @@ fn direct_tls_login(m: &Maria, user: &str, password: &str) -> Result<(), String>
     response.serialize(&mut payload);
     tls.write_all(&frame(2, &payload))
         .map_err(|e| e.to_string())?;
-    let reply = packet(&mut tls)?;
-    let _ = tls.write_all(&[1, 0, 0, 0, 1]);
-    match reply.first() {
-        Some(0x00) => Ok(()),
-        _ => Err(String::from_utf8_lossy(&reply).into_owned()),
-    }
+    let reply = read_packet(&mut tls)?;
+    finish_login(&mut tls, &reply)
 }
 
 /// A new connection through keyward must not cost many times a direct TLS login (apps that
