@@ -295,6 +295,16 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
             seq,
         ));
     }
+    // A client that turns on what keyward never offered (compressed framing) would then speak
+    // a framing nobody reads: both sides would wait until idle_timeout. Refused by name.
+    let unoffered = response.capabilities()
+        & (CapabilityFlags::CLIENT_COMPRESS | CapabilityFlags::CLIENT_ZSTD_COMPRESSION_ALGORITHM);
+    if !unoffered.is_empty() {
+        return Err(refuse(
+            format!("the app turned on {unoffered:?}, which keyward did not offer: connect without compression"),
+            seq,
+        ));
+    }
     let hello = AppHello {
         caps: response.capabilities(),
         ext: response.mariadb_ext_capabilities(),

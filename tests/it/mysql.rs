@@ -411,13 +411,18 @@ fn finish_login(conn: &mut impl Write, reply: &[u8]) -> Result<(), String> {
 /// An app's whole login through keyward, as a minimal plaintext client with no password:
 /// greeting, HandshakeResponse41, keyward's answer, COM_QUIT.
 fn app_login(addr: std::net::SocketAddr) -> Result<(), String> {
+    app_login_with(addr, 0)
+}
+
+/// [`app_login`] asking for `extra` capabilities too.
+fn app_login_with(addr: std::net::SocketAddr, extra: u32) -> Result<(), String> {
     let mut conn = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     conn.set_nodelay(true).unwrap();
     read_packet(&mut conn)?;
     // CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH
-    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000;
+    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | extra;
     let mut body = caps.to_le_bytes().to_vec();
     body.extend_from_slice(&(16u32 << 20).to_le_bytes());
     body.push(45);
@@ -547,4 +552,23 @@ fn a_login_through_keyward_costs_at_most_three_direct_tls_logins() {
         k <= d * 3,
         "a login through keyward takes {k:?}, a direct TLS login {d:?}"
     );
+}
+
+/// A client that turns on compression keyward never offered (mysql-connector-python with
+/// `compress=True`) gets an ERR naming it instead of a session where both sides wait forever.
+#[test]
+fn a_client_asking_for_compression_gets_an_error_naming_it() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let kw = start(
+        dir.path(),
+        &[resource("nocomp", m, "nativeu", Some("nativepw"), "", "")],
+    );
+    const CLIENT_COMPRESS: u32 = 0x20;
+    let err = app_login_with(kw.addr("nocomp"), CLIENT_COMPRESS).unwrap_err();
+    assert!(
+        err.contains("CLIENT_COMPRESS") && err.contains("did not offer"),
+        "{err}"
+    );
+    app_login(kw.addr("nocomp")).unwrap();
 }
