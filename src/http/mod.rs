@@ -471,8 +471,19 @@ fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
+/// Whether the request asks for a protocol upgrade keyward relays (WebSocket and the like).
+/// `Upgrade: h2c` is not one: keyward serves HTTP/1.1 to apps, so the request is served as
+/// plain HTTP/1.1 through the pool and its upgrade headers dropped as hop-by-hop (Java's
+/// HttpClient sends it on every plain-http request by default; RFC 9113 §3.1 removed h2c).
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    let h2c_only = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .all(|p| p.trim().eq_ignore_ascii_case("h2c"));
     headers.contains_key(header::UPGRADE)
+        && !h2c_only
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -498,6 +509,7 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     }
     for name in [
         "keep-alive",
+        "http2-settings",
         "proxy-connection",
         "te",
         "trailer",

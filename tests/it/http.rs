@@ -631,3 +631,40 @@ async fn dot_segments_cannot_leave_the_upstreams_base_path() {
         "a climbing path reached the upstream"
     );
 }
+
+/// `Upgrade: h2c` (Java's HttpClient sends it on every plain-http request) is not an upgrade
+/// keyward relays: the request is served as HTTP/1.1 through the pool, its h2c headers dropped
+/// (before: each such request opened its own unpooled upstream connection, `upgrade: h2c` sent
+/// along).
+#[tokio::test]
+async fn an_h2c_upgrade_request_is_served_as_plain_http_through_the_pool() {
+    let s = setup(H1, always_ok(), "", "").await;
+    let mut conn = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+    for _ in 0..5 {
+        conn.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\nok") {
+            tokio::time::timeout(DEADLINE, conn.read_exact(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    let last = s.up.last();
+    assert!(last.header("upgrade").is_none(), "upgrade: h2c forwarded");
+    assert!(last.header("http2-settings").is_none());
+    assert_eq!(
+        s.up.conns.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+}
