@@ -252,18 +252,4 @@ mod tests {
         let last = stats.last_error().unwrap().error;
         assert_eq!((last.side, last.reason), (Side::Internal, Reason::Panic));
     }
-
-    #[test]
-    fn an_open_connection_is_uncounted_when_its_task_panics() {
-        let stats = Stats::new(ResourceName::internal());
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _open = Open::new(&stats);
-            assert_eq!(stats.open(), 1);
-            panic!("boom");
-        }));
-        assert!(caught.is_err());
-        assert_eq!(stats.open(), 0);
-        let e = panicked();
-        assert_eq!((e.side, e.reason), (Side::Internal, Reason::Panic));
-    }
 }
