@@ -492,23 +492,24 @@ async fn keyward_run_serves_admin_and_reload_in_process() {
         body
     };
     assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
-    // A second resource written into the config is picked up by the reload part.
-    std::fs::write(
-        &path,
-        config(&format!(
-            "{}{}",
-            resource("tcp", up.addr, ""),
-            resource("redis", up.addr, "")
-        )),
-    )
-    .unwrap();
+    // A second resource written into the config is picked up by the reload part. (Written
+    // again until it is: the watcher starts in its own task and may not watch yet.)
+    let two = config(&format!(
+        "{}{}",
+        resource("tcp", up.addr, ""),
+        resource("redis", up.addr, "")
+    ));
     let start = Instant::now();
-    while !get("/resources").await.contains("\"name\":\"redis\"") {
+    loop {
+        std::fs::write(&path, &two).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if get("/resources").await.contains("\"name\":\"redis\"") {
+            break;
+        }
         assert!(
             start.elapsed() < DEADLINE,
             "the reload did not add the resource"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop.send(());
     let outcome = tokio::time::timeout(DEADLINE, product)
