@@ -139,8 +139,8 @@ pub async fn drive<H: Handler>(
 pub struct App {
     /// Reads (bounded) and writes.
     pub wire: Wire<AppStream>,
-    inbound: Option<InboundTls>,
-    handshake_timeout: Duration,
+    /// The snapshot's settings (an `Arc`: nothing is copied per connection).
+    res: Arc<Resource>,
     deadline: Instant,
 }
 
@@ -153,7 +153,7 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    fn new(raw: RawStream, res: &Resource, limit: usize) -> Self {
+    fn new(raw: RawStream, res: &Arc<Resource>, limit: usize) -> Self {
         let deadline = Instant::now() + res.client_handshake_timeout;
         let stream = AppStream {
             kind: Kind::Raw(raw),
@@ -165,8 +165,7 @@ impl App {
         };
         Self {
             wire: Wire::new(stream, Side::Client).with_limit(limit),
-            inbound: res.inbound.clone(),
-            handshake_timeout: res.dialer.handshake_timeout,
+            res: res.clone(),
             deadline,
         }
     }
@@ -178,7 +177,7 @@ impl App {
 
     /// Whether the app may still start TLS with keyward (`listen_tls`, not started yet).
     pub fn can_upgrade(&self) -> bool {
-        self.inbound.is_some() && matches!(self.wire.io.kind, Kind::Raw(_))
+        self.res.inbound.is_some() && matches!(self.wire.io.kind, Kind::Raw(_))
     }
 
     /// The client deadline.
@@ -190,7 +189,8 @@ impl App {
     /// ClientHello: a MySQL client starts TLS right after its SSLRequest), within the client
     /// deadline and `handshake_timeout`; then the `allow` list.
     pub async fn upgrade(&mut self) -> Result<(), ConnError> {
-        let Some(tls) = self.inbound.clone() else {
+        let res = self.res.clone();
+        let Some(tls) = res.inbound.as_ref() else {
             return Err(ConnError::new(
                 Side::Internal,
                 Reason::Tls,
@@ -205,7 +205,8 @@ impl App {
             ));
         };
         let early = self.wire.buf.split().freeze();
-        let timeout = self
+        let timeout = res
+            .dialer
             .handshake_timeout
             .min(self.deadline.saturating_duration_since(Instant::now()));
         let secured = tls.accept(raw, early, timeout).await?;
@@ -232,6 +233,7 @@ impl App {
     /// matched during the handshake. The one place admission is granted for apps.
     pub fn admit(&self) -> Result<Admitted, ConnError> {
         let required = self
+            .res
             .inbound
             .as_ref()
             .is_some_and(InboundTls::requires_client_cert);
