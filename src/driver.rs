@@ -232,6 +232,14 @@ impl App {
     /// list), only an app on keyward's TLS is admitted — its certificate was verified and
     /// matched during the handshake. The one place admission is granted for apps.
     pub fn admit(&self) -> Result<Admitted, ConnError> {
+        // The test suite makes a connection task panic here, deep in each protocol's serve
+        // step, to prove the slot and gauges come back (only for resources so named; compiled
+        // out without the `failpoints` feature).
+        fail::fail_point!(
+            "admit",
+            self.res.name.as_str().starts_with("failpoint-"),
+            |_| Err(ConnError::new(Side::Internal, Reason::Panic, "failpoint"))
+        );
         let required = self
             .res
             .inbound

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::mysql8::Mysql8;
 use crate::support::procs::Keyward;
-use crate::support::{Pki, Proxy, DEADLINE};
+use crate::support::{mysql_handshake_response, Pki, Proxy, DEADLINE};
 
 const PROTOCOLS: [&str; 5] = ["tcp", "http", "postgres", "mysql", "redis"];
 
@@ -113,6 +113,35 @@ async fn settled(proxy: &Proxy, name: &str) -> Option<Reason> {
     res.last_error().map(|e| e.error.reason)
 }
 
+/// What a plaintext client of each protocol sends first: `psql sslmode=disable` sends a
+/// StartupMessage; `mariadb --skip-ssl` reads the greeting and answers it without CLIENT_SSL.
+async fn first_message(protocol: &str, app: &mut TcpStream) -> Vec<u8> {
+    match protocol {
+        "postgres" => {
+            let mut body = vec![0, 3, 0, 0];
+            body.extend_from_slice(b"user\0u\0database\0d\0\0");
+            let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+            m.extend(body);
+            m
+        }
+        "mysql" => {
+            let mut greeting = [0u8; 4];
+            app.read_exact(&mut greeting).await.unwrap();
+            let len = u32::from_le_bytes([greeting[0], greeting[1], greeting[2], 0]);
+            let mut rest = vec![0u8; len as usize];
+            app.read_exact(&mut rest).await.unwrap();
+            let body = mysql_handshake_response("u", 0);
+            let mut m = (body.len() as u32).to_le_bytes()[..3].to_vec();
+            m.push(1);
+            m.extend(body);
+            m
+        }
+        "redis" => b"*1\r\n$4\r\nPING\r\n".to_vec(),
+        "http" => b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+        _ => b"hello".to_vec(),
+    }
+}
+
 /// What each protocol's own error looks like on the wire.
 fn protocol_error(protocol: &str, reply: &[u8]) -> bool {
     match protocol {
@@ -153,40 +182,7 @@ async fn a_listener_that_requires_client_certificates_never_logs_a_plaintext_app
     let proxy = Proxy::start(pki.dir.path(), &config(&yaml)).await;
     for protocol in PROTOCOLS {
         let mut app = TcpStream::connect(proxy.addr(protocol)).await.unwrap();
-        // What a plaintext client of each protocol sends first (psql sslmode=disable sends a
-        // StartupMessage; `mariadb --skip-ssl` answers the greeting without CLIENT_SSL).
-        let hello: Vec<u8> = match protocol {
-            "postgres" => {
-                let mut body = vec![0, 3, 0, 0];
-                body.extend_from_slice(b"user\0u\0database\0d\0\0");
-                let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-                m.extend(body);
-                m
-            }
-            "mysql" => {
-                // Read the greeting, then a HandshakeResponse41 without CLIENT_SSL.
-                let mut greeting = [0u8; 4];
-                app.read_exact(&mut greeting).await.unwrap();
-                let len = u32::from_le_bytes([greeting[0], greeting[1], greeting[2], 0]);
-                let mut rest = vec![0u8; len as usize];
-                app.read_exact(&mut rest).await.unwrap();
-                let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000; // 41, secure, plugin auth
-                let mut body = caps.to_le_bytes().to_vec();
-                body.extend_from_slice(&(16u32 << 20).to_le_bytes());
-                body.push(45);
-                body.extend_from_slice(&[0u8; 23]);
-                body.extend_from_slice(b"u\0");
-                body.push(0);
-                body.extend_from_slice(b"mysql_native_password\0");
-                let mut m = (body.len() as u32).to_le_bytes()[..3].to_vec();
-                m.push(1);
-                m.extend(body);
-                m
-            }
-            "redis" => b"*1\r\n$4\r\nPING\r\n".to_vec(),
-            "http" => b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
-            _ => b"hello".to_vec(),
-        };
+        let hello = first_message(protocol, &mut app).await;
         let _ = app.write_all(&hello).await;
         let (reply, closed) = read_until_closed(&mut app).await;
         assert!(closed, "{protocol}: keyward kept the connection open");
@@ -405,6 +401,69 @@ fn an_unauthenticated_redis_client_cannot_grow_keywards_memory() {
 
 /// A client certificate whose CN has a multi-byte character where an `allow` glob cuts it
 /// used to panic the connection task (and leak its slot): now it is refused cleanly.
+/// A connection task that panics gives back its slot and its gauge and is recorded once, as
+/// side=internal, reason=panic. The panic is injected at the `admit` fail point, which every
+/// protocol passes inside its own serve step (after reading what the app sends first: the
+/// startup packet, the MySQL handshake response, the HTTP connection). With
+/// `max_connections: 1`, the second connection reaching the same point proves the slot came
+/// back (a leaked slot refuses it with max_connections instead).
+#[tokio::test]
+async fn a_connection_task_that_panics_releases_its_slot_and_is_recorded_once() {
+    let pki = Pki::new();
+    let (count, mysql) = upstreams().await;
+    let yaml: String = PROTOCOLS
+        .iter()
+        .map(|p| {
+            resource(
+                p,
+                upstream_of(p, &count, &mysql),
+                "    max_connections: 1\n",
+            )
+            .replacen(&format!("name: {p}"), &format!("name: failpoint-{p}"), 1)
+        })
+        .collect();
+    // Only resources named `failpoint-*` reach the point (other tests run beside this one).
+    fail::cfg("admit", "panic").unwrap();
+    let proxy = Proxy::start(pki.dir.path(), &config(&yaml)).await;
+    let metrics = keyward::metrics::metrics();
+    for protocol in PROTOCOLS {
+        let name = format!("failpoint-{protocol}");
+        for round in 1..=2u64 {
+            let mut app = TcpStream::connect(proxy.addr(&name)).await.unwrap();
+            let hello = first_message(protocol, &mut app).await;
+            let _ = app.write_all(&hello).await;
+            let (_, closed) = read_until_closed(&mut app).await;
+            assert!(closed, "{protocol}: the panicked connection stayed open");
+            assert_eq!(
+                settled(&proxy, &name).await,
+                Some(Reason::Panic),
+                "{protocol} round {round}"
+            );
+            let stats = proxy.state.resource(&name).unwrap();
+            assert_eq!(stats.errors(), round, "{protocol}: one record per end");
+            assert_eq!(
+                metrics.open.with_label_values(&[name.as_str()]).get(),
+                0,
+                "{protocol}: keyward_connections_open stayed raised"
+            );
+            assert_eq!(
+                metrics
+                    .errors
+                    .with_label_values(&[name.as_str(), "internal", "panic"])
+                    .get(),
+                round,
+                "{protocol}"
+            );
+        }
+    }
+    fail::remove("admit");
+    assert_eq!(
+        count.accepted.load(Ordering::SeqCst),
+        0,
+        "an upstream was reached"
+    );
+}
+
 #[tokio::test]
 async fn a_multibyte_client_cn_at_the_globs_cut_is_refused_without_a_panic() {
     let pki = Pki::new();

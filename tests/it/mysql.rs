@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::support::maria::{self, mariadb, Maria};
 use crate::support::procs::{have, Keyward};
-use crate::support::{require, Pki};
+use crate::support::{mysql_handshake_response, require, Pki};
 
 fn maria() -> Option<&'static Maria> {
     require("MariaDB server and client", maria::available()).then(maria::shared)
@@ -421,15 +421,7 @@ fn app_login_with(addr: std::net::SocketAddr, extra: u32) -> Result<(), String> 
         .unwrap();
     conn.set_nodelay(true).unwrap();
     read_packet(&mut conn)?;
-    // CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH
-    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | extra;
-    let mut body = caps.to_le_bytes().to_vec();
-    body.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    body.push(45);
-    body.extend_from_slice(&[0u8; 23]);
-    body.extend_from_slice(b"app\0");
-    body.push(0);
-    body.extend_from_slice(b"mysql_native_password\0");
+    let body = mysql_handshake_response("app", extra);
     conn.write_all(&frame(1, &body))
         .map_err(|e| e.to_string())?;
     let reply = read_packet(&mut conn)?;

@@ -314,3 +314,19 @@ pub fn require(what: &str, available: bool) -> bool {
     eprintln!("SKIPPED: {what} is not available (set KEYWARD_E2E=require to fail instead)");
     false
 }
+
+/// A MySQL HandshakeResponse41 body as a plaintext client sends it: `user`, an empty
+/// `mysql_native_password` answer, and the capability flags CLIENT_PROTOCOL_41,
+/// CLIENT_SECURE_CONNECTION and CLIENT_PLUGIN_AUTH plus `extra`.
+pub fn mysql_handshake_response(user: &str, extra: u32) -> Vec<u8> {
+    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | extra;
+    let mut body = caps.to_le_bytes().to_vec();
+    body.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    body.push(45);
+    body.extend_from_slice(&[0u8; 23]);
+    body.extend_from_slice(user.as_bytes());
+    body.push(0);
+    body.push(0);
+    body.extend_from_slice(b"mysql_native_password\0");
+    body
+}
