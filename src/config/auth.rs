@@ -1,17 +1,23 @@
-//! `auth`: what keyward injects, per protocol and auth type. Each type takes its own keys;
-//! a key of another type is an error naming it (with its line), as is a missing one.
+//! `auth`: what keyward injects, per protocol and auth type. The YAML's shape (which keys a
+//! type takes, which it needs) is enforced by `raw::Auth`'s deserializer; this checks what
+//! needs the protocol or the values: the type against the protocol, empty values, secret
+//! references, the OAuth2 token endpoint.
 
 use serde_saphyr::Spanned;
 
 use super::load::{site, Ctx};
-use super::problems::Site;
-use super::raw;
+use super::raw::{self, AuthType};
 use super::types::*;
 
 impl Ctx {
-    pub(super) fn auth(&mut self, protocol: Protocol, auth: &raw::Auth, at: &str) -> Option<Auth> {
+    pub(super) fn auth(
+        &mut self,
+        protocol: Protocol,
+        auth: &Spanned<raw::Auth>,
+        at: &str,
+    ) -> Option<Auth> {
         use AuthType as T;
-        let kind = auth.kind.value;
+        let kind = auth.value.kind();
         let allowed_for_protocol: &[AuthType] = match protocol {
             Protocol::Tcp => &[T::None],
             Protocol::Http => &[
@@ -26,297 +32,87 @@ impl Ctx {
             Protocol::Redis => &[T::None, T::Password],
         };
         if !allowed_for_protocol.contains(&kind) {
-            let names: Vec<&str> = allowed_for_protocol
-                .iter()
-                .map(|t| auth_type_name(*t))
-                .collect();
+            let names: Vec<&str> = allowed_for_protocol.iter().map(|t| t.name()).collect();
             self.problem(
-                site(&auth.kind, format!("{at}.type")),
+                site(auth, format!("{at}.type")),
                 format!(
                     "auth type \"{}\" does not apply to protocol {}; use one of: {}",
-                    auth_type_name(kind),
+                    kind.name(),
                     protocol_name(protocol),
                     names.join(", ")
                 ),
             );
             return None;
         }
-        let fields: [(&str, Option<Site>); 24] = [
-            ("username", auth.username.as_ref().map(|v| site(v, ""))),
-            ("password", auth.password.as_ref().map(|v| site(v, ""))),
-            ("database", auth.database.as_ref().map(|v| site(v, ""))),
-            ("token", auth.token.as_ref().map(|v| site(v, ""))),
-            ("header", auth.header.as_ref().map(|v| site(v, ""))),
-            ("query", auth.query.as_ref().map(|v| site(v, ""))),
-            ("value", auth.value.as_ref().map(|v| site(v, ""))),
-            ("token_url", auth.token_url.as_ref().map(|v| site(v, ""))),
-            (
-                "allow_plaintext_token_url",
-                auth.allow_plaintext_token_url.as_ref().map(|v| site(v, "")),
-            ),
-            ("client_id", auth.client_id.as_ref().map(|v| site(v, ""))),
-            (
-                "client_secret",
-                auth.client_secret.as_ref().map(|v| site(v, "")),
-            ),
-            (
-                "refresh_token",
-                auth.refresh_token.as_ref().map(|v| site(v, "")),
-            ),
-            ("scopes", auth.scopes.as_ref().map(|v| site(v, ""))),
-            ("audience", auth.audience.as_ref().map(|v| site(v, ""))),
-            ("params", auth.params.as_ref().map(|v| site(v, ""))),
-            (
-                "client_auth",
-                auth.client_auth.as_ref().map(|v| site(v, "")),
-            ),
-            ("service", auth.service.as_ref().map(|v| site(v, ""))),
-            ("region", auth.region.as_ref().map(|v| site(v, ""))),
-            (
-                "access_key_id",
-                auth.access_key_id.as_ref().map(|v| site(v, "")),
-            ),
-            (
-                "secret_access_key",
-                auth.secret_access_key.as_ref().map(|v| site(v, "")),
-            ),
-            (
-                "session_token",
-                auth.session_token.as_ref().map(|v| site(v, "")),
-            ),
-            (
-                "unsigned_payload",
-                auth.unsigned_payload.as_ref().map(|v| site(v, "")),
-            ),
-            (
-                "allow_cleartext_password",
-                auth.allow_cleartext_password.as_ref().map(|v| site(v, "")),
-            ),
-            (
-                "allow_rsa_key_exchange",
-                auth.allow_rsa_key_exchange.as_ref().map(|v| site(v, "")),
-            ),
-        ];
-        const AWS: [&str; 3] = ["access_key_id", "secret_access_key", "session_token"];
-        let allowed: Vec<&str> = match kind {
-            T::None => vec![],
-            T::Password => vec![
-                "username",
-                "password",
-                "database",
-                "allow_cleartext_password",
-                "allow_rsa_key_exchange",
-            ],
-            T::RdsIam => [&["username", "region", "database"][..], &AWS].concat(),
-            T::ApiKey => vec!["header", "query", "value"],
-            T::Basic => vec!["username", "password"],
-            T::Bearer => vec!["token"],
-            T::Oauth2 => vec![
-                "token_url",
-                "allow_plaintext_token_url",
-                "client_id",
-                "client_secret",
-                "refresh_token",
-                "scopes",
-                "audience",
-                "params",
-                "client_auth",
-            ],
-            T::AwsSigv4 => [&["service", "region", "unsigned_payload"][..], &AWS].concat(),
-        };
         let before = self.problems.len();
-        for (key, at_key) in &fields {
-            if let Some(s) = at_key {
-                if !allowed.contains(key) {
-                    let mut s = s.clone();
-                    s.path = format!("{at}.{key}");
-                    self.problem(
-                        s,
-                        format!(
-                            "\"{key}\" does not apply to auth type \"{}\"",
-                            auth_type_name(kind)
-                        ),
-                    );
-                }
-            }
-        }
-        let type_site = site(&auth.kind, format!("{at}.type"));
-        if auth.tls.is_some() && kind != T::Oauth2 {
-            self.problem(type_site.clone(), format!("\"tls\" in auth applies to the oauth2 token endpoint only, not to auth type \"{}\"", auth_type_name(kind)));
-        }
-        let require =
-            |ctx: &mut Self, value: &Option<Spanned<String>>, key: &str| -> Option<String> {
-                match value {
-                    Some(v) if !v.value.trim().is_empty() => Some(v.value.clone()),
-                    Some(v) => {
-                        ctx.problem(site(v, format!("{at}.{key}")), "must not be empty");
-                        None
-                    }
+        let result = match &auth.value {
+            raw::Auth::None => Some(Auth::None),
+            raw::Auth::Password(p) => {
+                let username = match &p.username {
+                    Some(u) => self.non_empty(u, at, "username"),
+                    // Redis logs in as `default` without one; the databases need it.
+                    None if protocol == Protocol::Redis => None,
                     None => {
-                        ctx.problem(
-                            type_site.clone(),
-                            format!("auth type \"{}\" needs \"{key}\"", auth_type_name(kind)),
+                        self.problem(
+                            site(auth, format!("{at}.type")),
+                            "auth type \"password\" needs \"username\"",
                         );
                         None
                     }
-                }
-            };
-        let secret_of = |ctx: &mut Self, value: &Option<Spanned<String>>, key: &str| {
-            value
-                .as_ref()
-                .and_then(|v| ctx.secret(v, &format!("{at}.{key}")))
-        };
-        let aws = |ctx: &mut Self| AwsCredentials {
-            access_key_id: secret_of(ctx, &auth.access_key_id, "access_key_id"),
-            secret_access_key: secret_of(ctx, &auth.secret_access_key, "secret_access_key"),
-            session_token: secret_of(ctx, &auth.session_token, "session_token"),
-        };
-        let result = match kind {
-            T::None => Some(Auth::None),
-            T::Password => {
-                let username = if protocol == Protocol::Redis {
-                    auth.username.as_ref().map(|v| v.value.clone())
-                } else {
-                    require(self, &auth.username, "username")
                 };
                 Some(Auth::Password {
                     username,
-                    password: secret_of(self, &auth.password, "password"),
-                    database: auth.database.as_ref().map(|v| v.value.clone()),
+                    password: self.secret_at(&p.password, at, "password"),
+                    database: p.database.as_ref().map(|v| v.value.clone()),
                 })
             }
-            T::RdsIam => {
-                let username = require(self, &auth.username, "username");
-                let region = require(self, &auth.region, "region");
-                let credentials = aws(self);
+            raw::Auth::RdsIam(r) => {
+                let username = self.non_empty(&r.username, at, "username");
+                let region = self.non_empty(&r.region, at, "region");
+                let credentials = self.aws(&r.aws, at);
                 Some(Auth::RdsIam {
                     username: username?,
                     region: region?,
-                    database: auth.database.as_ref().map(|v| v.value.clone()),
+                    database: r.database.as_ref().map(|v| v.value.clone()),
                     credentials,
                 })
             }
-            T::ApiKey => {
-                let place = match (&auth.header, &auth.query) {
-                    (Some(h), None) => Some(ApiKeyPlace::Header(h.value.clone())),
-                    (None, Some(q)) => Some(ApiKeyPlace::Query(q.value.clone())),
-                    _ => {
-                        self.problem(
-                            type_site.clone(),
-                            "auth type \"api_key\" needs exactly one of \"header\" or \"query\"",
-                        );
-                        None
+            raw::Auth::ApiKey(k) => {
+                let place = match &k.place {
+                    raw::ApiKeyIn::Header(h) => {
+                        self.non_empty(h, at, "header").map(ApiKeyPlace::Header)
+                    }
+                    raw::ApiKeyIn::Query(q) => {
+                        self.non_empty(q, at, "query").map(ApiKeyPlace::Query)
                     }
                 };
-                require(self, &auth.value, "value");
-                let value = secret_of(self, &auth.value, "value");
+                let value = self.required_secret(&k.value, at, "value");
                 Some(Auth::ApiKey {
                     place: place?,
                     value: value?,
                 })
             }
-            T::Basic => {
-                let username = require(self, &auth.username, "username");
-                require(self, &auth.password, "password");
-                let password = secret_of(self, &auth.password, "password");
+            raw::Auth::Basic(b) => {
+                let username = self.non_empty(&b.username, at, "username");
+                let password = self.required_secret(&b.password, at, "password");
                 Some(Auth::Basic {
                     username: username?,
                     password: password?,
                 })
             }
-            T::Bearer => {
-                require(self, &auth.token, "token");
-                Some(Auth::Bearer {
-                    token: secret_of(self, &auth.token, "token")?,
-                })
-            }
-            T::Oauth2 => {
-                require(self, &auth.token_url, "token_url");
-                let (token_url, tls) = match &auth.token_url {
-                    Some(v) => match self.upstream(Protocol::Http, v, &format!("{at}.token_url")) {
-                        Some(up) => {
-                            let path = format!("{at}.token_url");
-                            let tls = self.tls(
-                                Protocol::Http,
-                                auth.tls.as_ref(),
-                                None,
-                                Some(&up),
-                                v,
-                                &path,
-                                &format!("{at}.tls"),
-                            );
-                            (up.url, tls)
-                        }
-                        None => (None, None),
-                    },
-                    None => (None, None),
-                };
-                let plaintext_token_url = auth
-                    .allow_plaintext_token_url
-                    .as_ref()
-                    .is_some_and(|v| v.value);
-                if let (Some(v), Some(url)) = (&auth.token_url, &token_url) {
-                    if url.scheme_str() == Some("http") && !plaintext_token_url {
-                        self.problem(
-                            site(v, format!("{at}.token_url")),
-                            "an http:// token endpoint would receive the client secret and refresh token unencrypted: use https://, or set auth.allow_plaintext_token_url: true to accept that",
-                        );
-                    }
-                }
-                let client_id = require(self, &auth.client_id, "client_id");
-                if auth.client_secret.is_none() && auth.refresh_token.is_none() {
-                    self.problem(type_site.clone(), "auth type \"oauth2\" needs \"client_secret\" (client_credentials grant) or \"refresh_token\"");
-                }
-                let client_auth_basic = match &auth.client_auth {
-                    None => true,
-                    Some(v) if v.value == "basic" => true,
-                    Some(v) if v.value == "body" => false,
-                    Some(v) => {
-                        self.problem(
-                            site(v, format!("{at}.client_auth")),
-                            format!("\"{}\" is not basic or body", v.value),
-                        );
-                        true
-                    }
-                };
-                let client_secret = secret_of(self, &auth.client_secret, "client_secret");
-                let refresh_token = secret_of(self, &auth.refresh_token, "refresh_token");
-                Some(Auth::OAuth2(Box::new(OAuth2 {
-                    token_url: token_url?,
-                    client_id: client_id?,
-                    client_secret,
-                    refresh_token,
-                    scopes: auth
-                        .scopes
-                        .as_ref()
-                        .map(|s| s.value.clone())
-                        .unwrap_or_default(),
-                    audience: auth.audience.as_ref().map(|v| v.value.clone()),
-                    params: auth
-                        .params
-                        .as_ref()
-                        .map(|p| p.value.clone().into_iter().collect())
-                        .unwrap_or_default(),
-                    client_auth_basic,
-                    tls: tls?,
-                    plaintext_token_url,
-                })))
-            }
-            T::AwsSigv4 => {
-                let service = require(self, &auth.service, "service");
-                let region = require(self, &auth.region, "region");
-                let credentials = aws(self);
-                if credentials.access_key_id.is_some() != credentials.secret_access_key.is_some() {
-                    self.problem(
-                        type_site.clone(),
-                        "access_key_id and secret_access_key must be set together",
-                    );
-                }
+            raw::Auth::Bearer(b) => Some(Auth::Bearer {
+                token: self.required_secret(&b.token, at, "token")?,
+            }),
+            raw::Auth::Oauth2(o) => self.oauth2(o, at),
+            raw::Auth::AwsSigv4(s) => {
+                let service = self.non_empty(&s.service, at, "service");
+                let region = self.non_empty(&s.region, at, "region");
+                let credentials = self.aws(&s.aws, at);
                 Some(Auth::AwsSigV4 {
                     service: service?,
                     region: region?,
                     credentials,
-                    unsigned_payload: auth.unsigned_payload.as_ref().is_some_and(|v| v.value),
+                    unsigned_payload: s.unsigned_payload,
                 })
             }
         };
@@ -326,17 +122,98 @@ impl Ctx {
             result
         }
     }
-}
 
-pub(super) fn auth_type_name(kind: AuthType) -> &'static str {
-    match kind {
-        AuthType::None => "none",
-        AuthType::Password => "password",
-        AuthType::RdsIam => "rds_iam",
-        AuthType::ApiKey => "api_key",
-        AuthType::Basic => "basic",
-        AuthType::Bearer => "bearer",
-        AuthType::Oauth2 => "oauth2",
-        AuthType::AwsSigv4 => "aws_sigv4",
+    fn oauth2(&mut self, o: &raw::OAuth2Auth, at: &str) -> Option<Auth> {
+        let url_path = format!("{at}.token_url");
+        let (token_url, tls) = match self.upstream(Protocol::Http, &o.token_url, &url_path) {
+            Some(up) => {
+                let tls = self.tls(
+                    Protocol::Http,
+                    o.tls.as_ref(),
+                    None,
+                    Some(&up),
+                    &o.token_url,
+                    &url_path,
+                    &format!("{at}.tls"),
+                );
+                (up.url, tls)
+            }
+            None => (None, None),
+        };
+        if let Some(url) = &token_url {
+            if url.scheme_str() == Some("http") && !o.allow_plaintext_token_url {
+                self.problem(
+                    site(&o.token_url, url_path),
+                    "an http:// token endpoint would receive the client secret and refresh token unencrypted: use https://, or set auth.allow_plaintext_token_url: true to accept that",
+                );
+            }
+        }
+        let client_id = self.non_empty(&o.client_id, at, "client_id");
+        let client_auth_basic = match &o.client_auth {
+            None => true,
+            Some(v) if v.value == "basic" => true,
+            Some(v) if v.value == "body" => false,
+            Some(v) => {
+                self.problem(
+                    site(v, format!("{at}.client_auth")),
+                    format!("\"{}\" is not basic or body", v.value),
+                );
+                true
+            }
+        };
+        let client_secret = self.secret_at(&o.client_secret, at, "client_secret");
+        let refresh_token = self.secret_at(&o.refresh_token, at, "refresh_token");
+        Some(Auth::OAuth2(Box::new(OAuth2 {
+            token_url: token_url?,
+            client_id: client_id?,
+            client_secret,
+            refresh_token,
+            scopes: o.scopes.clone(),
+            audience: o.audience.clone(),
+            params: o.params.clone().into_iter().collect(),
+            client_auth_basic,
+            tls: tls?,
+            plaintext_token_url: o.allow_plaintext_token_url,
+        })))
+    }
+
+    /// A value that must not be blank.
+    fn non_empty(&mut self, value: &Spanned<String>, at: &str, key: &str) -> Option<String> {
+        if value.value.trim().is_empty() {
+            self.problem(site(value, format!("{at}.{key}")), "must not be empty");
+            return None;
+        }
+        Some(value.value.clone())
+    }
+
+    /// A secret reference that must not be blank.
+    fn required_secret(
+        &mut self,
+        value: &Spanned<String>,
+        at: &str,
+        key: &str,
+    ) -> Option<SecretRef> {
+        self.non_empty(value, at, key)?;
+        self.secret(value, &format!("{at}.{key}"))
+    }
+
+    /// An optional secret reference.
+    fn secret_at(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        at: &str,
+        key: &str,
+    ) -> Option<SecretRef> {
+        value
+            .as_ref()
+            .and_then(|v| self.secret(v, &format!("{at}.{key}")))
+    }
+
+    fn aws(&mut self, keys: &raw::AwsKeys, at: &str) -> AwsCredentials {
+        AwsCredentials {
+            access_key_id: self.secret_at(&keys.access_key_id, at, "access_key_id"),
+            secret_access_key: self.secret_at(&keys.secret_access_key, at, "secret_access_key"),
+            session_token: self.secret_at(&keys.session_token, at, "session_token"),
+        }
     }
 }

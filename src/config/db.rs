@@ -54,7 +54,7 @@ impl Ctx {
                 );
             }
         }
-        if let Some(auth) = &res.auth {
+        if let Some(raw::Auth::Password(auth)) = res.auth.as_ref().map(|a| &a.value) {
             let flags = [
                 (
                     "allow_cleartext_password",

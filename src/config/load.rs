@@ -79,7 +79,10 @@ fn syntax_problem(file: &Path, key_path: &str, err: &serde_saphyr::Error) -> Pro
         message.push_str(" (quote values that start with '[' or '{', e.g. \"[::1]:5432\")");
     }
     // `Spanned<T>` adds a `.value` segment: drop it (one at the end, and before an index).
-    let path = key_path.replace(".value[", "[");
+    // `auth` is a `Spanned` block too: its own `.value` follows `auth`.
+    let path = key_path
+        .replace(".value[", "[")
+        .replacen(".auth.value", ".auth", 1);
     let path = path.strip_suffix(".?").unwrap_or(&path);
     let path = path
         .strip_suffix(".value")

@@ -76,7 +76,7 @@ pub struct Resource {
     pub listen_mode: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
     pub tls: Option<Tls>,
-    pub auth: Option<Auth>,
+    pub auth: Option<Spanned<Auth>>,
     pub headers: Option<BTreeMap<String, Spanned<String>>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub handshake_timeout: Option<Spanned<String>>,
@@ -234,38 +234,304 @@ impl<'de> Deserialize<'de> for TlsVersion {
     }
 }
 
-/// `auth`: one flat block; which keys a `type` allows is checked during validation so the
-/// error can name the key.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Auth {
-    #[serde(rename = "type")]
-    pub kind: Spanned<AuthType>,
+/// `auth`: tagged by `type`. Each type takes its own keys: serde rejects a key of another
+/// type, or a missing one the type cannot do without, naming it (and its line); the values
+/// keep their locations for the checks that need the protocol or the file system.
+#[derive(Debug)]
+pub enum Auth {
+    /// `none`.
+    None,
+    /// `password`.
+    Password(PasswordAuth),
+    /// `rds_iam`.
+    RdsIam(RdsIamAuth),
+    /// `api_key`.
+    ApiKey(ApiKeyAuth),
+    /// `basic`.
+    Basic(BasicAuth),
+    /// `bearer`.
+    Bearer(BearerAuth),
+    /// `oauth2`.
+    Oauth2(Box<OAuth2Auth>),
+    /// `aws_sigv4`.
+    AwsSigv4(AwsSigv4Auth),
+}
+
+/// `type: password` (postgres, mysql, redis).
+#[derive(Debug)]
+pub struct PasswordAuth {
     pub username: Option<Spanned<String>>,
     pub password: Option<Spanned<String>>,
     pub database: Option<Spanned<String>>,
-    pub token: Option<Spanned<String>>,
-    pub header: Option<Spanned<String>>,
-    pub query: Option<Spanned<String>>,
-    pub value: Option<Spanned<String>>,
-    pub token_url: Option<Spanned<String>>,
-    pub allow_plaintext_token_url: Option<Spanned<bool>>,
-    pub client_id: Option<Spanned<String>>,
-    pub client_secret: Option<Spanned<String>>,
-    pub refresh_token: Option<Spanned<String>>,
-    pub scopes: Option<Spanned<Vec<String>>>,
-    pub audience: Option<Spanned<String>>,
-    pub params: Option<Spanned<BTreeMap<String, String>>>,
-    pub client_auth: Option<Spanned<String>>,
-    pub service: Option<Spanned<String>>,
-    pub region: Option<Spanned<String>>,
+    pub allow_cleartext_password: Option<Spanned<bool>>,
+    pub allow_rsa_key_exchange: Option<Spanned<bool>>,
+}
+
+/// `type: rds_iam`.
+#[derive(Debug)]
+pub struct RdsIamAuth {
+    pub username: Spanned<String>,
+    pub region: Spanned<String>,
+    pub database: Option<Spanned<String>>,
+    pub aws: AwsKeys,
+}
+
+/// Static AWS credentials (`rds_iam`, `aws_sigv4`); absent, the default chain is used.
+#[derive(Debug)]
+pub struct AwsKeys {
     pub access_key_id: Option<Spanned<String>>,
     pub secret_access_key: Option<Spanned<String>>,
     pub session_token: Option<Spanned<String>>,
-    pub unsigned_payload: Option<Spanned<bool>>,
-    pub allow_cleartext_password: Option<Spanned<bool>>,
-    pub allow_rsa_key_exchange: Option<Spanned<bool>>,
+}
+
+/// `type: api_key`: exactly one of `header` and `query`.
+#[derive(Debug)]
+pub struct ApiKeyAuth {
+    pub place: ApiKeyIn,
+    pub value: Spanned<String>,
+}
+
+/// Where an API key goes.
+#[derive(Debug)]
+pub enum ApiKeyIn {
+    Header(Spanned<String>),
+    Query(Spanned<String>),
+}
+
+/// `type: basic`.
+#[derive(Debug)]
+pub struct BasicAuth {
+    pub username: Spanned<String>,
+    pub password: Spanned<String>,
+}
+
+/// `type: bearer`.
+#[derive(Debug)]
+pub struct BearerAuth {
+    pub token: Spanned<String>,
+}
+
+/// `type: oauth2`: `client_secret` (client credentials grant), `refresh_token`, or both.
+#[derive(Debug)]
+pub struct OAuth2Auth {
+    pub token_url: Spanned<String>,
+    pub allow_plaintext_token_url: bool,
+    pub client_id: Spanned<String>,
+    pub client_secret: Option<Spanned<String>>,
+    pub refresh_token: Option<Spanned<String>>,
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub client_auth: Option<Spanned<String>>,
     pub tls: Option<Tls>,
+}
+
+/// `type: aws_sigv4`.
+#[derive(Debug)]
+pub struct AwsSigv4Auth {
+    pub service: Spanned<String>,
+    pub region: Spanned<String>,
+    pub aws: AwsKeys,
+    pub unsigned_payload: bool,
+}
+
+impl Auth {
+    /// Its `type`.
+    pub fn kind(&self) -> AuthType {
+        match self {
+            Self::None => AuthType::None,
+            Self::Password(_) => AuthType::Password,
+            Self::RdsIam(_) => AuthType::RdsIam,
+            Self::ApiKey(_) => AuthType::ApiKey,
+            Self::Basic(_) => AuthType::Basic,
+            Self::Bearer(_) => AuthType::Bearer,
+            Self::Oauth2(_) => AuthType::Oauth2,
+            Self::AwsSigv4(_) => AuthType::AwsSigv4,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Auth {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        // Read with the file's own deserializer (an internally tagged derive would buffer the
+        // block and lose every location inside it), then sort the keys by type.
+        AuthKeys::deserialize(de)?
+            .into_auth()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Every key any auth type takes; [`AuthKeys::into_auth`] keeps those of the block's type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthKeys {
+    #[serde(rename = "type")]
+    kind: AuthType,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    database: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    header: Option<Spanned<String>>,
+    query: Option<Spanned<String>>,
+    value: Option<Spanned<String>>,
+    token_url: Option<Spanned<String>>,
+    allow_plaintext_token_url: Option<Spanned<bool>>,
+    client_id: Option<Spanned<String>>,
+    client_secret: Option<Spanned<String>>,
+    refresh_token: Option<Spanned<String>>,
+    scopes: Option<Spanned<Vec<String>>>,
+    audience: Option<Spanned<String>>,
+    params: Option<Spanned<BTreeMap<String, String>>>,
+    client_auth: Option<Spanned<String>>,
+    service: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    access_key_id: Option<Spanned<String>>,
+    secret_access_key: Option<Spanned<String>>,
+    session_token: Option<Spanned<String>>,
+    unsigned_payload: Option<Spanned<bool>>,
+    allow_cleartext_password: Option<Spanned<bool>>,
+    allow_rsa_key_exchange: Option<Spanned<bool>>,
+    tls: Option<Tls>,
+}
+
+/// The keys present in an auth block, with their lines (0 where unknown).
+macro_rules! present {
+    ($keys:expr, $($field:ident),*) => {{
+        let mut found: Vec<(&'static str, u64)> = Vec::new();
+        $(if let Some(v) = &$keys.$field {
+            found.push((stringify!($field), v.referenced.line()));
+        })*
+        if $keys.tls.is_some() {
+            found.push(("tls", 0));
+        }
+        found
+    }};
+}
+
+impl AuthKeys {
+    fn into_auth(self) -> Result<Auth, String> {
+        let kind = self.kind;
+        let name = kind.name();
+        let takes = kind.keys();
+        let present = present!(
+            self,
+            username,
+            password,
+            database,
+            token,
+            header,
+            query,
+            value,
+            token_url,
+            allow_plaintext_token_url,
+            client_id,
+            client_secret,
+            refresh_token,
+            scopes,
+            audience,
+            params,
+            client_auth,
+            service,
+            region,
+            access_key_id,
+            secret_access_key,
+            session_token,
+            unsigned_payload,
+            allow_cleartext_password,
+            allow_rsa_key_exchange
+        );
+        for (key, line) in present {
+            if !takes.contains(&key) {
+                let at = if line > 0 {
+                    format!(" (line {line})")
+                } else {
+                    String::new()
+                };
+                let listed = if takes.is_empty() {
+                    "no other key".to_owned()
+                } else {
+                    takes.join(", ")
+                };
+                return Err(format!(
+                    "\"{key}\"{at} does not apply to auth type \"{name}\", which takes: {listed}"
+                ));
+            }
+        }
+        let need = |value: Option<Spanned<String>>, key: &str| {
+            value.ok_or_else(|| format!("auth type \"{name}\" needs \"{key}\""))
+        };
+        let aws = AwsKeys {
+            access_key_id: self.access_key_id,
+            secret_access_key: self.secret_access_key,
+            session_token: self.session_token,
+        };
+        if aws.access_key_id.is_some() != aws.secret_access_key.is_some() {
+            return Err(format!(
+                "auth type \"{name}\": access_key_id and secret_access_key must be set together"
+            ));
+        }
+        Ok(match kind {
+            AuthType::None => Auth::None,
+            AuthType::Password => Auth::Password(PasswordAuth {
+                username: self.username,
+                password: self.password,
+                database: self.database,
+                allow_cleartext_password: self.allow_cleartext_password,
+                allow_rsa_key_exchange: self.allow_rsa_key_exchange,
+            }),
+            AuthType::RdsIam => Auth::RdsIam(RdsIamAuth {
+                username: need(self.username, "username")?,
+                region: need(self.region, "region")?,
+                database: self.database,
+                aws,
+            }),
+            AuthType::ApiKey => {
+                Auth::ApiKey(ApiKeyAuth {
+                    place: match (self.header, self.query) {
+                        (Some(h), None) => ApiKeyIn::Header(h),
+                        (None, Some(q)) => ApiKeyIn::Query(q),
+                        _ => return Err(
+                            "auth type \"api_key\" needs exactly one of \"header\" or \"query\""
+                                .to_owned(),
+                        ),
+                    },
+                    value: need(self.value, "value")?,
+                })
+            }
+            AuthType::Basic => Auth::Basic(BasicAuth {
+                username: need(self.username, "username")?,
+                password: need(self.password, "password")?,
+            }),
+            AuthType::Bearer => Auth::Bearer(BearerAuth {
+                token: need(self.token, "token")?,
+            }),
+            AuthType::Oauth2 => {
+                if self.client_secret.is_none() && self.refresh_token.is_none() {
+                    return Err("auth type \"oauth2\" needs \"client_secret\" (client credentials grant) or \"refresh_token\"".to_owned());
+                }
+                Auth::Oauth2(Box::new(OAuth2Auth {
+                    token_url: need(self.token_url, "token_url")?,
+                    allow_plaintext_token_url: self
+                        .allow_plaintext_token_url
+                        .is_some_and(|v| v.value),
+                    client_id: need(self.client_id, "client_id")?,
+                    client_secret: self.client_secret,
+                    refresh_token: self.refresh_token,
+                    scopes: self.scopes.map(|s| s.value).unwrap_or_default(),
+                    audience: self.audience.map(|a| a.value),
+                    params: self.params.map(|p| p.value).unwrap_or_default(),
+                    client_auth: self.client_auth,
+                    tls: self.tls,
+                }))
+            }
+            AuthType::AwsSigv4 => Auth::AwsSigv4(AwsSigv4Auth {
+                service: need(self.service, "service")?,
+                region: need(self.region, "region")?,
+                aws,
+                unsigned_payload: self.unsigned_payload.is_some_and(|v| v.value),
+            }),
+        })
+    }
 }
 
 /// `auth.type`.
@@ -288,4 +554,59 @@ pub enum AuthType {
     Oauth2,
     /// AWS Signature Version 4.
     AwsSigv4,
+}
+
+impl AuthType {
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Password => "password",
+            Self::RdsIam => "rds_iam",
+            Self::ApiKey => "api_key",
+            Self::Basic => "basic",
+            Self::Bearer => "bearer",
+            Self::Oauth2 => "oauth2",
+            Self::AwsSigv4 => "aws_sigv4",
+        }
+    }
+
+    /// The keys it takes besides `type`.
+    fn keys(self) -> &'static [&'static str] {
+        const AWS: [&str; 3] = ["access_key_id", "secret_access_key", "session_token"];
+        match self {
+            Self::None => &[],
+            Self::Password => &[
+                "username",
+                "password",
+                "database",
+                "allow_cleartext_password",
+                "allow_rsa_key_exchange",
+            ],
+            Self::RdsIam => &["username", "region", "database", AWS[0], AWS[1], AWS[2]],
+            Self::ApiKey => &["header", "query", "value"],
+            Self::Basic => &["username", "password"],
+            Self::Bearer => &["token"],
+            Self::Oauth2 => &[
+                "token_url",
+                "allow_plaintext_token_url",
+                "client_id",
+                "client_secret",
+                "refresh_token",
+                "scopes",
+                "audience",
+                "params",
+                "client_auth",
+                "tls",
+            ],
+            Self::AwsSigv4 => &[
+                "service",
+                "region",
+                "unsigned_payload",
+                AWS[0],
+                AWS[1],
+                AWS[2],
+            ],
+        }
+    }
 }

@@ -147,7 +147,7 @@ fn reports_a_truncated_pem() {
 #[test]
 fn reports_an_auth_type_that_does_not_apply() {
     let pki = Pki::new();
-    assert_problem(&pki, &format!("{HEAD}    auth:\n      type: bearer\n      token: x\n"), "FILE:7:13: resources[0].auth.type: auth type \"bearer\" does not apply to protocol tcp; use one of: none");
+    assert_problem(&pki, &format!("{HEAD}    auth:\n      type: bearer\n      token: x\n"), "FILE:7:7: resources[0].auth.type: auth type \"bearer\" does not apply to protocol tcp; use one of: none");
 }
 
 #[test]
