@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use tracing::warn;
 
-use crate::config::{Auth, DbOptions, Negotiation, ResourceConfig, SecretRef};
+use crate::config::{Auth, BuildProblem, DbOptions, Negotiation, ResourceConfig, SecretRef};
 use crate::error::{ConnError, Reason, Side};
 use crate::secret::{Env, Secret, SecretError, SecretSource};
 
@@ -103,18 +103,15 @@ pub struct DbRuntime {
 
 impl DbRuntime {
     /// Builds from a resource's config, resolving every secret once.
-    pub fn build(
-        res: &ResourceConfig,
-        env: &dyn Env,
-    ) -> Result<Self, Vec<(crate::config::Site, String)>> {
+    pub fn build(res: &ResourceConfig, env: &dyn Env) -> Result<Self, Vec<BuildProblem>> {
         let mut problems = Vec::new();
         let mut credential = |secret: &SecretRef| {
             let read = Credential::new(secret, env);
             count_read(res.name.as_str(), read.is_ok());
             match read {
                 Ok(c) => Some(c),
-                Err(message) => {
-                    problems.push((secret.site.clone(), message.to_string()));
+                Err(error) => {
+                    problems.push(BuildProblem::new(&secret.site, error));
                     None
                 }
             }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::{AwsCredentials, Site, Upstream};
+use crate::config::{AwsCredentials, BuildError, BuildProblem, Site, Upstream};
 use crate::http::sigv4::{resolve_credentials, Signer};
 
 use crate::secret::{Env, Secret};
@@ -30,14 +30,14 @@ impl RdsIam {
         credentials: &AwsCredentials,
         env: &dyn Env,
         site: &Site,
-    ) -> Result<Self, Vec<(Site, String)>> {
-        let resolved = resolve_credentials(credentials, env).map_err(|message| {
-            let site = credentials
-                .access_key_id
-                .as_ref()
-                .map(|s| s.site.clone())
-                .unwrap_or_else(|| site.clone());
-            vec![(site, message)]
+    ) -> Result<Self, Vec<BuildProblem>> {
+        let resolved = resolve_credentials(credentials, env).map_err(|reason| {
+            let site = credentials.access_key_id.as_ref().map_or(site, |s| &s.site);
+            let error = BuildError::AwsCredentials {
+                auth: "rds_iam",
+                reason,
+            };
+            vec![BuildProblem::new(site, error)]
         })?;
         Ok(Self {
             username: username.to_owned(),

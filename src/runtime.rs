@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::{
-    Config, ListenAddr, Problem, Problems, Protocol, ResourceName, Site, TlsMode, Upstream,
+    BuildProblem, Config, ListenAddr, Problem, Problems, Protocol, ResourceName, TlsMode, Upstream,
 };
 use crate::connect::Dialer;
 use crate::db::DbRuntime;
@@ -121,11 +121,11 @@ impl Runtime {
     /// All problems are returned together.
     pub fn build(config: &Config, env: &dyn Env) -> Result<Self, Problems> {
         let mut problems = Vec::new();
-        let mut push = |site: Site, message: String| {
+        let mut push = |found: BuildProblem| {
             problems.push(Problem {
                 file: config.file.clone(),
-                site: Some(site),
-                message,
+                site: Some(found.site),
+                message: found.error.to_string(),
             })
         };
         let mut resources = Vec::new();
@@ -138,9 +138,7 @@ impl Runtime {
             let tls = match tls::build_client(&res.tls, alpn) {
                 Ok(tls) => tls,
                 Err(found) => {
-                    for (site, message) in found {
-                        push(site, message);
-                    }
+                    found.into_iter().for_each(&mut push);
                     None
                 }
             };
@@ -155,9 +153,7 @@ impl Runtime {
                 match crate::tls::inbound::InboundTls::build(listen_tls, alpn) {
                     Ok(built) => inbound = Some(built),
                     Err(found) => {
-                        for (site, message) in found {
-                            push(site, message);
-                        }
+                        found.into_iter().for_each(&mut push);
                     }
                 }
             }
@@ -182,9 +178,7 @@ impl Runtime {
             let handler = match handler {
                 Ok(handler) => handler,
                 Err(found) => {
-                    for (site, message) in found {
-                        push(site, message);
-                    }
+                    found.into_iter().for_each(&mut push);
                     continue;
                 }
             };

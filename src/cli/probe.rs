@@ -83,7 +83,7 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
         Err(problems) => {
             let lines: Vec<String> = problems
                 .into_iter()
-                .map(|(site, m)| format!("{}: {m}", site.path))
+                .map(|p| format!("{}: {}", p.site.path, p.error))
                 .collect();
             return Err(lines.join("\n"));
         }
@@ -153,8 +153,8 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
     };
     let mut configured_ok = accepted;
     match tls::trust_anchors(&res.tls) {
-        Err((_, e)) => {
-            let _ = writeln!(out, "trust anchors: {e}");
+        Err(p) => {
+            let _ = writeln!(out, "trust anchors: {}", p.error);
             configured_ok = false;
         }
         Ok(roots) => {

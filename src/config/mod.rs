@@ -24,7 +24,7 @@ mod upstream;
 pub use crate::error::io_reason;
 pub use files::{fingerprint, resource_files};
 pub use load::{load, parse, parse_partial, read};
-pub use problems::{Problem, Problems, Site};
+pub use problems::{BuildError, BuildProblem, Problem, Problems, Site};
 pub use types::*;
 
 #[cfg(test)]

@@ -29,7 +29,9 @@ use tracing::{debug, warn};
 
 use tracing::Instrument as _;
 
-use crate::config::{ApiKeyPlace, Auth, Http2, HttpOptions, ResourceConfig, ResourceName, Site};
+use crate::config::{
+    ApiKeyPlace, Auth, BuildError, BuildProblem, Http2, HttpOptions, ResourceConfig, ResourceName,
+};
 use crate::connect::{Admitted, Dialer};
 use crate::driver::{App, Handler, Resource, TlsStart};
 use crate::error::{ConnError, Reason, Side};
@@ -88,11 +90,12 @@ impl HttpUpstream {
         res: &ResourceConfig,
         dialer: &Arc<Dialer>,
         env: &dyn Env,
-    ) -> Result<Self, Vec<(Site, String)>> {
-        let url =
-            res.upstream.url.clone().ok_or_else(|| {
-                vec![(res.site.clone(), "http upstream without a URL".to_owned())]
-            })?;
+    ) -> Result<Self, Vec<BuildProblem>> {
+        let url = res
+            .upstream
+            .url
+            .clone()
+            .ok_or_else(|| vec![BuildProblem::new(&res.site, BuildError::NoUrl)])?;
         let connector = Connector {
             dialer: dialer.clone(),
         };
@@ -124,7 +127,7 @@ impl HttpUpstream {
             }
             Err(e) => {
                 reads.with_label_values(&[res.name.as_str(), "error"]).inc();
-                problems.borrow_mut().push((s.site.clone(), e.to_string()));
+                problems.borrow_mut().push(BuildProblem::new(&s.site, e));
                 None
             }
         };
@@ -133,10 +136,9 @@ impl HttpUpstream {
             if let (Ok(name), Some(v)) = (HeaderName::try_from(name.as_str()), secret(value)) {
                 match sensitive_value(v.expose()) {
                     Some(v) => headers.push((name, v)),
-                    None => problems.borrow_mut().push((
-                        value.site.clone(),
-                        "not a valid HTTP header value".to_owned(),
-                    )),
+                    None => problems
+                        .borrow_mut()
+                        .push(BuildProblem::new(&value.site, BuildError::HeaderValue)),
                 }
             }
         }
@@ -149,17 +151,15 @@ impl HttpUpstream {
                 (Ok(name), Some(v)) => match sensitive_value(v.expose()) {
                     Some(v) => Injector::Header(name, v),
                     None => {
-                        return Err(vec![(
-                            value.site.clone(),
-                            "not a valid HTTP header value".to_owned(),
+                        return Err(vec![BuildProblem::new(
+                            &value.site,
+                            BuildError::HeaderValue,
                         )])
                     }
                 },
                 (Err(_), _) => {
-                    return Err(vec![(
-                        value.site.clone(),
-                        format!("\"{h}\" is not a valid header name"),
-                    )])
+                    let error = BuildError::HeaderName(h.clone());
+                    return Err(vec![BuildProblem::new(&value.site, error)]);
                 }
                 _ => Injector::None,
             },
@@ -186,10 +186,7 @@ impl HttpUpstream {
                 Some(t) => match sensitive_value(&format!("Bearer {}", t.expose())) {
                     Some(v) => Injector::Header(header::AUTHORIZATION, v),
                     None => {
-                        return Err(vec![(
-                            token.site.clone(),
-                            "the token is not a valid HTTP header value".to_owned(),
-                        )])
+                        return Err(vec![BuildProblem::new(&token.site, BuildError::TokenValue)])
                     }
                 },
                 None => Injector::None,
@@ -257,10 +254,14 @@ impl HttpUpstream {
                     *unsigned_payload,
                     res.http.max_signed_body,
                 )),
-                Err(e) => {
+                Err(reason) => {
+                    let error = BuildError::AwsCredentials {
+                        auth: "aws_sigv4",
+                        reason,
+                    };
                     problems
                         .borrow_mut()
-                        .push((res.site.clone(), format!("auth (aws_sigv4): {e}")));
+                        .push(BuildProblem::new(&res.site, error));
                     Injector::None
                 }
             },
@@ -274,7 +275,7 @@ impl HttpUpstream {
         let authority = url
             .authority()
             .cloned()
-            .ok_or_else(|| vec![(res.site.clone(), "upstream URL without a host".to_owned())])?;
+            .ok_or_else(|| vec![BuildProblem::new(&res.site, BuildError::NoHost)])?;
         let base_path = url.path().trim_end_matches('/').to_owned();
         Ok(Self {
             name: res.name.clone(),

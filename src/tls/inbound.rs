@@ -9,7 +9,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{AllowList, ListenTls, Site};
+use crate::config::{AllowList, BuildError, BuildProblem, ListenTls};
 use crate::error::{ConnError, Reason, Side};
 
 /// A resource's inbound TLS.
@@ -32,7 +32,7 @@ impl std::fmt::Debug for InboundTls {
 
 impl InboundTls {
     /// Reads the files and builds the server config, offering `alpn`.
-    pub fn build(settings: &ListenTls, alpn: &[&[u8]]) -> Result<Self, Vec<(Site, String)>> {
+    pub fn build(settings: &ListenTls, alpn: &[&[u8]]) -> Result<Self, Vec<BuildProblem>> {
         let mut problems = Vec::new();
         let certs = super::read_certs(&settings.cert)
             .map_err(|p| problems.push(p))
@@ -43,20 +43,23 @@ impl InboundTls {
         let provider = super::provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| vec![(settings.cert.site.clone(), e.to_string())])?;
+            .map_err(|e| {
+                vec![BuildProblem::new(
+                    &settings.cert.site,
+                    BuildError::TlsVersions(e),
+                )]
+            })?;
         let builder = match &settings.client_ca {
             Some(ca_file) => {
                 let mut roots = RootCertStore::empty();
                 match super::read_certs(ca_file) {
                     Ok(cas) => {
                         for ca in cas {
-                            if let Err(e) = roots.add(ca) {
-                                problems.push((
-                                    ca_file.site.clone(),
-                                    format!(
-                                        "{}: not a usable CA certificate: {e}",
-                                        ca_file.path.display()
-                                    ),
+                            if let Err(error) = roots.add(ca) {
+                                let path = ca_file.path.clone();
+                                problems.push(BuildProblem::new(
+                                    &ca_file.site,
+                                    BuildError::UnusableCa { path, error },
                                 ));
                             }
                         }
@@ -75,7 +78,12 @@ impl InboundTls {
                 };
                 match verifier {
                     Ok(v) => builder.with_client_cert_verifier(v),
-                    Err(e) => return Err(vec![(ca_file.site.clone(), e.to_string())]),
+                    Err(e) => {
+                        return Err(vec![BuildProblem::new(
+                            &ca_file.site,
+                            BuildError::ClientVerifier(e),
+                        )])
+                    }
                 }
             }
             None => builder.with_no_client_auth(),
@@ -83,14 +91,12 @@ impl InboundTls {
         let (Some(certs), Some(key)) = (certs, key) else {
             return Err(problems);
         };
-        let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-            vec![(
-                settings.key.site.clone(),
-                format!(
-                    "{} does not match the certificate in {}: {e}",
-                    settings.key.path.display(),
-                    settings.cert.path.display()
-                ),
+        let mut config = builder.with_single_cert(certs, key).map_err(|error| {
+            let key = settings.key.path.clone();
+            let cert = settings.cert.path.clone();
+            vec![BuildProblem::new(
+                &settings.key.site,
+                BuildError::ListenKey { key, cert, error },
             )]
         })?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

@@ -7,7 +7,6 @@ pub mod verify;
 
 pub mod inbound;
 
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
@@ -15,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::config::{io_reason, FileRef, Site, TlsMode, TlsSettings, TlsVersion};
+use crate::config::{BuildError, BuildProblem, FileRef, TlsMode, TlsSettings, TlsVersion};
 
 /// The crypto provider keyward uses everywhere: rustls' ring provider (ARCHITECTURE.md).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -127,7 +126,7 @@ pub fn rfc3339(secs: i64) -> String {
 pub fn build_client(
     settings: &TlsSettings,
     alpn: &[&[u8]],
-) -> Result<Option<TlsClient>, Vec<(Site, String)>> {
+) -> Result<Option<TlsClient>, Vec<BuildProblem>> {
     if settings.mode == TlsMode::Disable {
         return Ok(None);
     }
@@ -168,17 +167,21 @@ pub fn build_client(
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let fail = |msg: String| vec![(settings.site.clone(), msg)];
+    let fail = |e: BuildError| vec![BuildProblem::new(&settings.site, e)];
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| fail(format!("TLS versions: {e}")))?;
+        .map_err(|e| fail(BuildError::TlsVersions(e)))?;
     let builder = verify::with_verifier(builder, settings.mode, roots, provider)
-        .map_err(|e| fail(format!("building the verifier: {e}")))?;
+        .map_err(|e| fail(BuildError::ServerVerifier(e)))?;
     let (mut config, client_cert) = match identity {
-        Some((chain, key, info, key_site)) => {
-            let config = builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| vec![(key_site, key_error(&e))])?;
+        Some((chain, key, info, key_file)) => {
+            let config = builder.with_client_auth_cert(chain, key).map_err(|error| {
+                let path = key_file.path.clone();
+                vec![BuildProblem::new(
+                    &key_file.site,
+                    BuildError::ClientKey { path, error },
+                )]
+            })?;
             (config, Some(info))
         }
         None => (builder.with_no_client_auth(), None),
@@ -193,17 +196,8 @@ pub fn build_client(
     }))
 }
 
-fn key_error(err: &rustls::Error) -> String {
-    match err {
-        rustls::Error::InconsistentKeys(_) => {
-            "key does not match certificate (client_key is not the key of client_cert)".to_owned()
-        }
-        other => format!("unusable client key: {other}"),
-    }
-}
-
 /// The trust anchors `settings` name (`ca` and/or the system roots; none for insecure).
-pub fn trust_anchors(settings: &TlsSettings) -> Result<RootCertStore, (Site, String)> {
+pub fn trust_anchors(settings: &TlsSettings) -> Result<RootCertStore, BuildProblem> {
     let mut roots = RootCertStore::empty();
     if settings.mode == TlsMode::Insecure {
         return Ok(roots);
@@ -212,22 +206,17 @@ pub fn trust_anchors(settings: &TlsSettings) -> Result<RootCertStore, (Site, Str
         let certs = read_certs(ca)?;
         let (added, ignored) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err((
-                ca.site.clone(),
-                format!(
-                    "{}: none of the {ignored} certificate(s) is a usable CA certificate",
-                    shown(&ca.path)
-                ),
+            let path = ca.path.clone();
+            return Err(BuildProblem::new(
+                &ca.site,
+                BuildError::NoUsableCa { path, ignored },
             ));
         }
     }
     if settings.system_roots {
         let system = system_roots();
         if system.is_empty() && settings.ca.is_none() {
-            return Err((
-                settings.site.clone(),
-                "no system root certificates were found on this machine; set tls.ca to the upstream's CA bundle".to_owned(),
-            ));
+            return Err(BuildProblem::new(&settings.site, BuildError::NoSystemRoots));
         }
         roots.extend(system.iter().cloned());
     }
@@ -249,46 +238,49 @@ type Identity = (
     Vec<CertificateDer<'static>>,
     PrivateKeyDer<'static>,
     CertInfo,
-    Site,
+    FileRef,
 );
 
-fn client_identity(cert: &FileRef, key: &FileRef) -> Result<Identity, Vec<(Site, String)>> {
+fn client_identity(cert: &FileRef, key: &FileRef) -> Result<Identity, Vec<BuildProblem>> {
     let chain = read_certs(cert).map_err(|p| vec![p])?;
     let key_der = read_key(key).map_err(|p| vec![p])?;
-    let info = CertInfo::parse(&chain[0])
-        .map_err(|e| vec![(cert.site.clone(), format!("{}: {e}", shown(&cert.path)))])?;
+    let at_cert = |error| vec![BuildProblem::new(&cert.site, error)];
+    let path = || cert.path.clone();
+    let info = CertInfo::parse(&chain[0]).map_err(|reason| {
+        at_cert(BuildError::BadCertificate {
+            path: path(),
+            reason,
+        })
+    })?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     if info.not_after < now {
-        return Err(vec![(
-            cert.site.clone(),
-            format!(
-                "{}: certificate \"{}\" expired on {}",
-                shown(&cert.path),
-                info.subject,
-                info.not_after_rfc3339()
-            ),
-        )]);
+        return Err(at_cert(BuildError::Expired {
+            path: path(),
+            subject: info.subject.clone(),
+            not_after: info.not_after_rfc3339(),
+        }));
     }
-    if let Err(e) = check_chain(&chain) {
-        return Err(vec![(
-            cert.site.clone(),
-            format!("{}: {e}", shown(&cert.path)),
-        )]);
+    if let Err(reason) = check_chain(&chain) {
+        return Err(at_cert(BuildError::Chain {
+            path: path(),
+            reason,
+        }));
     }
     // rustls checks the pair when the config is built; do it here too so `check` reports it
     // against the key's own site.
-    if let Err(e) =
+    if let Err(error) =
         rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider())
     {
-        return Err(vec![(
-            key.site.clone(),
-            format!("{}: {}", shown(&key.path), key_error(&e)),
+        let path = key.path.clone();
+        return Err(vec![BuildProblem::new(
+            &key.site,
+            BuildError::ClientKey { path, error },
         )]);
     }
-    Ok((chain, key_der, info, key.site.clone()))
+    Ok((chain, key_der, info, key.clone()))
 }
 
 /// When a client certificate file carries its chain (leaf, intermediates…, CA), the leaf must
@@ -314,57 +306,56 @@ fn check_chain(chain: &[CertificateDer<'static>]) -> Result<(), String> {
     .map_err(|e| format!("the client certificate does not chain to the CA in the same file: {e:?}"))
 }
 
-fn shown(path: &Path) -> String {
-    format!("\"{}\"", path.display())
-}
-
 /// Reads every certificate in a PEM file.
-pub fn read_certs(file: &FileRef) -> Result<Vec<CertificateDer<'static>>, (Site, String)> {
-    let bytes = std::fs::read(&file.path).map_err(|e| {
-        (
-            file.site.clone(),
-            format!("reading {}: {}", shown(&file.path), io_reason(&e)),
-        )
+pub fn read_certs(file: &FileRef) -> Result<Vec<CertificateDer<'static>>, BuildProblem> {
+    let path = || file.path.clone();
+    let fail = |error| BuildProblem::new(&file.site, error);
+    let bytes = std::fs::read(&file.path).map_err(|source| {
+        fail(BuildError::Read {
+            path: path(),
+            source,
+        })
     })?;
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
-    match certs {
-        Ok(certs) if certs.is_empty() => Err((
-            file.site.clone(),
-            format!(
-                "{}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)",
-                shown(&file.path)
-            ),
-        )),
-        Ok(certs) => {
-            for cert in &certs {
-                CertInfo::parse(cert)
-                    .map_err(|e| (file.site.clone(), format!("{}: {e}", shown(&file.path))))?;
-            }
-            Ok(certs)
-        }
-        Err(e) => Err((
-            file.site.clone(),
-            format!("{}: malformed PEM: {e}", shown(&file.path)),
-        )),
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| {
+            fail(BuildError::MalformedPem {
+                path: path(),
+                error,
+            })
+        })?;
+    if certs.is_empty() {
+        return Err(fail(BuildError::NoCertificate { path: path() }));
     }
+    for cert in &certs {
+        CertInfo::parse(cert).map_err(|reason| {
+            fail(BuildError::BadCertificate {
+                path: path(),
+                reason,
+            })
+        })?;
+    }
+    Ok(certs)
 }
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-pub fn read_key(file: &FileRef) -> Result<PrivateKeyDer<'static>, (Site, String)> {
-    let bytes = std::fs::read(&file.path).map_err(|e| {
-        (
-            file.site.clone(),
-            format!("reading {}: {}", shown(&file.path), io_reason(&e)),
+pub fn read_key(file: &FileRef) -> Result<PrivateKeyDer<'static>, BuildProblem> {
+    let path = file.path.clone();
+    let bytes = std::fs::read(&file.path).map_err(|source| {
+        BuildProblem::new(
+            &file.site,
+            BuildError::Read {
+                path: path.clone(),
+                source,
+            },
         )
     })?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-        let why = match e {
-            rustls::pki_types::pem::Error::NoItemsFound => {
-                "no PEM private key found (expected PKCS#8, PKCS#1 or SEC1)".to_owned()
-            }
-            other => format!("malformed PEM key: {other}"),
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|error| {
+        let error = match error {
+            rustls::pki_types::pem::Error::NoItemsFound => BuildError::NoKey { path },
+            error => BuildError::MalformedKey { path, error },
         };
-        (file.site.clone(), format!("{}: {why}", shown(&file.path)))
+        BuildProblem::new(&file.site, error)
     })
 }
 
@@ -386,5 +377,51 @@ pub fn tls_server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
         "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Some(sha2::Sha384::digest(der).to_vec()),
         "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Some(sha2::Sha512::digest(der).to_vec()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Site;
+
+    fn file(dir: &std::path::Path, name: &str, text: Option<&str>) -> FileRef {
+        let path = dir.join(name);
+        if let Some(text) = text {
+            std::fs::write(&path, text).unwrap();
+        }
+        FileRef {
+            path,
+            site: Site {
+                line: 3,
+                column: 9,
+                path: "resources[0].tls.ca".to_owned(),
+            },
+        }
+    }
+
+    /// The build path says what is wrong as a typed error at the key that named the file.
+    #[test]
+    fn unreadable_pem_files_are_typed_build_errors_at_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = file(dir.path(), "missing.pem", None);
+        let err = read_certs(&missing).unwrap_err();
+        assert!(matches!(*err.error, BuildError::Read { .. }), "{err:?}");
+        assert_eq!(err.site, missing.site);
+        let text = file(dir.path(), "text.pem", Some("not pem\n"));
+        let err = read_certs(&text).unwrap_err();
+        assert!(
+            matches!(*err.error, BuildError::NoCertificate { .. }),
+            "{err:?}"
+        );
+        let err = read_key(&text).unwrap_err();
+        assert!(matches!(*err.error, BuildError::NoKey { .. }), "{err:?}");
+        assert_eq!(
+            err.error.to_string(),
+            format!(
+                "\"{}\": no PEM private key found (expected PKCS#8, PKCS#1 or SEC1)",
+                text.path.display()
+            )
+        );
     }
 }
