@@ -66,6 +66,9 @@ pub struct Resource {
     pub inbound: Option<InboundTls>,
 }
 
+/// How a handler's part of a connection ended.
+pub type Served = Result<Relayed, Failure>;
+
 /// Where keyward's own TLS with the app (`listen_tls`) starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsStart {
@@ -93,7 +96,7 @@ pub trait Handler: Send + Sync {
         app: &mut App,
         res: &Arc<Resource>,
         stats: &Arc<Stats>,
-    ) -> impl Future<Output = Result<Relayed, Failure>> + Send;
+    ) -> impl Future<Output = Served> + Send;
 
     /// Tells the app why its connection is refused, in the protocol's wire format.
     fn refuse(

@@ -89,9 +89,9 @@ impl ResourceRuntime {
     /// The database login of a `postgres`, `mysql` or `redis` resource.
     pub fn db(&self) -> Option<&DbRuntime> {
         match &self.handler {
-            AnyHandler::Postgres(h) => Some(&h.db),
-            AnyHandler::Mysql(h) => Some(&h.db),
-            AnyHandler::Redis(h) => Some(&h.db),
+            AnyHandler::Postgres(h) => Some(&h.0),
+            AnyHandler::Mysql(h) => Some(&h.0),
+            AnyHandler::Redis(h) => Some(&h.0),
             AnyHandler::Tcp(_) | AnyHandler::Http(_) => None,
         }
     }
@@ -170,10 +170,10 @@ impl Runtime {
                 Protocol::Http => crate::http::HttpUpstream::build(res, &dialer, env)
                     .map(|up| AnyHandler::Http(crate::http::Http(Arc::new(up)))),
                 Protocol::Postgres => {
-                    db().map(|db| AnyHandler::Postgres(crate::postgres::Postgres { db }))
+                    db().map(|db| AnyHandler::Postgres(crate::postgres::Postgres(db)))
                 }
-                Protocol::Mysql => db().map(|db| AnyHandler::Mysql(crate::mysql::Mysql { db })),
-                Protocol::Redis => db().map(|db| AnyHandler::Redis(crate::redis::Redis { db })),
+                Protocol::Mysql => db().map(|db| AnyHandler::Mysql(crate::mysql::Mysql(db))),
+                Protocol::Redis => db().map(|db| AnyHandler::Redis(crate::redis::Redis(db))),
             };
             let handler = match handler {
                 Ok(handler) => handler,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use crate::driver::{App, Handler, Resource, TlsStart};
+use crate::driver::{App, Handler, Resource, Served, TlsStart};
 use crate::record::{Failure, Stats};
-use crate::relay::{relay, Relayed};
+use crate::relay::relay;
 
 /// The `tcp` handler.
 #[derive(Debug, Default)]
@@ -18,12 +18,7 @@ impl Handler for Tcp {
     /// keyward reads nothing from the app before relaying.
     const MAX_PRE_AUTH: usize = 0;
 
-    async fn serve(
-        &self,
-        app: &mut App,
-        res: &Arc<Resource>,
-        _stats: &Arc<Stats>,
-    ) -> Result<Relayed, Failure> {
+    async fn serve(&self, app: &mut App, res: &Arc<Resource>, _stats: &Arc<Stats>) -> Served {
         let admitted = app.admit().map_err(Failure::Open)?;
         let upstream = res.dialer.open(&admitted).await.map_err(Failure::Open)?;
         if let tokio_util::either::Either::Right(tls) = &upstream {

@@ -242,9 +242,9 @@ async fn auth_report(
     };
     use crate::runtime::AnyHandler;
     let result = match &rt.handler {
-        AnyHandler::Postgres(h) => crate::postgres::probe_login(&rt.resource, &h.db).await,
-        AnyHandler::Mysql(h) => crate::mysql::probe_login(&rt.resource, &h.db).await,
-        AnyHandler::Redis(h) => crate::redis::probe_login(&rt.resource, &h.db).await,
+        AnyHandler::Postgres(h) => crate::postgres::probe_login(&rt.resource, &h.0).await,
+        AnyHandler::Mysql(h) => crate::mysql::probe_login(&rt.resource, &h.0).await,
+        AnyHandler::Redis(h) => crate::redis::probe_login(&rt.resource, &h.0).await,
         AnyHandler::Tcp(_) | AnyHandler::Http(_) => return true,
     };
     match result {

@@ -33,7 +33,7 @@ use crate::config::{
     ApiKeyPlace, Auth, BuildError, BuildProblem, Http2, HttpOptions, ResourceConfig, ResourceName,
 };
 use crate::connect::{Admitted, Dialer};
-use crate::driver::{App, Handler, Resource, TlsStart};
+use crate::driver::{App, Handler, Resource, Served, TlsStart};
 use crate::error::{ConnError, Reason, Side};
 use crate::record::{guarded, Failure, Stats};
 use crate::relay::Relayed;
@@ -326,23 +326,16 @@ fn sensitive_value(text: &str) -> Option<HeaderValue> {
 #[derive(Debug)]
 pub struct Http(pub Arc<HttpUpstream>);
 
-/// What hyper buffers of a request head at most (its default `max_buf_size`, ~400 KiB): the
-/// app's limit before keyward forwards a request.
-pub const MAX_PRE_AUTH: usize = 408 * 1024;
-
 impl Handler for Http {
     const TLS_START: TlsStart = TlsStart::Accept;
-    const MAX_PRE_AUTH: usize = MAX_PRE_AUTH;
+    /// What hyper buffers of a request head at most (its default `max_buf_size`, ~400 KiB): the
+    /// app's limit before keyward forwards a request.
+    const MAX_PRE_AUTH: usize = 408 * 1024;
 
     /// HTTP/1.1 with keep-alive and upgrades; each request is forwarded with the credentials.
     /// The client deadline covers the first request's head; `idle_timeout` bounds the wait for
     /// each later one (and a client that takes that long to send its headers).
-    async fn serve(
-        &self,
-        app: &mut App,
-        res: &Arc<Resource>,
-        stats: &Arc<Stats>,
-    ) -> Result<Relayed, Failure> {
+    async fn serve(&self, app: &mut App, res: &Arc<Resource>, stats: &Arc<Stats>) -> Served {
         let admitted = Arc::new(app.admit().map_err(Failure::Open)?);
         let deadline = app.deadline();
         let (stream, release) = app.take();

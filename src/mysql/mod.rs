@@ -32,7 +32,7 @@ use tracing::debug;
 
 use crate::connect::{Admitted, Dialer, UpstreamStream};
 use crate::db::DbRuntime;
-use crate::driver::{App, Handler, Resource, TlsStart};
+use crate::driver::{App, Handler, Resource, Served, TlsStart};
 use crate::error::{ConnError, Reason, Side};
 use crate::record::{Failure, Stats};
 use crate::relay::{relay, Relayed};
@@ -83,28 +83,18 @@ fn random<const N: usize>() -> [u8; N] {
 
 /// A `mysql` resource's handler: the login it injects and its options.
 #[derive(Debug)]
-pub struct Mysql {
-    /// The login and options.
-    pub db: DbRuntime,
-}
-
-/// The largest packet an app may send before keyward relays (its HandshakeResponse, an auth
-/// switch response): 64 KiB, far above what any client sends (connection attributes
-/// included) and far below `max_allowed_packet`.
-pub const MAX_PRE_AUTH: usize = 64 * 1024;
+pub struct Mysql(pub DbRuntime);
 
 impl Handler for Mysql {
     const TLS_START: TlsStart = TlsStart::InProtocol;
-    const MAX_PRE_AUTH: usize = MAX_PRE_AUTH;
+    /// The largest packet an app may send before keyward relays (its HandshakeResponse, an auth
+    /// switch response): 64 KiB, far above what any client sends (connection attributes
+    /// included) and far below `max_allowed_packet`.
+    const MAX_PRE_AUTH: usize = 64 * 1024;
 
     /// Every failure before the relay is answered here: an ERR packet's sequence id follows
     /// the app's last packet, which only this exchange knows.
-    async fn serve(
-        &self,
-        app: &mut App,
-        res: &Arc<Resource>,
-        _stats: &Arc<Stats>,
-    ) -> Result<Relayed, Failure> {
+    async fn serve(&self, app: &mut App, res: &Arc<Resource>, _stats: &Arc<Stats>) -> Served {
         // The app's last sequence id: the greeting is 0, its answer 1.
         let mut seq = 1u8;
         match self.handshake(app, res, &mut seq).await {
@@ -127,7 +117,7 @@ impl Mysql {
         seq: &mut u8,
     ) -> Result<Relayed, Failure> {
         let name = res.name.as_str();
-        let db = &self.db;
+        let db = &self.0;
         let started = tokio::time::Instant::now();
         // The server's greeting first: its version and capabilities shape keyward's. No
         // credential is shown yet (TCP and the greeting only).
@@ -173,7 +163,9 @@ impl Mysql {
         if app.can_upgrade() {
             let first = app
                 .wire
-                .message("the HandshakeResponse", |b| codec::packet(b, MAX_PRE_AUTH))
+                .message("the HandshakeResponse", |b| {
+                    codec::packet(b, <Mysql as Handler>::MAX_PRE_AUTH)
+                })
                 .await
                 .map_err(Failure::Open)?;
             let wants_tls = first.len() == 4 + 32
@@ -273,7 +265,9 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
     resource: &str,
 ) -> Result<(AppHello, u8), AppError> {
     let packet = app
-        .message("the HandshakeResponse", |b| codec::packet(b, MAX_PRE_AUTH))
+        .message("the HandshakeResponse", |b| {
+            codec::packet(b, <Mysql as Handler>::MAX_PRE_AUTH)
+        })
         .await?;
     let mut seq = packet[3];
     let refuse = |detail: String, seq: u8| {
@@ -327,7 +321,7 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
             app.send(&codec::frame(seq, &payload)).await?;
             let answer = app
                 .message("the auth switch response", |b| {
-                    codec::packet(b, MAX_PRE_AUTH)
+                    codec::packet(b, <Mysql as Handler>::MAX_PRE_AUTH)
                 })
                 .await?;
             seq = answer[3];

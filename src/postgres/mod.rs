@@ -25,7 +25,7 @@ use tracing::debug;
 use crate::config::Negotiation;
 use crate::connect::{Admitted, UpstreamStream};
 use crate::db::DbRuntime;
-use crate::driver::{App, Handler, Resource, TlsStart};
+use crate::driver::{App, Handler, Resource, Served, TlsStart};
 use crate::error::{ConnError, Reason, Side};
 use crate::record::{Failure, Stats};
 use crate::relay::{relay, relay_watched, End, Relayed};
@@ -35,25 +35,15 @@ use codec::{AuthRequest, Initial, LoginMessage, Startup};
 
 /// A `postgres` resource's handler: the login it injects and its options.
 #[derive(Debug)]
-pub struct Postgres {
-    /// The login and options.
-    pub db: DbRuntime,
-}
-
-/// The largest message an app may send before keyward relays: a StartupMessage is at most
-/// 10,000 bytes (as the server enforces), a SCRAM message for `client_password` far less.
-pub const MAX_PRE_AUTH: usize = 64 * 1024;
+pub struct Postgres(pub DbRuntime);
 
 impl Handler for Postgres {
     const TLS_START: TlsStart = TlsStart::Sniffed;
-    const MAX_PRE_AUTH: usize = MAX_PRE_AUTH;
+    /// The largest message an app may send before keyward relays: a StartupMessage is at most
+    /// 10,000 bytes (as the server enforces), a SCRAM message for `client_password` far less.
+    const MAX_PRE_AUTH: usize = 64 * 1024;
 
-    async fn serve(
-        &self,
-        app: &mut App,
-        res: &Arc<Resource>,
-        _stats: &Arc<Stats>,
-    ) -> Result<Relayed, Failure> {
+    async fn serve(&self, app: &mut App, res: &Arc<Resource>, _stats: &Arc<Stats>) -> Served {
         let startup = loop {
             let can_upgrade = app.can_upgrade();
             match read_startup(&mut app.wire, res, can_upgrade)
@@ -77,7 +67,7 @@ impl Handler for Postgres {
             }
         };
         let admitted = app.admit().map_err(Failure::Open)?;
-        session(app, startup, res, &self.db, &admitted).await
+        session(app, startup, res, &self.0, &admitted).await
     }
 
     async fn refuse(&self, app: &mut App, e: &ConnError, resource: &str) {

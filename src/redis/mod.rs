@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::connect::Admitted;
 use crate::db::DbRuntime;
-use crate::driver::{App, Handler, Resource, TlsStart};
+use crate::driver::{App, Handler, Resource, Served, TlsStart};
 use crate::error::{ConnError, Reason, Side};
 use crate::record::{Failure, Stats};
 use crate::relay::{relay, Relayed};
@@ -31,29 +31,19 @@ use crate::wire::Wire;
 /// How long keyward waits for the app's first command before it sends an error and closes.
 const ERROR_GRACE: Duration = Duration::from_secs(5);
 
-/// The largest command an app may send before keyward relays (with `client_password`: its
-/// AUTH or HELLO, and anything it pipelines behind them). Larger is refused with `-ERR`.
-pub const MAX_PRE_AUTH: usize = 64 * 1024;
-
 /// A `redis` resource's handler: the login it injects and its options.
 #[derive(Debug)]
-pub struct Redis {
-    /// The login and options.
-    pub db: DbRuntime,
-}
+pub struct Redis(pub DbRuntime);
 
 impl Handler for Redis {
     const TLS_START: TlsStart = TlsStart::Accept;
-    const MAX_PRE_AUTH: usize = MAX_PRE_AUTH;
+    /// The largest command an app may send before keyward relays (with `client_password`: its
+    /// AUTH or HELLO, and anything it pipelines behind them). Larger is refused with `-ERR`.
+    const MAX_PRE_AUTH: usize = 64 * 1024;
 
-    async fn serve(
-        &self,
-        app: &mut App,
-        res: &Arc<Resource>,
-        _stats: &Arc<Stats>,
-    ) -> Result<Relayed, Failure> {
+    async fn serve(&self, app: &mut App, res: &Arc<Resource>, _stats: &Arc<Stats>) -> Served {
         let name = res.name.as_str();
-        let db = &self.db;
+        let db = &self.0;
         if let Some(expected) = &db.client_password {
             let expected = expected.current(name).map_err(Failure::Open)?;
             match client_auth(&mut app.wire, &expected).await {
