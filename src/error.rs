@@ -168,6 +168,9 @@ impl ConnError {
                 expired.to_string(),
             );
         }
+        if let Some(v) = err.get_ref().and_then(|e| e.downcast_ref::<Violation>()) {
+            return Self::new(Side::Client, Reason::Protocol, v.to_string());
+        }
         let reason = match err.kind() {
             io::ErrorKind::ConnectionRefused => Reason::ConnectRefused,
             io::ErrorKind::TimedOut => Reason::ConnectTimeout,
@@ -241,6 +244,27 @@ impl fmt::Display for Expired {
 }
 
 impl std::error::Error for Expired {}
+
+/// The I/O error a filtered app stream returns when the app broke its protocol in a way
+/// keyward will not pass on (the app already got the protocol's error); [`ConnError::from_io`]
+/// classifies it as [`Reason::Protocol`] on the client's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+impl Violation {
+    /// As the I/O error a stream returns.
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self)
+    }
+}
 
 fn side_noun(side: Side) -> &'static str {
     match side {

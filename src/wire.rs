@@ -125,8 +125,9 @@ fn side_noun(side: Side) -> &'static str {
 }
 
 /// What a [`Filtered`] stream does with each chunk read from its inner stream: appends what
-/// the reader sees to `out`, and anything to write back to the inner stream to `reply`.
-pub type Filter = Box<dyn FnMut(&[u8], &mut Vec<u8>, &mut Vec<u8>) + Send>;
+/// the reader sees to `out`, and anything to write back to the inner stream to `reply`. An
+/// error ends the stream: `out` and `reply` so far are delivered, then reads return it.
+pub type Filter = Box<dyn FnMut(&[u8], &mut Vec<u8>, &mut Vec<u8>) -> std::io::Result<()> + Send>;
 
 /// A stream whose reads serve `prefix` first (bytes read during a login), then pass through
 /// an optional [`Filter`]; replies the filter asks for are written to the inner stream before
@@ -138,6 +139,8 @@ pub struct Filtered<S> {
     out: Vec<u8>,
     pos: usize,
     reply: Vec<u8>,
+    /// The filter's error, returned once `out` and `reply` are delivered.
+    ending: Option<std::io::Error>,
 }
 
 /// A stream with bytes already read served first.
@@ -153,6 +156,7 @@ impl<S> Filtered<S> {
             out: prefix.to_vec(),
             pos: 0,
             reply: Vec::new(),
+            ending: None,
         }
     }
 
@@ -160,7 +164,7 @@ impl<S> Filtered<S> {
     pub fn with_filter(inner: S, prefix: &[u8], mut filter: Filter) -> Self {
         let mut out = Vec::with_capacity(16 * 1024);
         let mut reply = Vec::new();
-        filter(prefix, &mut out, &mut reply);
+        let ending = filter(prefix, &mut out, &mut reply).err();
         Self {
             inner,
             filter: Some(filter),
@@ -168,6 +172,7 @@ impl<S> Filtered<S> {
             out,
             pos: 0,
             reply,
+            ending,
         }
     }
 }
@@ -203,6 +208,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Filtered<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
+            if let Some(e) = this.ending.take() {
+                this.filter = None;
+                return Poll::Ready(Err(e));
+            }
             let Some(filter) = this.filter.as_mut() else {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             };
@@ -213,7 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Filtered<S> {
                     if n == 0 {
                         return Poll::Ready(Ok(()));
                     }
-                    filter(&this.raw[..n], &mut this.out, &mut this.reply);
+                    this.ending = filter(&this.raw[..n], &mut this.out, &mut this.reply).err();
                 }
                 other => return other,
             }

@@ -223,6 +223,7 @@ impl Mysql {
                         &codec::err(1105, "HY000", CHANGE_USER_REFUSED),
                     ));
                 }
+                Ok(())
             }),
         );
         let up_side = crate::wire::Prefixed::new(up_io, buf.freeze());

@@ -22,7 +22,7 @@ use tracing::debug;
 use crate::connect::Admitted;
 use crate::db::DbRuntime;
 use crate::driver::{App, Handler, Resource, Served, TlsStart};
-use crate::error::{ConnError, Reason, Side};
+use crate::error::{ConnError, Reason, Side, Violation};
 use crate::record::{Failure, Stats};
 use crate::relay::{relay, Relayed};
 use crate::secret::Secret;
@@ -92,9 +92,15 @@ impl Handler for Redis {
                 crate::wire::Filtered::with_filter(
                     app.relay(),
                     &early,
-                    Box::new(move |input, out, _reply| {
-                        scanner.feed(input, out, &mut |args| {
+                    Box::new(move |input, out, reply| {
+                        let fed = scanner.feed(input, out, &mut |args| {
                             rewrite_auth(args, user.as_deref(), &password)
+                        });
+                        // Refused: the app gets Redis's own kind of answer, then the close
+                        // Redis itself does after a protocol error.
+                        fed.map_err(|why| {
+                            reply.extend(format!("-ERR {why}\r\n").as_bytes());
+                            Violation(why.to_string()).into_io()
                         })
                     }),
                 )
