@@ -130,12 +130,14 @@ impl Runtime {
         };
         let mut resources = Vec::new();
         for res in &config.resources {
+            // Every file and variable this resource is built from is read once, through here.
+            let env = &crate::config::Recorded::new(env);
             let alpn = match res.protocol {
                 Protocol::Http => crate::http::alpn(res.http.http2),
                 Protocol::Postgres => &[b"postgresql".as_slice()][..],
                 _ => &[],
             };
-            let tls = match tls::build_client(&res.tls, alpn) {
+            let tls = match tls::build_client(&res.tls, alpn, env) {
                 Ok(tls) => tls,
                 Err(found) => {
                     found.into_iter().for_each(&mut push);
@@ -150,7 +152,7 @@ impl Runtime {
                     Protocol::Postgres => &[b"postgresql"],
                     _ => &[],
                 };
-                match crate::tls::inbound::InboundTls::build(listen_tls, alpn) {
+                match crate::tls::inbound::InboundTls::build(listen_tls, alpn, env) {
                     Ok(built) => inbound = Some(built),
                     Err(found) => {
                         found.into_iter().for_each(&mut push);
@@ -198,7 +200,7 @@ impl Runtime {
                 max_connections: res.max_connections,
                 resource,
                 handler,
-                fingerprint: crate::config::fingerprint(res, env),
+                fingerprint: env.fingerprint(res),
             }));
         }
         if problems.is_empty() {
@@ -275,5 +277,87 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::pki::{Ca, Usage};
+    use crate::secret::ProcessEnv;
+
+    /// Reads the real files, counts the reads, and rotates one file right after its first
+    /// read (as a secret-rotation tool would, between a build and anything after it).
+    struct Watching {
+        rotate: PathBuf,
+        reads: Mutex<BTreeMap<PathBuf, usize>>,
+    }
+
+    impl Env for Watching {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+
+        fn read(&self, path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+            let bytes = std::fs::read(path)?;
+            *self
+                .reads
+                .lock()
+                .unwrap()
+                .entry(path.to_owned())
+                .or_default() += 1;
+            if path == self.rotate {
+                std::fs::write(path, "rotated-token\n")?;
+            }
+            Ok(Zeroizing::new(bytes))
+        }
+    }
+
+    /// Issue 13 item 13: a resource's fingerprint is of the bytes its runtime was built from,
+    /// each file read once. (Before, the build read the CA twice and the fingerprint read every
+    /// file again: a token rotated right after the build gave the old runtime the new token's
+    /// fingerprint, and the reload that followed the rotation kept the stale token.)
+    #[test]
+    fn the_fingerprint_is_of_the_bytes_that_were_built_each_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("fp-ca").unwrap();
+        let client = ca.leaf("fp-client", &[], Usage::Client).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        write("ca.pem", &ca.cert.cert_pem);
+        write("client.pem", &client.cert_pem);
+        write("client.key", &client.key_pem);
+        let token = write("token", "first-token\n");
+        let yaml = "admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:9\n    tls:\n      ca: ca.pem\n      client_cert: client.pem\n      client_key: client.key\n    auth:\n      type: bearer\n      token: ${file:token}\n";
+        let config = crate::config::parse(yaml, &dir.path().join("keyward.yaml")).unwrap();
+        let watching = Watching {
+            rotate: token.clone(),
+            reads: Mutex::new(BTreeMap::new()),
+        };
+        let built = Runtime::build(&config, &watching).unwrap();
+        let reads = watching.reads.into_inner().unwrap();
+        assert_eq!(reads.len(), 4, "{reads:?}");
+        assert!(reads.values().all(|&n| n == 1), "{reads:?}");
+        // The file holds the rotated token now: what a reload builds differs from what runs.
+        let reloaded = Runtime::build(&config, &ProcessEnv).unwrap();
+        assert_ne!(
+            built.resources[0].fingerprint,
+            reloaded.resources[0].fingerprint
+        );
+        // Unchanged material, equal fingerprints: a reload keeps the running snapshot.
+        let again = Runtime::build(&config, &ProcessEnv).unwrap();
+        assert_eq!(
+            reloaded.resources[0].fingerprint,
+            again.resources[0].fingerprint
+        );
     }
 }

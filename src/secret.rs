@@ -85,6 +85,13 @@ impl fmt::Debug for SecretSource {
 pub trait Env: Send + Sync {
     /// The value of `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// The bytes of a file the config names (a secret, certificate, key or CA bundle). A
+    /// build reads through a recording env (`config::Recorded`), so each file is read once and
+    /// what it fingerprints is what it built.
+    fn read(&self, path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+        std::fs::read(path).map(Zeroizing::new)
+    }
 }
 
 /// The real process environment.
@@ -135,12 +142,16 @@ impl SecretSource {
                 .map(Secret::new)
                 .ok_or_else(|| SecretError::EnvUnset(name.clone()))?,
             Self::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| SecretError::FileRead {
+                let unreadable = |reason: String| SecretError::FileRead {
                     path: path.display().to_string(),
-                    reason: crate::error::io_reason(&e),
-                })?;
-                let text = Zeroizing::new(text);
-                let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+                    reason,
+                };
+                let bytes = env
+                    .read(path)
+                    .map_err(|e| unreadable(crate::error::io_reason(&e)))?;
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| unreadable("not UTF-8 text".to_owned()))?;
+                let trimmed = text.strip_suffix('\n').unwrap_or(text);
                 let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
                 Secret::new(trimmed)
             }

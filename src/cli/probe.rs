@@ -77,7 +77,7 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
         Protocol::Postgres => &[b"postgresql".as_slice()][..],
         _ => &[],
     };
-    let client = match tls::build_client(&look, alpn) {
+    let client = match tls::build_client(&look, alpn, &crate::secret::ProcessEnv) {
         Ok(Some(client)) => client,
         Ok(None) => return Err("internal: no TLS client for a TLS mode".to_owned()),
         Err(problems) => {
@@ -152,7 +152,7 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
         }
     };
     let mut configured_ok = accepted;
-    match tls::trust_anchors(&res.tls) {
+    match tls::trust_anchors(&res.tls, &crate::secret::ProcessEnv) {
         Err(p) => {
             let _ = writeln!(out, "trust anchors: {}", p.error);
             configured_ok = false;

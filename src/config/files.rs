@@ -2,7 +2,11 @@
 //! reload) and the secrets it names, and the fingerprint of all of it that tells a reload
 //! whether the resource changed.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use zeroize::Zeroizing;
 
 use super::types::{Auth, ResourceConfig, SecretRef, TlsSettings};
 use crate::secret::Env;
@@ -43,24 +47,76 @@ pub(crate) fn resource_secrets(res: &ResourceConfig) -> Vec<&SecretRef> {
     secrets
 }
 
-/// What a resource's runtime is built from: its settings (without file positions), the bytes
-/// of its files and its secret values, hashed. Equal fingerprints: a reload keeps the running
-/// snapshot (and its HTTP pools) instead of replacing it.
-pub fn fingerprint(res: &ResourceConfig, env: &dyn Env) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(without_sites(&format!("{res:?}")).as_bytes());
-    for file in resource_files(res) {
-        h.update(file.as_os_str().as_encoded_bytes());
-        h.update(std::fs::read(&file).unwrap_or_default());
-    }
-    for secret in resource_secrets(res) {
-        match secret.source.resolve(env) {
-            Ok(v) => h.update(v.expose().as_bytes()),
-            Err(e) => h.update(e.to_string().as_bytes()),
+/// A file's bytes, or why it could not be read.
+type FileRead = Result<Zeroizing<Vec<u8>>, String>;
+
+/// An [`Env`] that remembers what a build read: each file is read once (later reads get the
+/// same bytes) and each variable looked up once, so [`Recorded::fingerprint`] hashes exactly
+/// the material the build used. (Reading the files again to fingerprint them would let a write
+/// between the two reads publish stale material under the new fingerprint, and the next
+/// reload would skip it.) What it holds is zeroized when it is dropped.
+pub struct Recorded<'a> {
+    env: &'a dyn Env,
+    files: Mutex<BTreeMap<PathBuf, FileRead>>,
+    vars: Mutex<BTreeMap<String, Option<Zeroizing<String>>>>,
+}
+
+impl<'a> Recorded<'a> {
+    /// Reads through `env`.
+    pub fn new(env: &'a dyn Env) -> Self {
+        Self {
+            env,
+            files: Mutex::new(BTreeMap::new()),
+            vars: Mutex::new(BTreeMap::new()),
         }
     }
-    h.finalize().into()
+
+    /// What a resource's runtime was built from: its settings (without file positions), the
+    /// bytes of every file and the value of every variable the build read, hashed. Equal
+    /// fingerprints: a reload keeps the running snapshot (and its HTTP pools) instead of
+    /// replacing it.
+    pub fn fingerprint(&self, res: &ResourceConfig) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(without_sites(&format!("{res:?}")).as_bytes());
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, read) in files.iter() {
+            h.update(b"\0file\0");
+            h.update(path.as_os_str().as_encoded_bytes());
+            match read {
+                Ok(bytes) => h.update(&bytes[..]),
+                Err(e) => h.update(e.as_bytes()),
+            }
+        }
+        let vars = self.vars.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, value) in vars.iter() {
+            h.update(b"\0var\0");
+            h.update(name.as_bytes());
+            h.update(value.as_ref().map_or(&b"\0unset"[..], |v| v.as_bytes()));
+        }
+        h.finalize().into()
+    }
+}
+
+impl Env for Recorded<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        let mut vars = self.vars.lock().unwrap_or_else(|e| e.into_inner());
+        vars.entry(name.to_owned())
+            .or_insert_with(|| self.env.var(name).map(Zeroizing::new))
+            .as_deref()
+            .cloned()
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let read = files
+            .entry(path.to_owned())
+            .or_insert_with(|| self.env.read(path).map_err(|e| e.to_string()));
+        match read {
+            Ok(bytes) => Ok(bytes.clone()),
+            Err(e) => Err(std::io::Error::other(e.clone())),
+        }
+    }
 }
 
 /// Drops `Site { .. }` (line, column, key path) from a Debug rendering: moving a resource in

@@ -22,7 +22,7 @@ mod types;
 mod upstream;
 
 pub use crate::error::io_reason;
-pub use files::{fingerprint, resource_files};
+pub use files::{resource_files, Recorded};
 pub use load::{load, parse, parse_partial, read};
 pub use problems::{BuildError, BuildProblem, Problem, Problems, Site};
 pub use types::*;

@@ -194,7 +194,7 @@ impl HttpUpstream {
             Auth::OAuth2(o) => {
                 let client_secret = o.client_secret.as_ref().and_then(secret);
                 let refresh_token = o.refresh_token.as_ref().and_then(secret);
-                let token_tls = match crate::tls::build_client(&o.tls, &[b"http/1.1"]) {
+                let token_tls = match crate::tls::build_client(&o.tls, &[b"http/1.1"], env) {
                     Ok(tls) => tls,
                     Err(mut p) => {
                         problems.borrow_mut().append(&mut p);
@@ -352,6 +352,8 @@ impl Handler for Http {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .keep_alive(true)
+            // Requests the app sent before shutting down its side are all answered.
+            .half_close(true)
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(res.idle_timeout);
         builder

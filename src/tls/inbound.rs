@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{AllowList, BuildError, BuildProblem, ListenTls};
 use crate::error::{ConnError, Reason, Side};
+use crate::secret::Env;
 
 /// A resource's inbound TLS.
 #[derive(Clone)]
@@ -32,12 +33,16 @@ impl std::fmt::Debug for InboundTls {
 
 impl InboundTls {
     /// Reads the files and builds the server config, offering `alpn`.
-    pub fn build(settings: &ListenTls, alpn: &[&[u8]]) -> Result<Self, Vec<BuildProblem>> {
+    pub fn build(
+        settings: &ListenTls,
+        alpn: &[&[u8]],
+        env: &dyn Env,
+    ) -> Result<Self, Vec<BuildProblem>> {
         let mut problems = Vec::new();
-        let certs = super::read_certs(&settings.cert)
+        let certs = super::read_certs(&settings.cert, env)
             .map_err(|p| problems.push(p))
             .ok();
-        let key = super::read_key(&settings.key)
+        let key = super::read_key(&settings.key, env)
             .map_err(|p| problems.push(p))
             .ok();
         let provider = super::provider();
@@ -52,7 +57,7 @@ impl InboundTls {
         let builder = match &settings.client_ca {
             Some(ca_file) => {
                 let mut roots = RootCertStore::empty();
-                match super::read_certs(ca_file) {
+                match super::read_certs(ca_file, env) {
                     Ok(cas) => {
                         for ca in cas {
                             if let Err(error) = roots.add(ca) {

@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::{BuildError, BuildProblem, FileRef, TlsMode, TlsSettings, TlsVersion};
+use crate::secret::Env;
 
 /// The crypto provider keyward uses everywhere: rustls' ring provider (ARCHITECTURE.md).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -126,6 +127,7 @@ pub fn rfc3339(secs: i64) -> String {
 pub fn build_client(
     settings: &TlsSettings,
     alpn: &[&[u8]],
+    env: &dyn Env,
 ) -> Result<Option<TlsClient>, Vec<BuildProblem>> {
     if settings.mode == TlsMode::Disable {
         return Ok(None);
@@ -135,7 +137,7 @@ pub fn build_client(
     let ca_not_after = settings
         .ca
         .as_ref()
-        .and_then(|ca| read_certs(ca).ok())
+        .and_then(|ca| read_certs(ca, env).ok())
         .and_then(|certs| {
             certs
                 .iter()
@@ -143,7 +145,7 @@ pub fn build_client(
                 .map(|i| i.not_after)
                 .min()
         });
-    let roots = match trust_anchors(settings) {
+    let roots = match trust_anchors(settings, env) {
         Ok(roots) => Arc::new(roots),
         Err(p) => {
             problems.push(p);
@@ -151,7 +153,7 @@ pub fn build_client(
         }
     };
     let identity = match &settings.client {
-        Some(client) => match client_identity(&client.cert, &client.key) {
+        Some(client) => match client_identity(&client.cert, &client.key, env) {
             Ok(identity) => Some(identity),
             Err(mut p) => {
                 problems.append(&mut p);
@@ -197,13 +199,13 @@ pub fn build_client(
 }
 
 /// The trust anchors `settings` name (`ca` and/or the system roots; none for insecure).
-pub fn trust_anchors(settings: &TlsSettings) -> Result<RootCertStore, BuildProblem> {
+pub fn trust_anchors(settings: &TlsSettings, env: &dyn Env) -> Result<RootCertStore, BuildProblem> {
     let mut roots = RootCertStore::empty();
     if settings.mode == TlsMode::Insecure {
         return Ok(roots);
     }
     if let Some(ca) = &settings.ca {
-        let certs = read_certs(ca)?;
+        let certs = read_certs(ca, env)?;
         let (added, ignored) = roots.add_parsable_certificates(certs);
         if added == 0 {
             let path = ca.path.clone();
@@ -241,9 +243,13 @@ type Identity = (
     FileRef,
 );
 
-fn client_identity(cert: &FileRef, key: &FileRef) -> Result<Identity, Vec<BuildProblem>> {
-    let chain = read_certs(cert).map_err(|p| vec![p])?;
-    let key_der = read_key(key).map_err(|p| vec![p])?;
+fn client_identity(
+    cert: &FileRef,
+    key: &FileRef,
+    env: &dyn Env,
+) -> Result<Identity, Vec<BuildProblem>> {
+    let chain = read_certs(cert, env).map_err(|p| vec![p])?;
+    let key_der = read_key(key, env).map_err(|p| vec![p])?;
     let at_cert = |error| vec![BuildProblem::new(&cert.site, error)];
     let path = || cert.path.clone();
     let info = CertInfo::parse(&chain[0]).map_err(|reason| {
@@ -306,11 +312,14 @@ fn check_chain(chain: &[CertificateDer<'static>]) -> Result<(), String> {
     .map_err(|e| format!("the client certificate does not chain to the CA in the same file: {e:?}"))
 }
 
-/// Reads every certificate in a PEM file.
-pub fn read_certs(file: &FileRef) -> Result<Vec<CertificateDer<'static>>, BuildProblem> {
+/// Reads every certificate in a PEM file (through `env`).
+pub fn read_certs(
+    file: &FileRef,
+    env: &dyn Env,
+) -> Result<Vec<CertificateDer<'static>>, BuildProblem> {
     let path = || file.path.clone();
     let fail = |error| BuildProblem::new(&file.site, error);
-    let bytes = std::fs::read(&file.path).map_err(|source| {
+    let bytes = env.read(&file.path).map_err(|source| {
         fail(BuildError::Read {
             path: path(),
             source,
@@ -338,10 +347,10 @@ pub fn read_certs(file: &FileRef) -> Result<Vec<CertificateDer<'static>>, BuildP
     Ok(certs)
 }
 
-/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-pub fn read_key(file: &FileRef) -> Result<PrivateKeyDer<'static>, BuildProblem> {
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file (through `env`).
+pub fn read_key(file: &FileRef, env: &dyn Env) -> Result<PrivateKeyDer<'static>, BuildProblem> {
     let path = file.path.clone();
-    let bytes = std::fs::read(&file.path).map_err(|source| {
+    let bytes = env.read(&file.path).map_err(|source| {
         BuildProblem::new(
             &file.site,
             BuildError::Read {
@@ -405,16 +414,17 @@ mod tests {
     fn unreadable_pem_files_are_typed_build_errors_at_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let missing = file(dir.path(), "missing.pem", None);
-        let err = read_certs(&missing).unwrap_err();
+        let env = crate::secret::ProcessEnv;
+        let err = read_certs(&missing, &env).unwrap_err();
         assert!(matches!(*err.error, BuildError::Read { .. }), "{err:?}");
         assert_eq!(err.site, missing.site);
         let text = file(dir.path(), "text.pem", Some("not pem\n"));
-        let err = read_certs(&text).unwrap_err();
+        let err = read_certs(&text, &env).unwrap_err();
         assert!(
             matches!(*err.error, BuildError::NoCertificate { .. }),
             "{err:?}"
         );
-        let err = read_key(&text).unwrap_err();
+        let err = read_key(&text, &env).unwrap_err();
         assert!(matches!(*err.error, BuildError::NoKey { .. }), "{err:?}");
         assert_eq!(
             err.error.to_string(),

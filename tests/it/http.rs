@@ -668,3 +668,22 @@ async fn an_h2c_upgrade_request_is_served_as_plain_http_through_the_pool() {
         "one pooled upstream connection"
     );
 }
+
+/// Issue 19 item 9: requests pipelined before the app half-closes are all answered (before,
+/// two pipelined GETs then `shutdown(SHUT_WR)` got one response; directly, two).
+#[tokio::test]
+async fn pipelined_requests_before_a_half_close_are_all_answered() {
+    let s = setup(H1, always_ok(), "", "").await;
+    let mut app = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+    let two = "GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /two HTTP/1.1\r\nhost: x\r\n\r\n";
+    app.write_all(two.as_bytes()).await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
+        .await
+        .expect("keyward kept the half-closed connection open")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert_eq!(s.up.seen().len(), 2);
+}
