@@ -302,3 +302,20 @@ fn pool_max_idle_is_for_postgres() {
         ["k.yaml:6:20: resources[0].pool_max_idle: pool_max_idle applies to protocol postgres only"]
     );
 }
+
+#[test]
+fn allow_methods_takes_trace_and_connect_only_and_http_only() {
+    let http = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://x\n    allow_methods: [trace, DELETE]\n";
+    assert_eq!(
+        problems(http),
+        ["k.yaml:6:20: resources[0].allow_methods: \"DELETE\": only TRACE and CONNECT are refused by default, so only they can be allowed"]
+    );
+    let tcp = "resources:\n  - name: db\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: db:5432\n    allow_methods: [TRACE]\n";
+    let found = problems(tcp);
+    assert!(
+        found.len() == 1
+            && found[0].contains("allow_methods")
+            && found[0].contains("protocol http only"),
+        "{found:?}"
+    );
+}
