@@ -83,7 +83,18 @@ impl ResourceRuntime {
 
     /// Whether the resource fetches OAuth2 tokens.
     pub fn uses_oauth2(&self) -> bool {
-        matches!(&self.handler, AnyHandler::Http(h) if h.0.uses_oauth2())
+        matches!(&self.handler, AnyHandler::Http(h) if h.0.load().uses_oauth2())
+    }
+
+    /// Takes over the live connections of `running` (the snapshot this one replaces): an HTTP
+    /// resource's kept-alive app connections use this snapshot's credentials and pools from
+    /// their next request. (Byte relays and database sessions keep the login they made.)
+    pub fn carry_over(&mut self, running: &ResourceRuntime) {
+        if let (AnyHandler::Http(new), AnyHandler::Http(old)) =
+            (&mut self.handler, &running.handler)
+        {
+            new.carry_over(old);
+        }
     }
 
     /// The database login of a `postgres`, `mysql` or `redis` resource.
@@ -170,7 +181,7 @@ impl Runtime {
             let handler = match res.protocol {
                 Protocol::Tcp => Ok(AnyHandler::Tcp(crate::tcp::Tcp)),
                 Protocol::Http => crate::http::HttpUpstream::build(res, &dialer, env)
-                    .map(|up| AnyHandler::Http(crate::http::Http(Arc::new(up)))),
+                    .map(|up| AnyHandler::Http(crate::http::Http::new(up))),
                 Protocol::Postgres => {
                     db().map(|db| AnyHandler::Postgres(crate::postgres::Postgres(db)))
                 }
@@ -242,7 +253,7 @@ impl Runtime {
                 warn!(resource = %res.name, "tls.mode is disable: traffic to {} is plaintext", res.upstream);
             }
             if let AnyHandler::Http(h) = &res.handler {
-                if let Some(url) = h.0.plaintext_token_url() {
+                if let Some(url) = h.0.load().plaintext_token_url() {
                     warn!(resource = %res.name, "auth.allow_plaintext_token_url: the client secret and refresh token go to {url} unencrypted");
                 }
             }

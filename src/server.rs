@@ -239,7 +239,11 @@ impl State {
                         if slot.state.runtime().fingerprint == res.fingerprint {
                             debug!(resource = %res.name, "unchanged: keeps its running snapshot");
                         } else {
-                            info!(resource = %res.name, "resource updated: new connections use the new settings");
+                            info!(resource = %res.name, "resource updated: new connections use the new settings, and kept-alive HTTP connections from their next request");
+                            let mut res = res;
+                            if let Some(new) = Arc::get_mut(&mut res) {
+                                new.carry_over(&slot.state.runtime());
+                            }
                             slot.state.publish(res);
                         }
                     }

@@ -48,7 +48,7 @@ pub(crate) fn resource_secrets(res: &ResourceConfig) -> Vec<&SecretRef> {
 }
 
 /// A file's bytes, or why it could not be read.
-type FileRead = Result<Zeroizing<Vec<u8>>, String>;
+type FileRead = Result<Zeroizing<Vec<u8>>, (std::io::ErrorKind, String)>;
 
 /// An [`Env`] that remembers what a build read: each file is read once (later reads get the
 /// same bytes) and each variable looked up once, so [`Recorded::fingerprint`] hashes exactly
@@ -85,7 +85,7 @@ impl<'a> Recorded<'a> {
             h.update(path.as_os_str().as_encoded_bytes());
             match read {
                 Ok(bytes) => h.update(&bytes[..]),
-                Err(e) => h.update(e.as_bytes()),
+                Err((_, e)) => h.update(e.as_bytes()),
             }
         }
         let vars = self.vars.lock().unwrap_or_else(|e| e.into_inner());
@@ -111,10 +111,10 @@ impl Env for Recorded<'_> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let read = files
             .entry(path.to_owned())
-            .or_insert_with(|| self.env.read(path).map_err(|e| e.to_string()));
+            .or_insert_with(|| self.env.read(path).map_err(|e| (e.kind(), e.to_string())));
         match read {
             Ok(bytes) => Ok(bytes.clone()),
-            Err(e) => Err(std::io::Error::other(e.clone())),
+            Err((kind, e)) => Err(std::io::Error::new(*kind, e.clone())),
         }
     }
 }

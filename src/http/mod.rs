@@ -11,6 +11,7 @@ pub mod connector;
 pub mod oauth2;
 pub mod sigv4;
 
+use arc_swap::ArcSwap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -324,7 +325,22 @@ fn sensitive_value(text: &str) -> Option<HeaderValue> {
 
 /// The `http` handler.
 #[derive(Debug)]
-pub struct Http(pub Arc<HttpUpstream>);
+pub struct Http(pub Arc<ArcSwap<HttpUpstream>>);
+
+impl Http {
+    /// A handler for `upstream`.
+    pub fn new(upstream: HttpUpstream) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(upstream)))
+    }
+
+    /// Takes over `running`'s live connections: they (and this snapshot's) use this
+    /// snapshot's upstream — credentials, pools, TLS — from their next request on. A rotated
+    /// API key or token must not wait for an app to reconnect.
+    pub fn carry_over(&mut self, running: &Http) {
+        running.0.store(self.0.load_full());
+        self.0 = running.0.clone();
+    }
+}
 
 impl Handler for Http {
     const TLS_START: TlsStart = TlsStart::Accept;
@@ -344,7 +360,8 @@ impl Handler for Http {
         let stats = stats.clone();
         let service = service_fn(move |req| {
             release.release();
-            let upstream = upstream.clone();
+            // The newest snapshot's upstream for every request (see `Http::carry_over`).
+            let upstream = upstream.load_full();
             let stats = stats.clone();
             let admitted = admitted.clone();
             async move { Ok::<_, Infallible>(proxy(req, &upstream, &stats, &admitted).await) }

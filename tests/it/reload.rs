@@ -769,3 +769,69 @@ async fn health_and_wait_probe_a_running_keyward() {
         "{stderr}"
     );
 }
+
+/// One HTTP/1.1 exchange on a kept-alive connection: the response's status line.
+async fn keep_alive_get(conn: &mut TcpStream) -> String {
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("response")
+            .unwrap();
+        assert!(n > 0, "keyward closed the kept-alive connection");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return head.lines().next().unwrap_or_default().to_owned();
+            }
+        }
+    }
+}
+
+/// Issue 17 item 1: a rotated credential reaches the app connections that were already open.
+/// An app keeps one connection alive (as curl's keep-alive and every pooled client do); after
+/// the token file is rotated and the reload applied, its next request on that same connection
+/// carries the new token (before, it sent the revoked one until the app reconnected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_reaches_kept_alive_app_connections() {
+    let pki = Pki::new();
+    let api = httpd(
+        &pki.server(&["localhost"]),
+        None,
+        &[b"http/1.1"],
+        always_ok(),
+    )
+    .await;
+    pki.write_ca();
+    let secrets = pki.path("secrets");
+    k8s_update(&secrets, 0, &[("token", "first-token\n")]);
+    let yaml = format!("admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: ${{file:secrets/token}}\n", api.port());
+    let kw = Keyward::start(&pki.write("keyward.yaml", &yaml));
+    let mut kept = TcpStream::connect(kw.addr("api")).await.unwrap();
+    assert!(keep_alive_get(&mut kept).await.contains("200"));
+    let bearer = || api.last().header("authorization").unwrap().to_owned();
+    assert_eq!(bearer(), "Bearer first-token");
+    k8s_update(&secrets, 1, &[("token", "second-token\n")]);
+    // The reload is applied once a new connection gets the new token.
+    let url = format!("http://{}/", kw.addr("api"));
+    eventually("the reload", 10, async || {
+        get(&url);
+        bearer() == "Bearer second-token"
+    })
+    .await;
+    assert!(keep_alive_get(&mut kept).await.contains("200"));
+    assert_eq!(bearer(), "Bearer second-token", "the kept-alive connection");
+}
