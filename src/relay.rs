@@ -96,8 +96,23 @@ where
     let mut timer = idle.map(IdleTimer::new);
     std::future::poll_fn(|cx| {
         let mut moved = false;
-        let a = up.poll(cx, &mut *client, &mut *upstream, to_upstream, &mut moved)?;
-        let b = down.poll(cx, &mut *upstream, &mut *client, to_client, &mut moved)?;
+        // What each side did already decides whether its going away is an error (`Ended`).
+        let a = up.poll(
+            cx,
+            &mut *client,
+            &mut *upstream,
+            to_upstream,
+            &mut moved,
+            down.ended(),
+        )?;
+        let b = down.poll(
+            cx,
+            &mut *upstream,
+            &mut *client,
+            to_client,
+            &mut moved,
+            up.ended(),
+        )?;
         let relayed = Relayed {
             sent: up.amt,
             received: down.amt,
@@ -171,6 +186,24 @@ impl IdleTimer {
     }
 }
 
+/// How far one direction of a relay got, as the other direction sees it.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    /// Its write half is shut down: its writer's side was told keyward is done sending.
+    told: bool,
+    /// It read EOF: its reader's side is done sending.
+    heard: bool,
+}
+
+/// Whether `e` (on `side`) only says the peer went away: a reset, a broken pipe, or a TLS
+/// close without close_notify.
+fn peer_gone(side: Side, e: &io::Error) -> bool {
+    matches!(
+        ConnError::from_io(side, e).reason,
+        Reason::Reset | Reason::Truncated
+    )
+}
+
 /// One direction's copy state (after tokio's `CopyBuffer`, plus the watch and error sides).
 struct Pipe {
     buf: Box<[u8]>,
@@ -201,6 +234,14 @@ impl Pipe {
         }
     }
 
+    /// How far this direction got, for the other one (see [`Ended`]).
+    fn ended(&self) -> Ended {
+        Ended {
+            told: self.finished,
+            heard: self.read_done,
+        }
+    }
+
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -208,6 +249,7 @@ impl Pipe {
         writer: &mut W,
         watch: &mut impl Watch,
         moved: &mut bool,
+        other: Ended,
     ) -> Result<Poll<End>, ConnError>
     where
         R: AsyncRead + Unpin,
@@ -228,6 +270,10 @@ impl Pipe {
                 }
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    // The reader's side was told we are done (the other direction shut down
+                    // its write half): its reset or TLS close without close_notify now is how
+                    // it leaves (Redis and MySQL servers close so), not a failure.
+                    Poll::Ready(Err(e)) if other.told && peer_gone(rs, &e) => {}
                     Poll::Ready(r) => r.map_err(err(rs))?,
                     Poll::Pending => {
                         if self.need_flush {
@@ -256,6 +302,12 @@ impl Pipe {
             }
             while self.pos < self.cap {
                 let n = match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]) {
+                    // The writer's side had ended its own sending and then went away: it does
+                    // not want what is left (an app that closed after QUIT, before the reply).
+                    Poll::Ready(Err(e)) if other.heard && peer_gone(ws, &e) => {
+                        self.finished = true;
+                        return Ok(Poll::Ready(End::Closed));
+                    }
                     Poll::Ready(r) => r.map_err(err(ws))?,
                     Poll::Pending => return Ok(Poll::Pending),
                 };
@@ -271,19 +323,17 @@ impl Pipe {
                 *moved = true;
             }
             if self.pos == self.cap && self.read_done {
-                if Pin::new(&mut *writer)
-                    .poll_flush(cx)
-                    .map_err(err(ws))?
-                    .is_pending()
-                {
-                    return Ok(Poll::Pending);
-                }
-                if Pin::new(&mut *writer)
-                    .poll_shutdown(cx)
-                    .map_err(err(ws))?
-                    .is_pending()
-                {
-                    return Ok(Poll::Pending);
+                let closing = match Pin::new(&mut *writer).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Pin::new(&mut *writer).poll_shutdown(cx),
+                    other => other,
+                };
+                match closing {
+                    Poll::Pending => return Ok(Poll::Pending),
+                    // Telling a side that already left that we are done too.
+                    Poll::Ready(Err(e)) if !(other.heard && peer_gone(ws, &e)) => {
+                        return Err(err(ws)(e))
+                    }
+                    Poll::Ready(_) => {}
                 }
                 self.finished = true;
                 return Ok(Poll::Ready(End::Closed));
@@ -393,6 +443,57 @@ mod tests {
         app.write_all(b"to nowhere").await.unwrap();
         let err = task.await.unwrap().unwrap_err();
         assert_eq!(err.side, Side::Upstream, "{err:?}");
+    }
+
+    /// keyward's end and the peer's end of a loopback TCP connection.
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (ours, theirs) = tokio::join!(ours, listener.accept());
+        (ours.unwrap(), theirs.unwrap().0)
+    }
+
+    /// Closes with a reset (SO_LINGER 0), as a server that closes with unread data does.
+    fn reset(stream: tokio::net::TcpStream) {
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+    }
+
+    /// Issue 19 item 8: an upstream that resets after keyward told it the app is done (a
+    /// MySQL server after COM_QUIT, a Redis server closing without close_notify) ended the
+    /// session normally: no error (it counted as `reason="reset"` / `"truncated"` before).
+    #[tokio::test]
+    async fn an_upstream_that_resets_after_the_app_left_is_a_clean_end() {
+        let (upstream, mut server) = tcp_pair().await;
+        let (client, mut app) = tokio::io::duplex(1024);
+        let task = tokio::spawn(relay(client, upstream, None));
+        app.write_all(b"QUIT").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"QUIT");
+        reset(server);
+        let done = task.await.unwrap().expect("a clean end");
+        assert_eq!(done.sent, 4);
+    }
+
+    /// A reset while the app is still there is a failure, named on the upstream's side.
+    #[tokio::test]
+    async fn an_upstream_reset_while_the_app_is_still_there_is_an_error() {
+        let (upstream, mut server) = tcp_pair().await;
+        let (client, mut app) = tokio::io::duplex(1024);
+        let task = tokio::spawn(relay(client, upstream, None));
+        app.write_all(b"GET k").await.unwrap();
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        reset(server);
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(
+            (err.side, err.reason),
+            (Side::Upstream, Reason::Reset),
+            "{err:?}"
+        );
+        drop(app);
     }
 
     #[tokio::test]

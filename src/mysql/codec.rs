@@ -66,7 +66,12 @@ pub struct CommandWatch {
     /// Whether the current packet's first payload byte is still to be seen (seq 0).
     first: bool,
     held: Vec<u8>,
+    /// The app sent COM_QUIT: the server may now close as it likes.
+    pub quit: bool,
 }
+
+/// COM_QUIT.
+pub const COM_QUIT: u8 = 0x01;
 
 impl CommandWatch {
     /// Feeds app bytes: appends what to forward to `out`, and returns how many commands of type
@@ -95,6 +100,7 @@ impl CommandWatch {
             }
             if self.first {
                 self.first = false;
+                self.quit |= input[0] == COM_QUIT;
                 self.dropping = input[0] == command;
                 if self.dropping {
                     dropped += 1;
@@ -163,6 +169,20 @@ mod tests {
             let n = w.feed(&stream[..cut], 0x11, &mut out) + w.feed(&stream[cut..], 0x11, &mut out);
             assert_eq!((n, &out), (1, &expected), "split at {cut}");
         }
+    }
+
+    #[test]
+    fn com_quit_is_noticed_only_as_a_command() {
+        let mut w = CommandWatch::default();
+        let mut out = Vec::new();
+        w.feed(
+            &[frame(0, b"\x03SELECT 1"), frame(1, b"\x01data")].concat(),
+            0x11,
+            &mut out,
+        );
+        assert!(!w.quit);
+        w.feed(&frame(0, &[COM_QUIT]), 0x11, &mut out);
+        assert!(w.quit);
     }
 
     /// The fuzz target's property over a seeded corpus.

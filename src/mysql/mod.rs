@@ -212,6 +212,8 @@ impl Mysql {
         let Wire { io: up_io, buf, .. } = up;
         // COM_CHANGE_USER is answered with an ERR packet and dropped.
         let mut watch = codec::CommandWatch::default();
+        let quit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let saw_quit = quit.clone();
         let early = crate::driver::early(app);
         let app_side = crate::wire::Filtered::with_filter(
             app.relay(),
@@ -223,13 +225,26 @@ impl Mysql {
                         &codec::err(1105, "HY000", CHANGE_USER_REFUSED),
                     ));
                 }
+                if watch.quit {
+                    saw_quit.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(())
             }),
         );
         let up_side = crate::wire::Prefixed::new(up_io, buf.freeze());
-        relay(app_side, up_side, res.idle_timeout)
-            .await
-            .map_err(Failure::Relay)
+        match relay(app_side, up_side, res.idle_timeout).await {
+            // After the app's COM_QUIT the server closes as it likes (MariaDB: TLS without
+            // close_notify, or a reset when the app's close crosses it): a normal end.
+            Err(e)
+                if quit.load(std::sync::atomic::Ordering::Relaxed)
+                    && e.side == Side::Upstream
+                    && matches!(e.reason, Reason::Reset | Reason::Truncated) =>
+            {
+                debug!("the server closed after the app's COM_QUIT: {}", e.detail);
+                Ok(Relayed::default())
+            }
+            other => other.map_err(Failure::Relay),
+        }
     }
 }
 

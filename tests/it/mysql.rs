@@ -564,3 +564,20 @@ fn a_client_asking_for_compression_gets_an_error_naming_it() {
     );
     app_login(kw.addr("nocomp")).unwrap();
 }
+
+/// Issue 19 item 8: mariadb client sessions (a query, COM_QUIT, close) end clean, not as
+/// `reason="reset"` errors.
+#[test]
+fn mariadb_sessions_end_clean() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let kw = start(
+        dir.path(),
+        &[resource("native", m, "nativeu", Some("nativepw"), "", "")],
+    );
+    for _ in 0..3 {
+        let out = mariadb(kw.addr("native").port(), &[], "SELECT 1");
+        assert!(text(&out).contains('1'), "{}", text(&out));
+    }
+    kw.assert_clean_ends(3);
+}

@@ -656,7 +656,7 @@ fn a_startup_message_that_repeats_user_is_refused_before_the_server() {
 /// the next app got the reset's or the slow query's results).
 #[test]
 fn a_pipelined_session_is_not_pooled_before_the_server_answered_everything() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let Some(pg) = pg() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut res = Res::new("piped", "pooluser", Some("poolpw"));
@@ -664,32 +664,10 @@ fn a_pipelined_session_is_not_pooled_before_the_server_answered_everything() {
     let conf = config(dir.path(), pg, &[res]);
     let kw = Keyward::start(&conf);
     let addr = kw.addr("piped");
-    let message = |tag: u8, body: &[u8]| {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    };
-    let query = |sql: &str| message(b'Q', &[sql.as_bytes(), &[0]].concat());
-    let read_message = |conn: &mut std::net::TcpStream| -> (u8, Vec<u8>) {
-        let mut head = [0u8; 5];
-        conn.read_exact(&mut head).unwrap();
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        conn.read_exact(&mut body).unwrap();
-        (head[0], body)
-    };
-    let login = || {
-        let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        let body = [&[0u8, 3, 0, 0][..], b"user\0pooluser\0database\0pool\0\0"].concat();
-        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        startup.extend(body);
-        conn.write_all(&startup).unwrap();
-        while read_message(&mut conn).0 != b'Z' {}
-        conn
-    };
+    let message = pg_message;
+    let query = pg_query;
+    let read_message = read_pg_message;
+    let login = || pg_login(addr);
     let mut first = login();
     let mut pipelined = query("SELECT 1");
     pipelined.extend(query("SELECT pg_sleep(1), 'secret'"));
@@ -717,4 +695,118 @@ fn a_pipelined_session_is_not_pooled_before_the_server_answered_everything() {
         !answer.iter().any(|(_, b)| b.contains("secret")),
         "{answer:?}"
     );
+}
+
+/// A frontend message.
+fn pg_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// A simple-protocol Query.
+fn pg_query(sql: &str) -> Vec<u8> {
+    pg_message(b'Q', &[sql.as_bytes(), &[0]].concat())
+}
+
+/// One backend message: its tag and body.
+fn read_pg_message(conn: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    conn.read_exact(&mut head).unwrap();
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    conn.read_exact(&mut body).unwrap();
+    (head[0], body)
+}
+
+/// A plaintext app session as `pooluser` on database `pool`, logged in (through keyward).
+fn pg_login(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let body = [&[0u8, 3, 0, 0][..], b"user\0pooluser\0database\0pool\0\0"].concat();
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend(body);
+    conn.write_all(&startup).unwrap();
+    while read_pg_message(&mut conn).0 != b'Z' {}
+    conn
+}
+
+/// Issue 13 item 2, the second scenario: an app that leaves inside a transaction, holding an
+/// advisory lock and a prepared statement, with every answer read, does not hand its session
+/// to the next app (`DISCARD ALL` cannot run in a transaction block: such a session is never
+/// pooled). The next app, through the same pool, sees neither.
+#[test]
+fn a_session_left_inside_a_transaction_is_not_handed_to_the_next_app() {
+    use std::io::Write;
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = Res::new("intx", "pooluser", Some("poolpw"));
+    res.extra = "    pool_max_idle: 2\n";
+    let conf = config(dir.path(), pg, &[res]);
+    let kw = Keyward::start(&conf);
+    let addr = kw.addr("intx");
+    let mut first = pg_login(addr);
+    for sql in [
+        "BEGIN",
+        "SELECT pg_advisory_lock(4242)",
+        "PREPARE leftover AS SELECT 1",
+    ] {
+        first.write_all(&pg_query(sql)).unwrap();
+        let mut last = (0, Vec::new());
+        while last.0 != b'Z' {
+            last = read_pg_message(&mut first);
+            assert_ne!(
+                last.0,
+                b'E',
+                "{sql}: {:?}",
+                String::from_utf8_lossy(&last.1)
+            );
+        }
+        assert_eq!(last.1, b"T", "{sql}: in a transaction");
+    }
+    first.write_all(&pg_message(b'X', &[])).unwrap();
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = pg_login(addr);
+    second
+        .write_all(&pg_query(
+            "SELECT (SELECT count(*) FROM pg_prepared_statements) || '/' || \
+             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())",
+        ))
+        .unwrap();
+    let mut rows = Vec::new();
+    loop {
+        let (tag, body) = read_pg_message(&mut second);
+        if tag == b'D' {
+            rows.push(String::from_utf8_lossy(&body).into_owned());
+        }
+        if tag == b'Z' {
+            assert_eq!(body, b"I");
+            break;
+        }
+    }
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].ends_with("0/0"), "the next app inherited: {rows:?}");
+}
+
+/// Issue 19 item 8: psql sessions (a query, Terminate, close) end clean.
+#[test]
+fn psql_sessions_end_clean() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(
+        dir.path(),
+        pg,
+        &[Res::new("clean", "scramuser", Some("scrampw"))],
+    );
+    let kw = Keyward::start(&conf);
+    for _ in 0..3 {
+        let out = psql(&local(kw.addr("clean").port(), "app"), "SELECT 1");
+        assert_eq!(stdout(&out), "1", "{}", stderr(&out));
+    }
+    kw.assert_clean_ends(3);
 }

@@ -569,3 +569,15 @@ fn the_auth_scanner_agrees_with_a_real_redis_on_mutated_streams() {
     // The corpus did exercise the rewrite.
     assert!(rewritten_total > 500, "{rewritten_total}");
 }
+
+/// Issue 19 item 8: redis-cli sessions (PING, then the client closes; Redis then closes TLS
+/// without close_notify) end clean, not as `reason="truncated"` errors.
+#[test]
+fn redis_cli_sessions_end_clean() {
+    let Some(s) = setup(ACL) else { return };
+    let kw = start(s.pki.dir.path(), &[resource("cache", &s, PROXYUSER, "")]);
+    for _ in 0..3 {
+        assert_eq!(cli(&kw, "cache", &["PING"]), "PONG");
+    }
+    kw.assert_clean_ends(3);
+}

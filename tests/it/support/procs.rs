@@ -158,6 +158,31 @@ impl Keyward {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits until `n` connections have ended and asserts every end was clean: "closed", no
+    /// "relay ended: ..." (an end counted in `keyward_connection_errors_total`).
+    pub fn assert_clean_ends(&self, n: usize) {
+        let ends = || -> Vec<serde_json::Value> {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| {
+                    v["message"] == "closed"
+                        || v["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with("relay ended"))
+                })
+                .collect()
+        };
+        wait_until(&format!("{n} connection ends"), || ends().len() >= n);
+        let errors: Vec<_> = ends()
+            .into_iter()
+            .filter(|v| v["message"] != "closed")
+            .collect();
+        assert!(errors.is_empty(), "ends counted as errors: {errors:?}");
+    }
+
     /// Writes `resources` (YAML list items) into DIR/keyward.yaml, without the admin
     /// listener, and starts keyward on it.
     pub fn with_resources(dir: &Path, resources: &str) -> Self {
