@@ -74,7 +74,7 @@ pub async fn run(
         tokio::spawn(admin::serve(admin, state.clone(), stop.clone()));
     }
     if let Some(r) = parts.reload {
-        let reloader = reload::Reloader::new(r.path, r.env, state.clone());
+        let reloader = reload::Reloader::new(r.path, r.env, state.clone(), &r.config);
         tokio::spawn(reloader.watch(r.config, stop.clone()));
     }
     let outcome = server.run(shutdown).await;

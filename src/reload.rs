@@ -30,6 +30,50 @@ pub struct Reloader {
     path: PathBuf,
     env: Arc<dyn Env>,
     state: State,
+    /// What the process started with and a reload does not change (`log`, `admin`).
+    fixed: Fixed,
+}
+
+/// The settings a reload cannot apply: the logger is set up once, the admin listener bound
+/// once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fixed {
+    log: crate::config::LogSettings,
+    admin: Option<crate::config::Admin>,
+}
+
+impl Fixed {
+    fn of(config: &Config) -> Self {
+        Self {
+            log: config.log.clone(),
+            admin: config.admin.clone(),
+        }
+    }
+
+    /// The keys of `config` that differ from these, by name.
+    fn changed_in(&self, config: &Config) -> Vec<&'static str> {
+        let new = Self::of(config);
+        let mut keys = Vec::new();
+        if new.log.level != self.log.level {
+            keys.push("log.level");
+        }
+        if new.log.format != self.log.format {
+            keys.push("log.format");
+        }
+        match (&self.admin, &new.admin) {
+            (Some(a), Some(b)) => {
+                if a.listen != b.listen {
+                    keys.push("admin.listen");
+                }
+                if a.shutdown_endpoint != b.shutdown_endpoint {
+                    keys.push("admin.shutdown_endpoint");
+                }
+            }
+            (None, None) => {}
+            _ => keys.push("admin"),
+        }
+        keys
+    }
 }
 
 /// Why a reload did not publish.
@@ -77,9 +121,28 @@ pub fn count_success() {
 }
 
 impl Reloader {
-    /// A reloader for the config at `path`.
-    pub fn new(path: PathBuf, env: Arc<dyn Env>, state: State) -> Self {
-        Self { path, env, state }
+    /// A reloader for the config at `path`, which the process started with as `running`.
+    pub fn new(path: PathBuf, env: Arc<dyn Env>, state: State, running: &Config) -> Self {
+        Self {
+            path,
+            env,
+            state,
+            fixed: Fixed::of(running),
+        }
+    }
+
+    /// Says which of `config`'s changes this process cannot apply (each reload, while they
+    /// differ): the rest of the reload is applied.
+    fn warn_fixed(&self, config: &Config) {
+        let keys = self.fixed.changed_in(config);
+        if !keys.is_empty() {
+            warn!(
+                keys = keys.join(", "),
+                "reload applied, except {}: restart keyward to apply {}",
+                keys.join(", "),
+                if keys.len() == 1 { "it" } else { "them" }
+            );
+        }
     }
 
     /// One reload attempt; logs and counts the outcome. On failure the running configuration
@@ -90,6 +153,7 @@ impl Reloader {
             Ok(config) => {
                 count_success();
                 info!(resources = config.resources.len(), "configuration reloaded");
+                self.warn_fixed(config);
             }
             Err(e) => self.report(e),
         }
@@ -166,6 +230,7 @@ impl Reloader {
                 Ok(config) => {
                     count_success();
                     info!(resources = config.resources.len(), "configuration reloaded");
+                    self.warn_fixed(&config);
                     watched.update(&mut watcher, &self.path, &config);
                 }
                 Err(e) => {

@@ -835,3 +835,32 @@ async fn a_rotated_token_reaches_kept_alive_app_connections() {
     assert!(keep_alive_get(&mut kept).await.contains("200"));
     assert_eq!(bearer(), "Bearer second-token", "the kept-alive connection");
 }
+
+/// Issue 17 item 3: a reload that changes `log.*` or `admin.*` (which the process sets up once)
+/// says so, naming the keys and that a restart applies them, instead of a bare "configuration
+/// reloaded"; the rest of the reload is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_the_log_and_admin_keys_it_cannot_apply() {
+    let r = running("").await;
+    let yaml = std::fs::read_to_string(&r.config).unwrap();
+    let changed = yaml.replacen(
+        "admin:\n  listen: 127.0.0.1:0\n",
+        "admin:\n  listen: 127.0.0.1:0\n  shutdown_endpoint: true\nlog:\n  level: warn\n",
+        1,
+    );
+    assert_ne!(changed, yaml);
+    // Written until a reload sees it (the watcher starts in its own task).
+    eventually("the reload", 10, async || {
+        write_renamed(&r.config, &changed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        r.kw.log_text().contains("restart keyward to apply")
+    })
+    .await;
+    let line = r.kw.wait_log("the restart warning", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restart keyward to apply"))
+    });
+    assert_eq!(line["keys"], "log.level, admin.shutdown_endpoint", "{line}");
+    assert_eq!(roundtrip(r.kw.addr("r"), b"still").await, b"still");
+}
