@@ -326,8 +326,12 @@ fn init_logging(level: Option<&str>, format: LogFormat, fallback: &str) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| level.and_then(|l| EnvFilter::try_new(l).ok()))
         .unwrap_or_else(|| EnvFilter::new(fallback));
+    // Colour only for a person at a terminal, and never with NO_COLOR (no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

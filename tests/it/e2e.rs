@@ -214,6 +214,39 @@ fn version_prints_the_package_version() {
     );
 }
 
+/// Issue 17 item 7: plain logs to a pipe or file carry no ANSI colour codes.
+#[test]
+fn plain_logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let pki = Pki::new();
+    let cfg = pki.write("keyward.yaml", "admin: null\nresources:\n  - name: plain\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:1\n    tls:\n      mode: disable\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["--log-format", "plain", "run", "-c"])
+        .arg(&cfg)
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("listening")), "{seen:?}");
+    assert!(
+        seen.iter().all(|l| !l.contains('\u{1b}')),
+        "colour codes in a piped log: {seen:?}"
+    );
+}
+
 #[test]
 fn allow_remote_listener_is_bound_with_a_warning() {
     let pki = Pki::new();
