@@ -166,7 +166,13 @@ impl Stats {
                 if e.reason == Reason::Panic {
                     tracing::error!(side, reason, "{}", e.detail);
                 } else if loud {
-                    warn!(side, reason, "upstream {upstream}: {}", e.detail);
+                    // Named by the side at fault: an app's broken handshake is not the
+                    // upstream's.
+                    match e.side {
+                        Side::Upstream => warn!(side, reason, "upstream {upstream}: {}", e.detail),
+                        Side::Client => warn!(side, reason, "app: {}", e.detail),
+                        Side::Internal => warn!(side, reason, "keyward: {}", e.detail),
+                    }
                 } else {
                     debug!(side, reason, "relay ended: {}", e.detail);
                 }

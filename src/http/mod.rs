@@ -323,6 +323,14 @@ fn sensitive_value(text: &str) -> Option<HeaderValue> {
     Some(v)
 }
 
+/// HTTP/2's connection preface (RFC 9113 §3.4) up to where HTTP/1.1 cannot follow.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// `Some(what to wait for)` while `buf` is a strict prefix of [`H2_PREFACE`].
+fn preface_undecided(buf: &[u8]) -> Option<&'static str> {
+    (buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf)).then_some("a request")
+}
+
 /// The `http` handler.
 #[derive(Debug)]
 pub struct Http(pub Arc<ArcSwap<HttpUpstream>>);
@@ -354,7 +362,35 @@ impl Handler for Http {
     async fn serve(&self, app: &mut App, res: &Arc<Resource>, stats: &Arc<Stats>) -> Served {
         let admitted = Arc::new(app.admit().map_err(Failure::Open)?);
         let deadline = app.deadline();
+        // An app that opens with HTTP/2's preface (prior knowledge) is told keyward serves
+        // apps HTTP/1.1 (a 505, and one log line when the end is recorded), instead of a
+        // silent close.
+        while let Some(more) = preface_undecided(&app.wire.buf) {
+            match app.wire.fill(more).await {
+                Ok(()) => {}
+                // A connection closed before any request: nothing to record.
+                Err(e) if e.reason == Reason::Truncated => return Ok(Relayed::default()),
+                Err(e) => return Err(Failure::Relay(e)),
+            }
+        }
+        if app.wire.buf.starts_with(H2_PREFACE) {
+            let body =
+                "keyward serves HTTP/1.1 to apps: use HTTP/1.1 (no HTTP/2 prior knowledge)\n";
+            let answer = format!(
+                "HTTP/1.1 505 HTTP Version Not Supported\r\nx-keyward-error: protocol\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = app.wire.send(answer.as_bytes()).await;
+            stats.count_request(StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+            return Err(Failure::Answered(ConnError::new(
+                Side::Client,
+                Reason::Protocol,
+                "the app spoke HTTP/2; keyward serves HTTP/1.1 to apps",
+            )));
+        }
+        let early = crate::driver::early(app);
         let (stream, release) = app.take();
+        let stream = crate::wire::Prefixed::new(stream, early);
         let first = release.clone();
         let upstream = self.0.clone();
         let stats = stats.clone();

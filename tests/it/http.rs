@@ -687,3 +687,44 @@ async fn pipelined_requests_before_a_half_close_are_all_answered() {
     assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
     assert_eq!(s.up.seen().len(), 2);
 }
+
+/// Issue 19 item 10: an app that speaks HTTP/2 with prior knowledge gets an HTTP/1.1 505
+/// saying keyward serves HTTP/1.1 to apps, and the end is recorded as the app's protocol
+/// error (before: closed with no word, nothing recorded).
+#[tokio::test]
+async fn an_http2_prior_knowledge_app_is_told_to_use_http1() {
+    let s = setup(H1, always_ok(), "", "").await;
+    let mut app = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+    // The preface, then an empty SETTINGS frame, as an h2 client sends them in one write.
+    app.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, app.read_to_end(&mut got))
+        .await
+        .expect("keyward kept the connection open")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 505"), "{text}");
+    assert!(text.contains("keyward serves HTTP/1.1 to apps"), "{text}");
+    let e = s.proxy.error("api").await;
+    assert_eq!(
+        (e.side, e.reason),
+        (
+            keyward::error::Side::Client,
+            keyward::error::Reason::Protocol
+        )
+    );
+    assert!(s.up.seen().is_empty(), "nothing reached the upstream");
+    // HTTP/1.1 still works, in one read or byte by byte.
+    let mut slow = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+    for b in b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n" {
+        slow.write_all(&[*b]).await.unwrap();
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, slow.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+}
