@@ -2,10 +2,10 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin keyward
+RUN cargo build --profile dist --locked --bin keyward
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/keyward /usr/local/bin/keyward
+COPY --from=build /src/target/dist/keyward /usr/local/bin/keyward
 USER 65532:65532
 ENTRYPOINT ["keyward"]
 CMD ["run", "-c", "/etc/keyward/keyward.yaml"]

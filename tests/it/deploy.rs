@@ -37,8 +37,8 @@ fn dockerfile_builds_in_one_stage_and_runs_non_root_from_a_minimal_base() {
     assert!(
         runtime
             .iter()
-            .any(|l| l.starts_with("COPY --from=build /src/target/release/keyward ")),
-        "the release binary is copied"
+            .any(|l| l.starts_with("COPY --from=build /src/target/dist/keyward ")),
+        "the dist-profile binary is copied"
     );
     assert!(runtime.contains(&&"USER 65532:65532"), "non-root uid 65532");
     assert!(runtime.contains(&&"ENTRYPOINT [\"keyward\"]"));
@@ -49,7 +49,27 @@ fn dockerfile_builds_in_one_stage_and_runs_non_root_from_a_minimal_base() {
     );
     assert!(lines
         .iter()
-        .any(|l| l.contains("cargo build --release --locked")));
+        .any(|l| l.contains("cargo build --profile dist --locked")));
+    // The shipped profile is the release build stripped (issue 17 item 10: ~14 MB, not ~80).
+    let cargo = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let dist = cargo
+        .split("[profile.dist]")
+        .nth(1)
+        .expect("a dist profile")
+        .split("\n[")
+        .next()
+        .unwrap();
+    for setting in ["inherits = \"release\"", "debug = false", "strip = true"] {
+        assert!(dist.contains(setting), "[profile.dist] lacks {setting}");
+    }
+    // The build context leaves out build output and history.
+    let ignore = std::fs::read_to_string(repo(".dockerignore")).unwrap();
+    for entry in ["target/", ".git/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == entry),
+            ".dockerignore lacks {entry}"
+        );
+    }
     // The binary that stage builds runs.
     let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .arg("--version")
