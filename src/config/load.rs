@@ -193,6 +193,20 @@ impl Ctx {
                 );
             }
             if let Some(resource) = self.resource(res, &raw.defaults, &at) {
+                if let (Some(admin), ListenAddr::Tcp(addr)) = (&admin, &resource.listen) {
+                    let same_ip = addr.ip() == admin.listen.ip()
+                        || addr.ip().is_unspecified()
+                        || admin.listen.ip().is_unspecified();
+                    if addr.port() != 0 && addr.port() == admin.listen.port() && same_ip {
+                        self.problem(
+                            site(&res.listen, format!("{at}.listen")),
+                            format!(
+                                "{addr} is also admin.listen ({}): the admin endpoint and a resource cannot share a port",
+                                admin.listen
+                            ),
+                        );
+                    }
+                }
                 let key = resource.listen.to_string();
                 let ephemeral = matches!(resource.listen, ListenAddr::Tcp(a) if a.port() == 0);
                 if !ephemeral {

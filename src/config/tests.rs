@@ -319,3 +319,19 @@ fn allow_methods_takes_trace_and_connect_only_and_http_only() {
         "{found:?}"
     );
 }
+
+/// Issue 17 item 5: `check` refuses what `run` could not bind: a resource on the admin port.
+#[test]
+fn a_resource_on_the_admin_port_is_a_problem() {
+    let yaml = "resources:\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.1:9901\n    upstream: db:5432\n";
+    assert_eq!(
+        problems(yaml),
+        ["k.yaml:4:13: resources[0].listen: 127.0.0.1:9901 is also admin.listen (127.0.0.1:9901): the admin endpoint and a resource cannot share a port"]
+    );
+    let yaml = "admin:\n  listen: 127.0.0.1:9000\nresources:\n  - name: r\n    protocol: tcp\n    listen: 0.0.0.0:9000\n    allow_remote: true\n    upstream: db:5432\n";
+    assert_eq!(problems(yaml).len(), 1);
+    let other = "admin:\n  listen: 127.0.0.1:9000\nresources:\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.2:9000\n    upstream: db:5432\n";
+    assert!(parse(other, Path::new("k.yaml")).is_ok());
+    let no_admin = "admin: null\nresources:\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.1:9901\n    upstream: db:5432\n";
+    assert!(parse(no_admin, Path::new("k.yaml")).is_ok());
+}
