@@ -10,7 +10,7 @@ use rustls::version::{TLS12, TLS13};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::httpd::{always_ok, httpd};
+use crate::support::httpd::{always_ok, httpd, Httpd};
 use crate::support::procs::{have, Keyward};
 use crate::support::{require, roundtrip, server_config, upstream, Behavior, Pki};
 
@@ -409,11 +409,9 @@ async fn resources_are_added_moved_and_removed_at_runtime_without_touching_live_
     assert_eq!(roundtrip(moved_addr, b"r").await, b"r");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_secret_file_is_used_by_the_next_request() {
-    if !require("curl", have("curl")) {
-        return;
-    }
+/// An HTTPS API and keyward in front of it (resource "api") injecting a bearer token read from
+/// `secrets/token` (Kubernetes-style symlinked directory), which holds `first-token`.
+async fn bearer_from_a_file() -> (Pki, Httpd, PathBuf, Keyward) {
     let pki = Pki::new();
     let api = httpd(
         &pki.server(&["localhost"]),
@@ -427,6 +425,15 @@ async fn a_rotated_secret_file_is_used_by_the_next_request() {
     k8s_update(&secrets, 0, &[("token", "first-token\n")]);
     let yaml = format!("admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: ${{file:secrets/token}}\n", api.port());
     let kw = Keyward::start(&pki.write("keyward.yaml", &yaml));
+    (pki, api, secrets, kw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_file_is_used_by_the_next_request() {
+    if !require("curl", have("curl")) {
+        return;
+    }
+    let (_pki, api, secrets, kw) = bearer_from_a_file().await;
     let url = format!("http://{}/", kw.addr("api"));
     assert_eq!(get(&url).0, 200, "{}", kw.log_text());
     assert_eq!(
@@ -807,19 +814,7 @@ async fn keep_alive_get(conn: &mut TcpStream) -> String {
 /// carries the new token (before, it sent the revoked one until the app reconnected).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_reaches_kept_alive_app_connections() {
-    let pki = Pki::new();
-    let api = httpd(
-        &pki.server(&["localhost"]),
-        None,
-        &[b"http/1.1"],
-        always_ok(),
-    )
-    .await;
-    pki.write_ca();
-    let secrets = pki.path("secrets");
-    k8s_update(&secrets, 0, &[("token", "first-token\n")]);
-    let yaml = format!("admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: ca.pem\n    auth:\n      type: bearer\n      token: ${{file:secrets/token}}\n", api.port());
-    let kw = Keyward::start(&pki.write("keyward.yaml", &yaml));
+    let (_pki, api, secrets, kw) = bearer_from_a_file().await;
     let mut kept = TcpStream::connect(kw.addr("api")).await.unwrap();
     assert!(keep_alive_get(&mut kept).await.contains("200"));
     let bearer = || api.last().header("authorization").unwrap().to_owned();
