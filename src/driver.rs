@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 
@@ -49,6 +49,8 @@ use crate::wire::Wire;
 
 /// How long a refusal may take to write (and, for Redis, to read the command it answers).
 const REFUSAL_TIME: Duration = Duration::from_secs(6);
+/// How long keyward's close_notify to an app may take to write.
+const CLOSE_TIME: Duration = Duration::from_secs(1);
 
 /// What a handler gets of its resource's runtime snapshot (taken at accept: a reload never
 /// changes a live connection).
@@ -133,6 +135,12 @@ pub async fn drive<H: Handler>(
     if let Err(Failure::Open(e)) = &result {
         let _ = tokio::time::timeout(REFUSAL_TIME, handler.refuse(&mut app, e, res.name.as_str()))
             .await;
+    }
+    // A connection keyward ends by design (a forwarded cancel, a refusal, a finished relay)
+    // ends its TLS with close_notify: libpq 17 reports an encrypted cancel as failed on a bare
+    // EOF. (Nothing to do for a stream already closed by the relay or handed over.)
+    if app.is_tls() {
+        let _ = tokio::time::timeout(CLOSE_TIME, app.wire.io.shutdown()).await;
     }
     result
 }

@@ -54,17 +54,35 @@ pub fn parse_err(payload: &[u8]) -> Option<(u16, String, String)> {
     Some((code, state, String::from_utf8_lossy(message).into_owned()))
 }
 
-/// Tracks packet boundaries on the app's side of an established session, to find commands
-/// (packets with sequence id 0) of a given type. Sans I/O.
+/// The largest physical packet payload: a packet this long is continued by the next one
+/// (one logical packet, as the server's `my_net_read` joins them).
+const MAX_PAYLOAD: usize = 0xff_ffff;
+
+/// Tracks the app's side of an established session to find the first packet of each command.
+/// Sans I/O.
+///
+/// What the app sends after the login is a sequence of logical packets (physical packets of
+/// [`MAX_PAYLOAD`] bytes continue into the next), each either a command (sequence id 0) or,
+/// after a `LOAD DATA LOCAL INFILE` request from the server, file data: numbered 2, 3, ...
+/// (wrapping past 255 back to 0) and ended by an empty logical packet. The watch inspects only
+/// the first byte of a command; a logical packet with a non-zero sequence id where a command is
+/// due starts an upload, which ends at its empty packet — the rule the server follows. An app
+/// that sends such a packet without being asked for a file breaks the server's sequence check
+/// (`Got packets out of order`), and the server closes the session before it reads another
+/// command, so what the watch then forwards as data is never executed.
 #[derive(Debug, Default)]
 pub struct CommandWatch {
     header: Vec<u8>,
     /// Payload bytes left in the current packet.
     left: usize,
-    /// Whether the current packet is being dropped.
+    /// Whether the current logical packet is being dropped.
     dropping: bool,
-    /// Whether the current packet's first payload byte is still to be seen (seq 0).
+    /// Whether the current packet's first payload byte is still to be seen (a command).
     first: bool,
+    /// Whether the next physical packet continues the current logical one.
+    continued: bool,
+    /// Whether the app is sending file data (LOAD DATA LOCAL INFILE).
+    upload: bool,
     held: Vec<u8>,
     /// The app sent COM_QUIT: the server may now close as it likes.
     pub quit: bool,
@@ -75,7 +93,7 @@ pub const COM_QUIT: u8 = 0x01;
 
 impl CommandWatch {
     /// Feeds app bytes: appends what to forward to `out`, and returns how many commands of type
-    /// `command` were dropped (whole packets).
+    /// `command` were dropped (whole logical packets).
     pub fn feed(&mut self, mut input: &[u8], command: u8, out: &mut Vec<u8>) -> usize {
         let mut dropped = 0;
         while !input.is_empty() {
@@ -90,10 +108,22 @@ impl CommandWatch {
                 }
                 let h = std::mem::take(&mut self.header);
                 self.left = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
-                if h[3] == 0 && self.left > 0 {
-                    self.first = true;
-                    self.held = h;
-                } else {
+                let starts = !std::mem::replace(&mut self.continued, self.left == MAX_PAYLOAD);
+                if starts {
+                    self.dropping = false;
+                    if self.upload {
+                        // File data; the empty logical packet ends the upload.
+                        self.upload = self.left > 0;
+                    } else if h[3] != 0 {
+                        // Data the server asked for (or a sequence error it will refuse).
+                        self.upload = self.left > 0;
+                    } else if self.left > 0 {
+                        self.first = true;
+                        self.held = h;
+                        continue;
+                    }
+                }
+                if !self.dropping {
                     out.extend_from_slice(&h);
                 }
                 continue;
@@ -176,13 +206,99 @@ mod tests {
         let mut w = CommandWatch::default();
         let mut out = Vec::new();
         w.feed(
-            &[frame(0, b"\x03SELECT 1"), frame(1, b"\x01data")].concat(),
+            &[
+                frame(0, b"\x03LOAD DATA LOCAL INFILE 'f' INTO TABLE t"),
+                frame(2, b"\x01data"),
+                frame(3, b""),
+            ]
+            .concat(),
             0x11,
             &mut out,
         );
         assert!(!w.quit);
         w.feed(&frame(0, &[COM_QUIT]), 0x11, &mut out);
         assert!(w.quit);
+    }
+
+    /// LOAD DATA LOCAL INFILE: file data is numbered from 2 and wraps past 255 to 0; a data
+    /// packet that starts with 0x11 at sequence id 0 is data, not COM_CHANGE_USER (it was
+    /// dropped, and the upload broken). After the empty packet that ends the upload, commands
+    /// are watched again.
+    #[test]
+    fn upload_data_with_a_wrapped_sequence_id_is_not_a_command() {
+        let mut stream = frame(0, b"\x03LOAD DATA LOCAL INFILE 'f' INTO TABLE t");
+        let mut seq = 2u8;
+        for _ in 0..300 {
+            stream.extend(frame(seq, b"\x11\x11\x11 data\n"));
+            seq = seq.wrapping_add(1);
+        }
+        stream.extend(frame(seq, b""));
+        let forwarded = stream.clone();
+        stream.extend(frame(0, b"\x11root\0\0"));
+        stream.extend(frame(0, b"\x0e"));
+        let expected = [forwarded, frame(0, b"\x0e")].concat();
+        for cut in [0, 1, 4, 5, 60, 1000, stream.len() - 9, stream.len()] {
+            let mut w = CommandWatch::default();
+            let mut out = Vec::new();
+            let n = w.feed(&stream[..cut], 0x11, &mut out) + w.feed(&stream[cut..], 0x11, &mut out);
+            assert_eq!(n, 1, "split at {cut}");
+            assert!(out == expected, "split at {cut}");
+        }
+    }
+
+    /// An empty file: the upload is only its empty packet.
+    #[test]
+    fn an_empty_upload_ends_at_once() {
+        let stream = [
+            frame(0, b"\x03LOAD DATA LOCAL INFILE 'none' INTO TABLE t"),
+            frame(2, b""),
+            frame(0, b"\x11root\0\0"),
+        ]
+        .concat();
+        let mut out = Vec::new();
+        assert_eq!(CommandWatch::default().feed(&stream, 0x11, &mut out), 1);
+        assert_eq!(out, stream[..stream.len() - 11]);
+    }
+
+    /// A logical packet longer than 16 MiB - 1 continues over physical packets; their first
+    /// bytes are payload, and a dropped command is dropped whole.
+    #[test]
+    fn continuation_packets_are_part_of_their_command() {
+        let big = |first: u8| {
+            let mut p = vec![b'x'; MAX_PAYLOAD];
+            p[0] = first;
+            p
+        };
+        let query = [
+            frame(0, &big(0x03)),
+            frame(1, &[0x11; 10]),
+            frame(0, b"\x0e"),
+        ]
+        .concat();
+        let mut out = Vec::new();
+        assert_eq!(CommandWatch::default().feed(&query, 0x11, &mut out), 0);
+        assert!(out == query);
+        let change_user = [frame(0, &big(0x11)), frame(1, b"rest"), frame(0, b"\x0e")].concat();
+        let mut out = Vec::new();
+        assert_eq!(
+            CommandWatch::default().feed(&change_user, 0x11, &mut out),
+            1
+        );
+        assert_eq!(out, frame(0, b"\x0e"));
+        // An upload chunk of exactly MAX_PAYLOAD bytes followed by an empty packet: the empty
+        // packet ends that chunk, not the upload.
+        let upload = [
+            frame(0, b"\x03LOAD DATA LOCAL INFILE 'f' INTO TABLE t"),
+            frame(2, &big(b'a')),
+            frame(3, b""),
+            frame(4, b"\x11more"),
+            frame(5, b""),
+            frame(0, b"\x11root\0\0"),
+        ]
+        .concat();
+        let mut out = Vec::new();
+        assert_eq!(CommandWatch::default().feed(&upload, 0x11, &mut out), 1);
+        assert!(out == upload[..upload.len() - 11]);
     }
 
     /// The fuzz target's property over a seeded corpus.

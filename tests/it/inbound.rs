@@ -477,3 +477,60 @@ fn psql_and_mariadb_without_a_client_certificate_are_refused_before_any_login() 
         .count();
     assert_eq!(refusals, 2, "{}", kw.log_text());
 }
+
+/// Issue 19 item 4: libpq's cancel API (17+; psycopg's `cancel_safe()`) sends its
+/// CancelRequest inside TLS to a `listen_tls` resource. keyward forwards it and must end that
+/// TLS session with close_notify: psycopg with libpq 18 reported `SSL error: unexpected eof
+/// while reading` although the query was canceled (libpq 17.11 let the bare EOF pass).
+#[test]
+fn an_encrypted_cancel_from_libpq_17_and_18_is_forwarded_and_closed_cleanly() {
+    let libpq = format!("{}/../lib/libpq.so.5", pg::bin17());
+    if !require(
+        "PostgreSQL 17 libpq (set KEYWARD_PG17 or run .ci/run) and python3",
+        have(&libpq) && have("python3"),
+    ) {
+        return;
+    }
+    if !require("PostgreSQL 15 server binaries", pg::available()) {
+        return;
+    }
+    let pg = pg::shared();
+    let l = listener(false, &[]);
+    let yaml = format!(
+        "  - name: pgtls\n    protocol: postgres\n    listen: 127.0.0.1:0\n{}    upstream: localhost:{}\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n",
+        l.block,
+        pg.port,
+        pg.ca_pem.display()
+    );
+    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
+    let conninfo = format!(
+        "host=localhost port={} dbname=app sslmode=verify-full sslrootcert={}",
+        kw.addr("pgtls").port(),
+        l.ca.display()
+    );
+    let cancel = |client: &str| {
+        let out = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg_cancel.py"))
+            .args([client, &conninfo])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("cancel: ok"),
+            "{client}: {text}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            kw.log_text()
+        );
+    };
+    cancel(&libpq);
+    let psycopg = Command::new("python3")
+        .args(["-c", "import psycopg"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if require("psycopg 3 (pip install 'psycopg[binary]')", psycopg) {
+        cancel("psycopg");
+    }
+    kw.wait_log("the forwarded cancel", |v| {
+        v["message"] == "query cancel request forwarded"
+    });
+}

@@ -581,3 +581,73 @@ fn mariadb_sessions_end_clean() {
     }
     kw.assert_clean_ends(3);
 }
+
+/// Issue 19 item 5: LOAD DATA LOCAL INFILE with the mariadb client. The file (3 MB of lines
+/// of 0x11 bytes) goes up in hundreds of packets, so the sequence id wraps past 255 to 0 on
+/// data packets that start with 0x11 (COM_CHANGE_USER's code): they used to be taken for
+/// commands, dropped and answered with an ERR, which broke the upload. Then a 20 MB query,
+/// two physical packets, whose second starts with 0x11 too. Both arrive whole.
+#[test]
+fn large_uploads_and_multi_packet_queries_pass_whole() {
+    let Some(m) = maria() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    m.admin(
+        "CREATE TABLE app.upload (b LONGBLOB);
+         SET GLOBAL max_allowed_packet = 64 * 1024 * 1024;",
+    );
+    let kw = start(
+        dir.path(),
+        &[resource("native", m, "nativeu", Some("nativepw"), "", "")],
+    );
+    let port = kw.addr("native").port();
+    let lines = 3000;
+    let line = [vec![0x11u8; 1000], vec![b'\n']].concat();
+    let file = dir.path().join("upload.dat");
+    std::fs::write(&file, line.repeat(lines)).unwrap();
+    let out = mariadb(
+        port,
+        &["--local-infile=1"],
+        &format!(
+            "LOAD DATA LOCAL INFILE '{}' INTO TABLE app.upload; SELECT COUNT(*), SUM(LENGTH(b)) FROM app.upload",
+            file.display()
+        ),
+    );
+    assert_eq!(
+        text(&out),
+        format!("{lines}\t{}", lines * 1000),
+        "{}",
+        kw.log_text()
+    );
+    // A query longer than one physical packet (16 MiB - 1): the second packet's first byte,
+    // at sequence id 1, is 0x11 (the literal is all 0x11 bytes).
+    let literal = vec![0x11u8; 20 << 20];
+    let mut sql = b"INSERT INTO app.upload VALUES ('".to_vec();
+    sql.extend_from_slice(&literal);
+    sql.extend_from_slice(b"'); SELECT COUNT(*), MAX(LENGTH(b)) FROM app.upload;");
+    let mut child = Command::new("mariadb")
+        .arg("--no-defaults")
+        .args(["--protocol=TCP", "--host=127.0.0.1", "--skip-ssl"])
+        .arg(format!("--port={port}"))
+        .args([
+            "-N",
+            "-B",
+            "--connect-timeout=10",
+            "--max-allowed-packet=64M",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&sql));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(
+        text(&out),
+        format!("{}\t{}", lines + 1, 20 << 20),
+        "{}",
+        kw.log_text()
+    );
+    m.admin("DROP TABLE app.upload;");
+}
