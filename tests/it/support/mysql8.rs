@@ -77,6 +77,9 @@ impl Mysql8 {
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                // Each reply is its own write: without NODELAY, Nagle holds the second
+                // back until the client's delayed ACK (40 ms).
+                let _ = tcp.set_nodelay(true);
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let _ = session(tcp, shared).await;
