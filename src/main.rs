@@ -11,16 +11,44 @@ use keyward::config::{LogFormat, Problems};
 use keyward::secret::ProcessEnv;
 use keyward::{Listeners, Runtime};
 
+/// What `--help` says after the commands: the environment and the exit codes.
+const AFTER_HELP: &str = "\
+Environment:
+  KEYWARD_CONFIG          the config file, for -c/--config
+  KEYWARD_LOG             log filter (error, warn, info, debug, trace, or per target), over log.level
+  KEYWARD_WORKER_THREADS  runtime worker threads (default: one per core)
+  NO_COLOR                no colour in plain logs (colour is used only on a terminal anyway)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_SHARED_CREDENTIALS_FILE,
+  AWS_PROFILE             credentials for aws_sigv4 / rds_iam resources without keys of their own
+
+Exit codes:
+  0   success (run: drained with every connection finished)
+  1   failure (run: connections cut at the end of the grace period, a second signal during
+      the drain, or a runtime error; probe/health/wait/cert inspect: the check failed)
+  2   bad command line
+  64  bad configuration (every problem is printed: FILE:LINE:COL: KEY: MESSAGE)";
+
 /// keyward: keeps your application's keys. Points your app at localhost; keyward injects
 /// credentials and originates verified TLS/mTLS upstream.
 #[derive(Parser)]
-#[command(name = "keyward", version, about)]
+#[command(
+    name = "keyward",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KEYWARD_GIT_COMMIT"), ")"),
+    about,
+    after_help = AFTER_HELP
+)]
 struct Cli {
     /// Log format (overrides `log.format` in the config).
     #[arg(long, global = true, value_enum)]
     log_format: Option<Format>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -34,19 +62,23 @@ enum Command {
     /// Serve the resources of a config file.
     Run {
         /// The config file.
-        #[arg(short, long)]
+        #[arg(short, long, env = "KEYWARD_CONFIG")]
         config: PathBuf,
     },
     /// Validate a config file and everything it references, offline.
     Check {
         /// The config file.
-        #[arg(short, long)]
+        #[arg(short, long, env = "KEYWARD_CONFIG")]
         config: PathBuf,
+        /// How problems are printed: text (FILE:LINE:COL: KEY: MESSAGE) or json (one object
+        /// per problem: file, line, column, key, message) on stdout.
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
     },
     /// Connect to a resource's upstream as it would and report what TLS makes of it.
     Probe {
         /// The config file.
-        #[arg(short, long)]
+        #[arg(short, long, env = "KEYWARD_CONFIG")]
         config: PathBuf,
         /// The resource's name.
         resource: String,
@@ -60,7 +92,7 @@ enum Command {
     /// --live): exit 0 when it answers 200, 1 otherwise. For exec probes.
     Health {
         /// The running keyward's config (for admin.listen; default 127.0.0.1:9901).
-        #[arg(short, long)]
+        #[arg(short, long, env = "KEYWARD_CONFIG")]
         config: Option<PathBuf>,
         /// The admin endpoint's address, instead of reading the config.
         #[arg(long)]
@@ -73,7 +105,7 @@ enum Command {
     /// timeout passes first.
     Wait {
         /// The running keyward's config (for admin.listen; default 127.0.0.1:9901).
-        #[arg(short, long)]
+        #[arg(short, long, env = "KEYWARD_CONFIG")]
         config: Option<PathBuf>,
         /// The admin endpoint's address, instead of reading the config.
         #[arg(long)]
@@ -81,6 +113,16 @@ enum Command {
         /// How long to wait.
         #[arg(long, default_value = "30s")]
         timeout: humantime::Duration,
+    },
+    /// One resource from flags alone, no config file: a TLS tunnel (protocol tcp) or any
+    /// protocol without credentials, e.g. `keyward tunnel --listen 127.0.0.1:6432 --upstream
+    /// db.internal:5432 --ca ca.pem --client-cert client.pem --client-key client.key`.
+    /// Certificates hot-reload as with `run`.
+    Tunnel(keyward::cli::tunnel::Tunnel),
+    /// Shell completions, on stdout: `keyward completions bash > /etc/bash_completion.d/keyward`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Self-contained demo: an in-process mTLS upstream with keyward in front of it.
     Demo {
@@ -119,7 +161,28 @@ fn main() -> ExitCode {
     // Installed once, before any TLS config exists (ARCHITECTURE.md: ring only).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, format } => check(&config, format),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "keyward",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Tunnel(tunnel) => match tunnel.config() {
+            Ok(file) => {
+                let code = run(file.path(), cli.log_format);
+                drop(file);
+                code
+            }
+            Err(e) => {
+                eprintln!("keyward tunnel: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Probe { config, resource } => {
             let probed = runtime().and_then(|rt| {
                 rt.block_on(keyward::cli::probe::probe(&config, &resource))
@@ -211,9 +274,9 @@ where
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match Runtime::load(path, &ProcessEnv) {
-        Ok((config, _)) => {
+fn check(path: &std::path::Path, format: CheckFormat) -> ExitCode {
+    match (Runtime::load(path, &ProcessEnv), format) {
+        (Ok((config, _)), CheckFormat::Text) => {
             println!(
                 "{}: ok ({} resources)",
                 path.display(),
@@ -221,7 +284,15 @@ fn check(path: &std::path::Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(problems) => bad_config(&problems),
+        (Ok(_), CheckFormat::Json) => {
+            println!("[]");
+            ExitCode::SUCCESS
+        }
+        (Err(problems), CheckFormat::Text) => bad_config(&problems),
+        (Err(problems), CheckFormat::Json) => {
+            println!("{}", problems.to_json());
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -248,7 +319,7 @@ fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
     );
     let path = path.to_path_buf();
     let result = self::runtime().and_then(|rt| {
-        rt.block_on(async move {
+        let result = rt.block_on(async move {
             runtime.log_summary();
             keyward::reload::count_success();
             let listeners = Listeners::bind(runtime.listens()).await?;
@@ -271,10 +342,29 @@ fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
                     env: std::sync::Arc::new(ProcessEnv),
                 }),
             };
-            let outcome = keyward::run(runtime, listeners, parts, shutdown_signal()).await?;
-            tracing::info!(cut = outcome.cut, "stopped");
-            Ok(outcome.cut)
-        })
+            let (count, signals) = tokio::sync::watch::channel(0u32);
+            tokio::spawn(count_signals(count));
+            let mut first = signals.clone();
+            let mut second = signals;
+            let shutdown = async move {
+                let _ = first.wait_for(|n| *n >= 1).await;
+            };
+            tokio::select! {
+                outcome = keyward::run(runtime, listeners, parts, shutdown) => {
+                    let outcome = outcome?;
+                    tracing::info!(cut = outcome.cut, "stopped");
+                    Ok(outcome.cut)
+                }
+                // A second signal during the drain: whoever sent it does not want to wait.
+                _ = second.wait_for(|n| *n >= 2) => {
+                    tracing::warn!("second signal during the drain: exiting now, open connections are cut");
+                    Ok(usize::MAX)
+                }
+            }
+        });
+        // Connection tasks a second signal left behind are dropped, not waited for.
+        rt.shutdown_timeout(std::time::Duration::from_millis(500));
+        result
     });
     match result {
         // Exit 1 when the grace period ran out with connections still open.
@@ -339,18 +429,30 @@ fn init_logging(level: Option<&str>, format: LogFormat, fallback: &str) {
     }
 }
 
-async fn shutdown_signal() {
+/// Counts SIGTERM/SIGINT: the first starts the drain, a second ends it at once.
+async fn count_signals(count: tokio::sync::watch::Sender<u32>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
+        Ok(term) => Some(term),
         Err(e) => {
             tracing::error!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            None
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+    loop {
+        let term_recv = async {
+            match term.as_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let name = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term_recv => "SIGTERM",
+        };
+        count.send_modify(|n| *n += 1);
+        if *count.borrow() == 1 {
+            tracing::info!("{name} received");
+        }
     }
 }

@@ -5,3 +5,4 @@ pub mod demo;
 pub mod health;
 pub mod inspect;
 pub mod probe;
+pub mod tunnel;

@@ -55,6 +55,29 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problems(pub Vec<Problem>);
 
+impl Problems {
+    /// The problems as a JSON array of objects (`file`, `line`, `column`, `key`, `message`;
+    /// `line`/`column`/`key` are null where unknown), for CI and editors.
+    pub fn to_json(&self) -> String {
+        let items: Vec<serde_json::Value> = self
+            .0
+            .iter()
+            .map(|p| {
+                let site = p.site.as_ref();
+                let known = |n: u64| (n > 0).then_some(n);
+                serde_json::json!({
+                    "file": p.file.display().to_string(),
+                    "line": site.and_then(|s| known(s.line)),
+                    "column": site.and_then(|s| known(s.column)),
+                    "key": site.map(|s| s.path.as_str()).filter(|k| !k.is_empty()),
+                    "message": p.message,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(items).to_string()
+    }
+}
+
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, problem) in self.0.iter().enumerate() {

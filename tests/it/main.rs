@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod check;
+mod cli;
 mod deploy;
 mod e2e;
 mod http;

@@ -670,6 +670,45 @@ async fn a_connection_still_open_when_the_grace_ends_makes_the_exit_code_1() {
     assert_eq!(status.code(), Some(1));
 }
 
+/// Issue 17 item 8: a second SIGTERM/SIGINT during the drain exits at once with 1 (the grace
+/// here is 5 s and a connection stays open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_exits_at_once_with_1() {
+    let r = running("").await;
+    let mut live = TcpStream::connect(r.kw.addr("r")).await.unwrap();
+    live.write_all(b"1").await.unwrap();
+    let mut b = [0u8; 1];
+    live.read_exact(&mut b).await.unwrap();
+    let signal = |name: &str| {
+        assert!(Command::new("kill")
+            .args([name, &r.kw.pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-TERM");
+    r.kw.wait_log("the first signal", |v| v["message"] == "SIGTERM received");
+    let start = Instant::now();
+    signal("-INT");
+    let mut kw = r.kw;
+    let status = loop {
+        if let Some(s) = kw.proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "keyward did not exit at the second signal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    kw.wait_log("the reason", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("second signal during the drain"))
+    });
+}
+
 fn body_contains_secret(text: &str) -> bool {
     ["metrics-test-token", "metrics-client-secret"]
         .iter()

@@ -82,9 +82,14 @@ pub struct Keyward {
 
 impl Keyward {
     pub fn start(config: &Path) -> Self {
+        Self::start_with_args(&["run".as_ref(), "-c".as_ref(), config.as_os_str()])
+    }
+
+    /// The binary with JSON logs and these arguments (a command that serves: run, tunnel).
+    pub fn start_with_args(args: &[&std::ffi::OsStr]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args(["--log-format", "json", "run", "-c"])
-            .arg(config)
+            .args(["--log-format", "json"])
+            .args(args)
             .env("KEYWARD_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
