@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo run --example embed -- config/keyward.yaml
 //! ```
-//! The same steps `keyward run` takes; useful to see the seams (STYLE.md rule 1): the caller
+//! The same steps `keyward run` takes; useful to see the seams (docs/DESIGN.md rule 1): the caller
 //! owns the runtime, the listeners and the shutdown future.
 
 use keyward::secret::ProcessEnv;

@@ -1,5 +1,5 @@
 //! The connection driver: the one place where the life of an app connection is orchestrated,
-//! for every protocol (ARCHITECTURE.md "Lifecycle of a connection"):
+//! for every protocol (docs/DESIGN.md "Lifecycle of a connection"):
 //!
 //! ```text
 //!  accept ─▶ inbound TLS policy ─▶ handler.serve: handshake/authenticate ─▶ relay ─▶ record

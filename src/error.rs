@@ -1,7 +1,7 @@
 //! One classification of how a connection failed: which side, and a reason from a closed list.
 //!
 //! The pair drives the log line, (later) the metric labels and any error sent to the client
-//! (STYLE.md rule 6). `detail` is the precise human sentence; it never holds a secret.
+//! (docs/DESIGN.md rule 6). `detail` is the precise human sentence; it never holds a secret.
 
 use std::fmt;
 use std::io;

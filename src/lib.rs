@@ -59,7 +59,7 @@ pub struct Reload {
 }
 
 /// Serves `runtime` on `listeners`, with the admin endpoint and hot reload of `parts`, until
-/// `shutdown` completes (or the admin endpoint asks); then drains (STYLE.md rule 1: the world
+/// `shutdown` completes (or the admin endpoint asks); then drains (docs/DESIGN.md rule 1: the world
 /// is injected; tests bind port 0 and pass their own shutdown future).
 pub async fn run(
     runtime: Runtime,

@@ -158,7 +158,7 @@ fn main() -> ExitCode {
     if let Err(e) = dumpable {
         eprintln!("keyward: warning: cannot turn off core dumps (PR_SET_DUMPABLE): {e}");
     }
-    // Installed once, before any TLS config exists (ARCHITECTURE.md: ring only).
+    // Installed once, before any TLS config exists (docs/DESIGN.md: ring only).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Check { config, format } => check(&config, format),

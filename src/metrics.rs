@@ -1,4 +1,4 @@
-//! Prometheus metrics (STYLE.md: names start `keyward_`, counters end `_total`, durations are
+//! Prometheus metrics (docs/DESIGN.md: names start `keyward_`, counters end `_total`, durations are
 //! `_seconds` histograms; labels come from closed sets only — resource names from the config,
 //! sides, reasons, results — never addresses, users or secrets).
 

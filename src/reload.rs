@@ -1,7 +1,7 @@
 //! Hot reload: file changes and SIGHUP only *ask*; one function reloads: read → resolve →
-//! build everything → only if all of it succeeded, publish (ARCHITECTURE.md "Reload").
+//! build everything → only if all of it succeeded, publish (docs/DESIGN.md "Reload").
 //!
-//! The watcher watches **directories** (ARCHITECTURE.md: editors and Kubernetes replace files
+//! The watcher watches **directories** (docs/DESIGN.md: editors and Kubernetes replace files
 //! by rename and by swapping a `..data` symlink; a watch on the file itself goes deaf after the
 //! first swap). Events are debounced; a change that leaves a certificate and its key mismatched
 //! or a PEM half-written is retried once after the debounce before it counts as an error.

@@ -1,6 +1,6 @@
 //! The runtime: everything a config references, resolved and built (TLS configs, secrets),
 //! as immutable per-resource snapshots. Reload will build a new one and publish it only if
-//! the whole build succeeded (ARCHITECTURE.md "Reload").
+//! the whole build succeeded (docs/DESIGN.md "Reload").
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The server: one accept loop per resource, connection tasks, reload publication and graceful
 //! shutdown.
 //!
-//! Lifecycle (ARCHITECTURE.md): **accept** (span with resource, client, conn) → connect →
+//! Lifecycle (docs/DESIGN.md): **accept** (span with resource, client, conn) → connect →
 //! secure → (authenticate) → relay → **record** (one classification, one log line, metrics).
 //! A connection takes its resource's runtime snapshot at accept and keeps it: a reload never
 //! changes a live connection.

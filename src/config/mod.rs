@@ -1,6 +1,6 @@
-//! Configuration: YAML (CONFIG.md) → [`raw`] serde types → validated [`Config`].
+//! Configuration: YAML (README.md, config/keyward.yaml) → [`raw`] serde types → validated [`Config`].
 //!
-//! Parse, don't validate (STYLE.md rule 2): downstream code only ever sees a [`Config`] whose
+//! Parse, don't validate (docs/DESIGN.md rule 2): downstream code only ever sees a [`Config`] whose
 //! every field was checked. Every problem names the file, line, column and key path, and
 //! validation keeps going so `keyward check` can list all of them at once.
 //!

@@ -1,4 +1,4 @@
-//! The YAML as users write it (CONFIG.md), before validation. Every struct denies unknown
+//! The YAML as users write it (README.md, config/keyward.yaml), before validation. Every struct denies unknown
 //! keys; values that need checking later carry their location (`Spanned`).
 
 use std::collections::BTreeMap;

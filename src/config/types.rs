@@ -1,4 +1,4 @@
-//! The validated configuration: the domain types every other layer is handed (STYLE.md
+//! The validated configuration: the domain types every other layer is handed (docs/DESIGN.md
 //! rule 9), at the bottom of the module graph.
 
 use std::fmt;

@@ -17,7 +17,7 @@ use rustls::{ClientConfig, RootCertStore};
 use crate::config::{BuildError, BuildProblem, FileRef, TlsMode, TlsSettings, TlsVersion};
 use crate::secret::Env;
 
-/// The crypto provider keyward uses everywhere: rustls' ring provider (ARCHITECTURE.md).
+/// The crypto provider keyward uses everywhere: rustls' ring provider (docs/DESIGN.md).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER

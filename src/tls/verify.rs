@@ -1,4 +1,4 @@
-//! The only file that may call rustls `.dangerous()` (STYLE.md rule 4).
+//! The only file that may call rustls `.dangerous()` (docs/DESIGN.md rule 4).
 //!
 //! `verify-full` is rustls' own `WebPkiServerVerifier`. `verify-ca` delegates to it and relaxes
 //! exactly one thing: a name mismatch. This is sound because `WebPkiServerVerifier` checks the

@@ -1,4 +1,4 @@
-//! One private MariaDB 10.11 per test binary (TESTING.md recipe): TLS with the suite's CA,
+//! One private MariaDB 10.11 per test binary (docs/TESTING.md): TLS with the suite's CA,
 //! `require_secure_transport=ON`, users with mysql_native_password, ed25519 and x509
 //! (`REQUIRE SUBJECT`). Stopped by a shell when the test process exits (stdin pipe closes).
 

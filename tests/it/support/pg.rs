@@ -1,4 +1,4 @@
-//! One private PostgreSQL 15 per test binary (TESTING.md recipe): TLS with the suite's CA,
+//! One private PostgreSQL 15 per test binary (docs/TESTING.md): TLS with the suite's CA,
 //! `hostnossl reject`, users with scram-sha-256, md5 and certificate auth. It runs under a
 //! shell that stops it when the test process exits (its stdin pipe closes), since statics
 //! are never dropped.
