@@ -220,3 +220,30 @@ async fn tunnel_serves_one_resource_from_flags() {
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("allow_remote"), "{stderr}");
 }
+
+/// Issue 17 item 11: with the quick test command (`cargo test`, no KEYWARD_E2E=require), an
+/// end-to-end test that skipped its work says `ok` like the rest — so the run ends with the
+/// list of what was skipped and why. The suite runs one of its own tests with PostgreSQL 17
+/// hidden.
+#[test]
+fn a_run_that_skipped_end_to_end_checks_ends_with_their_list() {
+    let test = "postgres::direct_tls_negotiation_reaches_postgresql_17_and_is_refused_by_15";
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test])
+        .env("KEYWARD_PG17", "/nonexistent")
+        .env_remove("KEYWARD_E2E")
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = text(&out);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    let tail = stderr
+        .rsplit("SKIPPED their work")
+        .next()
+        .unwrap_or_default();
+    assert!(
+        stderr.contains("1 end-to-end check(s) SKIPPED their work")
+            && tail.contains(&format!("  - {test}: PostgreSQL 17 binaries")),
+        "{stderr}"
+    );
+}

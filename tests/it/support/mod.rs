@@ -312,7 +312,29 @@ pub fn require(what: &str, available: bool) -> bool {
         panic!("{what} is missing and KEYWARD_E2E=require");
     }
     eprintln!("SKIPPED: {what} is not available (set KEYWARD_E2E=require to fail instead)");
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let mut skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    if skipped.is_empty() {
+        // libtest shows a test's output only when it fails: the list is printed once the
+        // whole run has ended, so that an `ok` that ran nothing does not go unnoticed.
+        shutdown_hooks::add_shutdown_hook(print_skipped);
+    }
+    skipped.push(format!("{test}: {what}"));
     false
+}
+
+/// What `require` skipped in this run.
+static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+extern "C" fn print_skipped() {
+    let skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    eprintln!(
+        "\n{} end-to-end check(s) SKIPPED their work (they say `ok` above); install what they need (.ci/run does) or set KEYWARD_E2E=require to make them fail:",
+        skipped.len()
+    );
+    for s in skipped.iter() {
+        eprintln!("  - {s}");
+    }
 }
 
 /// A MySQL HandshakeResponse41 body as a plaintext client sends it: `user`, an empty
