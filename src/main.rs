@@ -275,7 +275,18 @@ where
 }
 
 fn check(path: &std::path::Path, format: CheckFormat) -> ExitCode {
-    match (Runtime::load(path, &ProcessEnv), format) {
+    let loaded = Runtime::load(path, &ProcessEnv);
+    // What run would warn about at load, check says too (exit 0).
+    if let Ok((_, runtime)) = &loaded {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        for soon in runtime.expiring(now) {
+            eprintln!("{}: warning: {soon}", path.display());
+        }
+    }
+    match (loaded, format) {
         (Ok((config, _)), CheckFormat::Text) => {
             println!(
                 "{}: ok ({} resources)",

@@ -261,14 +261,41 @@ impl Runtime {
     }
 }
 
+/// A certificate in use that expires soon (within [`EXPIRY_WARNING`]).
+#[derive(Debug, Clone)]
+pub struct Expiring {
+    /// The resource that uses it.
+    pub resource: ResourceName,
+    /// `client_cert` or `ca`.
+    pub role: &'static str,
+    /// What it is (the client certificate's subject, or `tls.ca`).
+    pub what: String,
+    /// Its notAfter (Unix seconds).
+    pub not_after: i64,
+}
+
+impl std::fmt::Display for Expiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "resource {:?}: certificate {} ({}) expires within 7 days, on {}",
+            self.resource.as_str(),
+            self.what,
+            self.role,
+            tls::rfc3339(self.not_after)
+        )
+    }
+}
+
+/// How close to its expiry a certificate in use is warned about (`run` at each load and once
+/// a day, `check`).
+pub const EXPIRY_WARNING: i64 = 7 * 24 * 3600;
+
 impl Runtime {
-    /// Sets the certificate expiry gauges and warns for every certificate in use that expires
-    /// within 7 days. Called at each load and once a day.
-    pub fn warn_expiring(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+    /// Sets the certificate expiry gauges; returns the certificates in use that expire within
+    /// 7 days of `now` (Unix seconds).
+    pub fn expiring(&self, now: i64) -> Vec<Expiring> {
+        let mut soon = Vec::new();
         for res in &self.resources {
             let Some(tls) = &res.tls else { continue };
             let mut certs = Vec::new();
@@ -283,10 +310,28 @@ impl Runtime {
                     .cert_expiration
                     .with_label_values(&[res.name.as_str(), role])
                     .set(not_after as f64);
-                if not_after - now < 7 * 24 * 3600 {
-                    warn!(resource = %res.name, role, not_after = %tls::rfc3339(not_after), "certificate {what} expires within 7 days");
+                if not_after - now < EXPIRY_WARNING {
+                    soon.push(Expiring {
+                        resource: res.name.clone(),
+                        role,
+                        what,
+                        not_after,
+                    });
                 }
             }
+        }
+        soon
+    }
+
+    /// Sets the certificate expiry gauges and warns for every certificate in use that expires
+    /// within 7 days. Called at each load and once a day.
+    pub fn warn_expiring(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        for e in self.expiring(now) {
+            warn!(resource = %e.resource, role = e.role, not_after = %tls::rfc3339(e.not_after), "certificate {} expires within 7 days", e.what);
         }
     }
 }

@@ -139,17 +139,29 @@ pub fn inspect(files: &[PathBuf]) -> (String, bool) {
     }
     let provider = crate::tls::provider();
     for (key_file, key) in &keys {
+        // A key given with certificates must belong to one of them (exit 1 otherwise).
+        let mut matched = leaves.is_empty();
         for (cert_file, leaf) in &leaves {
             let verdict = match rustls::sign::CertifiedKey::from_der(
                 vec![leaf.clone()],
                 key.clone_key(),
                 &provider,
             ) {
-                Ok(_) => "MATCHES".to_owned(),
+                Ok(_) => {
+                    matched = true;
+                    "MATCHES".to_owned()
+                }
                 Err(rustls::Error::InconsistentKeys(_)) => "does not match".to_owned(),
                 Err(e) => format!("cannot be compared with ({e})"),
             };
             let _ = writeln!(out, "key {key_file} {verdict} certificate {cert_file}");
+        }
+        if !matched {
+            let _ = writeln!(
+                out,
+                "key {key_file} matches none of the certificates given: it cannot be used with them"
+            );
+            ok = false;
         }
     }
     (out, ok)

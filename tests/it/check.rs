@@ -193,6 +193,44 @@ fn reports_an_expired_client_cert() {
     assert_problem(&pki, &yaml, &format!("FILE:8:20: resources[0].tls.client_cert: \"{}\": certificate \"CN=old\" expired on 2021-01-01T00:00:00Z", pki.path("old.pem").display()));
 }
 
+/// Issue 17 item 5: what `run` warns about at load, `check` says too — a certificate that
+/// expires within 7 days is a warning (exit 0), not silence.
+#[test]
+fn warns_about_a_client_cert_that_expires_within_7_days() {
+    let pki = Pki::new();
+    pki.write_ca();
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    let c = pki
+        .ca
+        .leaf_with("soon", &[], Usage::Client, |p| {
+            p.not_after = soon;
+        })
+        .unwrap();
+    pki.write("soon.pem", &c.cert_pem);
+    pki.write("soon.key", &c.key_pem);
+    let file = pki.write(
+        "soon.yaml",
+        &format!("{HEAD}    tls:\n      ca: ca.pem\n      client_cert: soon.pem\n      client_key: soon.key\n"),
+    );
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok (1 resources)"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: warning: resource \"r\": certificate CN=soon (client_cert) expires within 7 days, on {}-",
+            file.display(),
+            soon.year()
+        )),
+        "{stderr}"
+    );
+    // A certificate with a year left: no warning.
+    let c = pki.ca.leaf("fine", &[], Usage::Client).unwrap();
+    pki.write("soon.pem", &c.cert_pem);
+    pki.write("soon.key", &c.key_pem);
+    let (code, _, stderr) = check(&file);
+    assert_eq!((code, stderr.contains("warning")), (0, false), "{stderr}");
+}
+
 #[test]
 fn reports_a_client_chain_that_does_not_reach_its_ca() {
     let pki = Pki::new();
@@ -279,8 +317,18 @@ fn cert_inspect_describes_chains_and_keys_without_printing_key_material() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    let (code, out) = run(&[&chain, &key, &wrong]);
+    let (code, out) = run(&[&chain, &key]);
     assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&[&chain, &key, &wrong]);
+    // A key that belongs to none of the certificates given is a failure.
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "key {} matches none of the certificates given",
+            wrong.display()
+        )),
+        "{out}"
+    );
     for expected in [
         "subject:     CN=api.internal",
         "issuer:      CN=keyward test CA",

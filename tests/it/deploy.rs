@@ -206,3 +206,37 @@ fn every_example_yaml_parses_and_its_keyward_config_passes_check() {
     ));
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
 }
+
+/// Issue 17 item 10: what the image ships is small. The `dist` profile is `release` without
+/// debug information and symbols; building it here would compile every crate a second time,
+/// so the suite strips a copy of the release binary it already has (the same code) and checks
+/// the size: at most 15 MB (15,000,000 bytes).
+#[test]
+fn the_shipped_binary_is_at_most_15_mb() {
+    if !crate::support::require("strip (binutils)", crate::support::procs::have("strip")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("keyward");
+    std::fs::copy(env!("CARGO_BIN_EXE_keyward"), &copy).unwrap();
+    let ok = std::process::Command::new("strip")
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let size = std::fs::metadata(&copy).unwrap().len();
+    eprintln!("stripped keyward: {size} bytes");
+    assert!(size <= 15_000_000, "the shipped binary would be {size} bytes");
+    // The profile the Dockerfile builds really is that: release, no debug info, stripped.
+    let cargo = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let dist = cargo
+        .split("[profile.dist]")
+        .nth(1)
+        .unwrap_or_default()
+        .split("\n[")
+        .next()
+        .unwrap_or_default();
+    for line in ["inherits = \"release\"", "debug = false", "strip = true"] {
+        assert!(dist.contains(line), "[profile.dist] lacks {line}");
+    }
+}
