@@ -75,13 +75,21 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: CheckFormat,
     },
-    /// Connect to a resource's upstream as it would and report what TLS makes of it.
+    /// Connect to a resource's upstream as it would and report what TLS makes of it, then
+    /// log in (databases) or send one request with the credential (http): exit 0 when that
+    /// works, 1 when it does not.
     Probe {
         /// The config file.
         #[arg(short, long, env = "KEYWARD_CONFIG")]
         config: PathBuf,
         /// The resource's name.
         resource: String,
+        /// For http resources: the path of the one request sent with the credential.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// For http resources: that request's method.
+        #[arg(long, default_value = "HEAD")]
+        method: String,
     },
     /// Certificate tools.
     Cert {
@@ -183,9 +191,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Probe { config, resource } => {
+        Command::Probe {
+            config,
+            resource,
+            path,
+            method,
+        } => {
+            let request = keyward::cli::probe::Request { method, path };
             let probed = runtime().and_then(|rt| {
-                rt.block_on(keyward::cli::probe::probe(&config, &resource))
+                rt.block_on(keyward::cli::probe::probe(&config, &resource, &request))
                     .map_err(anyhow::Error::msg)
             });
             match probed {

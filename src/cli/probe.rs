@@ -16,8 +16,31 @@ use crate::connect;
 use crate::error::{ConnError, Side};
 use crate::tls::{self, verify, CertInfo};
 
-/// The report, and whether the configured mode works against the upstream.
-pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String> {
+/// The request `probe` sends through an `http` resource.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method (default HEAD).
+    pub method: String,
+    /// The path, relative to the upstream URL's base (default `/`).
+    pub path: String,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            method: "HEAD".to_owned(),
+            path: "/".to_owned(),
+        }
+    }
+}
+
+/// The report, and whether the configured mode works against the upstream (and, for database
+/// resources, the login; for `http`, one request with the resource's credentials).
+pub async fn probe(
+    path: &Path,
+    resource: &str,
+    request: &Request,
+) -> Result<(String, bool), String> {
     let config = config::load(path).map_err(|p| p.to_string())?;
     let Some(res) = config
         .resources
@@ -56,7 +79,7 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
     };
     if res.tls.mode == TlsMode::Disable {
         let _ = writeln!(out, "tls: disabled (plaintext)");
-        let ok = auth_report(&config, res, &mut out).await;
+        let ok = auth_report(&config, res, request, &mut out).await;
         return Ok((out, ok));
     }
     // Databases negotiate TLS in their own protocol first.
@@ -196,11 +219,8 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
             }
         }
     }
-    if matches!(
-        res.protocol,
-        Protocol::Postgres | Protocol::Mysql | Protocol::Redis
-    ) {
-        configured_ok &= auth_report(&config, res, &mut out).await;
+    if res.protocol != Protocol::Tcp {
+        configured_ok &= auth_report(&config, res, request, &mut out).await;
     }
     let _ = writeln!(
         out,
@@ -214,16 +234,15 @@ pub async fn probe(path: &Path, resource: &str) -> Result<(String, bool), String
     Ok((out, configured_ok))
 }
 
-/// For databases: a whole login with the configured credential. Whether it succeeded.
+/// A whole login with the configured credential (databases), or one request with it (http).
+/// Whether it succeeded.
 async fn auth_report(
     config: &config::Config,
     res: &config::ResourceConfig,
+    request: &Request,
     out: &mut String,
 ) -> bool {
-    if !matches!(
-        res.protocol,
-        Protocol::Postgres | Protocol::Mysql | Protocol::Redis
-    ) {
+    if res.protocol == Protocol::Tcp {
         return true;
     }
     let one = config::Config {
@@ -245,7 +264,8 @@ async fn auth_report(
         AnyHandler::Postgres(h) => crate::postgres::probe_login(&rt.resource, &h.0).await,
         AnyHandler::Mysql(h) => crate::mysql::probe_login(&rt.resource, &h.0).await,
         AnyHandler::Redis(h) => crate::redis::probe_login(&rt.resource, &h.0).await,
-        AnyHandler::Tcp(_) | AnyHandler::Http(_) => return true,
+        AnyHandler::Http(_) => return http_report(rt, request, out).await,
+        AnyHandler::Tcp(_) => return true,
     };
     match result {
         Ok(what) => {
@@ -257,6 +277,120 @@ async fn auth_report(
             false
         }
     }
+}
+
+/// One request through the resource, served by keyward's own HTTP handler on a private
+/// loopback port: the credential is obtained as for an app (OAuth2 token fetched, SigV4
+/// signed, headers set) and the upstream's answer reported. Fails on an error keyward answered
+/// with (`x-keyward-error`), on 401/403/407 (the upstream refused the credential) and on 5xx.
+async fn http_report(
+    rt: &crate::runtime::ResourceRuntime,
+    request: &Request,
+    out: &mut String,
+) -> bool {
+    let line = format!("{} {}", request.method, request.path);
+    match tokio::time::timeout(Duration::from_secs(60), http_request(rt, request)).await {
+        Err(_) => {
+            let _ = writeln!(out, "request {line}: FAILED: no answer within 60 s");
+            false
+        }
+        Ok(Err(e)) => {
+            let _ = writeln!(out, "request {line}: FAILED: {e}");
+            false
+        }
+        Ok(Ok((status, keyward_error, last_error))) => {
+            let code = status
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0);
+            if let Some(reason) = keyward_error {
+                let detail = last_error.unwrap_or_else(|| reason.clone());
+                let _ = writeln!(
+                    out,
+                    "request {line}: FAILED: keyward answered {status} ({reason}): {detail}"
+                );
+                false
+            } else if matches!(code, 401 | 403 | 407) {
+                let _ = writeln!(
+                    out,
+                    "request {line}: FAILED: the upstream answered {status}: it refused the credential"
+                );
+                false
+            } else if code >= 500 || code == 0 {
+                let _ = writeln!(
+                    out,
+                    "request {line}: FAILED: the upstream answered {status}"
+                );
+                false
+            } else {
+                let _ = writeln!(
+                    out,
+                    "request {line}: ok, the upstream answered {status} with the credential"
+                );
+                true
+            }
+        }
+    }
+}
+
+/// Sends `request` through the resource's handler; the status line's code and reason, and the
+/// `x-keyward-error` header if keyward answered itself, with the failure keyward recorded.
+async fn http_request(
+    rt: &crate::runtime::ResourceRuntime,
+    request: &Request,
+) -> Result<(String, Option<String>, Option<String>), String> {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stats = std::sync::Arc::new(crate::record::Stats::new(rt.name.clone()));
+    let serve = async {
+        let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let _ = rt
+            .serve(tokio_util::either::Either::Left(tcp), &stats)
+            .await;
+        Ok::<(), String>(())
+    };
+    let client = async {
+        let mut conn = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let head = format!(
+            "{} {} HTTP/1.1\r\nhost: keyward-probe\r\nuser-agent: keyward-probe\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            request.method, request.path
+        );
+        conn.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("keyward closed the connection without an answer".to_owned());
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let mut lines = text.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_once(' '))
+            .map(|(_, s)| s.to_owned())
+            .unwrap_or_default();
+        let error = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-keyward-error"))
+            .map(|(_, v)| v.trim().to_owned());
+        Ok((status, error))
+    };
+    let (served, answered) = tokio::join!(serve, client);
+    served?;
+    let (status, error) = answered?;
+    let last = stats.last_error().map(|l| l.error.detail);
+    Ok((status, error, last))
 }
 
 fn sni(name: &rustls::pki_types::ServerName<'_>) -> String {

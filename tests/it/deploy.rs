@@ -226,7 +226,10 @@ fn the_shipped_binary_is_at_most_15_mb() {
     assert!(ok.success());
     let size = std::fs::metadata(&copy).unwrap().len();
     eprintln!("stripped keyward: {size} bytes");
-    assert!(size <= 15_000_000, "the shipped binary would be {size} bytes");
+    assert!(
+        size <= 15_000_000,
+        "the shipped binary would be {size} bytes"
+    );
     // The profile the Dockerfile builds really is that: release, no debug info, stripped.
     let cargo = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
     let dist = cargo

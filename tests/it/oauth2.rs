@@ -85,12 +85,16 @@ async fn world(token_handler: Handler, api_handler: Handler, extra_auth: &str) -
 }
 
 async fn start(pki: &Pki, token_port: u16, api_port: u16, extra_auth: &str) -> Proxy {
+    let yaml = config(pki, token_port, api_port, extra_auth);
+    Proxy::start(pki.dir.path(), &yaml).await
+}
+
+fn config(pki: &Pki, token_port: u16, api_port: u16, extra_auth: &str) -> String {
     let ca = pki.write_ca();
-    let yaml = format!(
+    format!(
         "admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{api_port}\n    tls:\n      ca: {ca}\n    auth:\n      type: oauth2\n      token_url: https://localhost:{token_port}/oauth/token\n      client_id: keyward\n      client_secret: \"s3cr:et\"\n      scopes: [orders.read, orders.write]\n      audience: https://api.example\n      tls:\n        ca: {ca}\n{extra_auth}",
         ca = ca.display()
-    );
-    Proxy::start(pki.dir.path(), &yaml).await
+    )
 }
 
 async fn call(
@@ -322,4 +326,56 @@ async fn refresh_token_grant_is_used_when_configured() {
         form.contains("grant_type=refresh_token") && form.contains("refresh_token=rt-abc"),
         "{form}"
     );
+}
+
+/// Issue 17 item 4: `keyward probe` on an http resource obtains the credential and sends one
+/// request with it: a token endpoint that rejects the client secret makes it fail (exit 1,
+/// with the endpoint's OAuth2 error) where it used to say the resource works; with a good
+/// secret it reports the upstream's answer (exit 0), and the API saw the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_fetches_the_token_and_sends_one_request() {
+    let refusing: Handler = Arc::new(|_| {
+        Reply::status(
+            StatusCode::UNAUTHORIZED,
+            "{\"error\":\"invalid_client\",\"error_description\":\"bad secret\"}",
+        )
+    });
+    let pki = Pki::new();
+    let cert = pki.server(&["localhost"]);
+    let bad_ep = httpd(&cert, None, &[b"http/1.1"], refusing).await;
+    let issuer = Issuer::default();
+    let good_ep = httpd(
+        &cert,
+        None,
+        &[b"http/1.1"],
+        issuer.handler(3600, Duration::ZERO),
+    )
+    .await;
+    let api = httpd(&cert, None, BOTH, always_ok()).await;
+    let probe = |token_port: u16, name: &str| {
+        let conf = pki.write(name, &config(&pki, token_port, api.port(), ""));
+        let conf2 = conf.clone();
+        tokio::task::spawn_blocking(move || crate::support::procs::probe(&conf2, "api"))
+    };
+    let (code, text) = probe(bad_ep.port(), "bad.yaml").await.unwrap();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("request HEAD /: FAILED: keyward answered 502")
+            && text.contains("invalid_client: bad secret"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("s3cr"),
+        "the client secret must not appear: {text}"
+    );
+    let (code, text) = probe(good_ep.port(), "good.yaml").await.unwrap();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("request HEAD /: ok, the upstream answered 200 OK with the credential"),
+        "{text}"
+    );
+    let seen = api.seen();
+    assert_eq!(seen.len(), 1, "one request reached the API");
+    assert_eq!(seen[0].method, "HEAD");
+    assert_eq!(token_of(&seen[0]), "tok-1");
 }
