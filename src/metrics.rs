@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric keyward exports.
@@ -28,10 +28,16 @@ pub struct Metrics {
     pub auth_seconds: HistogramVec,
     /// HTTP responses sent to apps, by status code.
     pub http_requests: IntCounterVec,
+    /// HTTP request duration (request received → response headers), by status class.
+    pub http_duration: HistogramVec,
     /// Reload attempts, by result (`success`, `error`).
     pub reloads: IntCounterVec,
     /// Unix time of the last successful (re)load.
     pub last_reload_success: Gauge,
+    /// Whether the last (re)load succeeded (1) or failed and the old config runs on (0).
+    pub last_reload_ok: IntGauge,
+    /// Expiry (Unix time) of the OAuth2 access token in use, per resource.
+    pub oauth2_token_expiration: GaugeVec,
     /// Expiry of certificates in use, by role (`client_cert`, `ca`, `upstream_leaf`).
     pub cert_expiration: GaugeVec,
     /// OAuth2 token fetches, by result.
@@ -85,8 +91,14 @@ impl Metrics {
             handshake_seconds: reg!(histogram("keyward_tls_handshake_seconds", "Time of the TLS handshake with the upstream.")),
             auth_seconds: reg!(histogram("keyward_upstream_auth_seconds", "Time to authenticate to the upstream.")),
             http_requests: reg!(counter("keyward_http_requests_total", "HTTP responses sent to applications, by status code.", &["resource", "code"])),
+            http_duration: reg!(HistogramVec::new(
+                HistogramOpts::new("keyward_http_request_duration_seconds", "Time from an application's HTTP request to keyward's response headers, by status class (2xx..5xx).").buckets(LATENCY_BUCKETS.to_vec()),
+                &["resource", "class"]
+            )),
             reloads: reg!(counter("keyward_config_reloads_total", "Configuration loads and reloads, by result.", &["result"])),
             last_reload_success: reg!(Gauge::new("keyward_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration (re)load.")),
+            last_reload_ok: reg!(IntGauge::new("keyward_config_last_reload_success", "Whether the last configuration (re)load succeeded (1) or failed, the running configuration kept (0).")),
+            oauth2_token_expiration: reg!(GaugeVec::new(Opts::new("keyward_oauth2_token_expiration_timestamp_seconds", "Expiry (Unix time) of the OAuth2 access token in use."), &["resource"])),
             cert_expiration: reg!(GaugeVec::new(Opts::new("keyward_cert_expiration_timestamp_seconds", "Expiry (Unix time) of certificates in use: client_cert, ca, upstream_leaf (the last one the upstream presented)."), &["resource", "role"])),
             oauth2_refreshes: reg!(counter("keyward_oauth2_token_refreshes_total", "OAuth2 token fetches, by result.", &["resource", "result"])),
             credential_reads: reg!(counter("keyward_credential_reads_total", "Secret and credential reads, by result.", &["resource", "result"])),
@@ -98,6 +110,11 @@ impl Metrics {
             &["version"]
         ));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = registry.register(Box::new(process)) {
+            tracing::warn!("process metrics unavailable: {e}");
+        }
         metrics
     }
 
@@ -133,16 +150,20 @@ impl Metrics {
         seen.insert(resource.to_owned(), leaf.to_vec());
     }
 
-    /// Creates a resource's series at zero, so they are exported before the first event.
-    pub fn declare(&self, name: &str, uses_oauth2: bool) {
+    /// Creates a resource's series at zero, so they are exported before the first event — only
+    /// those that can move for it: no TLS handshake histogram for `tls.mode: disable`, no
+    /// authentication histogram where keyward does no timed credential work (tcp; http with
+    /// static headers).
+    pub fn declare(&self, name: &str, series: Declared) {
         self.open.with_label_values(&[name]);
-        for h in [
-            &self.connect_seconds,
-            &self.handshake_seconds,
-            &self.auth_seconds,
-        ] {
-            h.with_label_values(&[name]);
+        self.connect_seconds.with_label_values(&[name]);
+        if series.tls {
+            self.handshake_seconds.with_label_values(&[name]);
         }
+        if series.auth {
+            self.auth_seconds.with_label_values(&[name]);
+        }
+        let uses_oauth2 = series.oauth2;
         if uses_oauth2 {
             for result in ["success", "error"] {
                 self.oauth2_refreshes.with_label_values(&[name, result]);
@@ -153,9 +174,34 @@ impl Metrics {
     /// Drops the gauges of a removed resource (counters keep their totals).
     pub fn forget(&self, resource: &str) {
         let _ = self.open.remove_label_values(&[resource]);
+        let _ = self
+            .oauth2_token_expiration
+            .remove_label_values(&[resource]);
         for role in ["client_cert", "ca", "upstream_leaf"] {
             let _ = self.cert_expiration.remove_label_values(&[resource, role]);
         }
+    }
+}
+
+/// Which of a resource's series [`Metrics::declare`] creates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Declared {
+    /// It speaks TLS upstream.
+    pub tls: bool,
+    /// keyward times credential work for it (database logins, OAuth2, SigV4).
+    pub auth: bool,
+    /// It fetches OAuth2 tokens.
+    pub oauth2: bool,
+}
+
+/// The status class label of a response: `2xx`, `4xx`, ...
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

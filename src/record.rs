@@ -102,12 +102,18 @@ impl Stats {
         self.total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An HTTP response sent to an app.
-    pub fn count_request(&self, status: http::StatusCode) {
-        metrics()
-            .http_requests
+    /// An HTTP response sent to an app, `took` after its request arrived.
+    pub fn count_request(&self, status: http::StatusCode, took: std::time::Duration) {
+        let m = metrics();
+        m.http_requests
             .with_label_values(&[self.name.as_str(), status.as_str()])
             .inc();
+        m.http_duration
+            .with_label_values(&[
+                self.name.as_str(),
+                crate::metrics::status_class(status.as_u16()),
+            ])
+            .observe(took.as_secs_f64());
         if let Ok(mut r) = self.requests.lock() {
             *r.entry(status.as_u16()).or_default() += 1;
         }

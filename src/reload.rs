@@ -118,6 +118,7 @@ pub fn count_success() {
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
     metrics().last_reload_success.set(now);
+    metrics().last_reload_ok.set(1);
 }
 
 impl Reloader {
@@ -162,6 +163,7 @@ impl Reloader {
 
     fn report(&self, e: &ReloadError) {
         metrics().reloads.with_label_values(&["error"]).inc();
+        metrics().last_reload_ok.set(0);
         match e {
             ReloadError::Invalid(problems) => {
                 for p in &problems.0 {

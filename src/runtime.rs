@@ -86,6 +86,19 @@ impl ResourceRuntime {
         matches!(&self.handler, AnyHandler::Http(h) if h.0.load().uses_oauth2())
     }
 
+    /// Which of its metric series can move (declared at zero when it starts listening).
+    pub fn series(&self) -> crate::metrics::Declared {
+        crate::metrics::Declared {
+            tls: self.tls.is_some(),
+            auth: match &self.handler {
+                AnyHandler::Tcp(_) => false,
+                AnyHandler::Http(h) => h.0.load().times_auth(),
+                AnyHandler::Postgres(_) | AnyHandler::Mysql(_) | AnyHandler::Redis(_) => true,
+            },
+            oauth2: self.uses_oauth2(),
+        }
+    }
+
     /// Takes over the live connections of `running` (the snapshot this one replaces): an HTTP
     /// resource's kept-alive app connections use this snapshot's credentials and pools from
     /// their next request. (Byte relays and database sessions keep the login they made.)

@@ -259,7 +259,7 @@ impl State {
         addr: BoundAddr,
         listener: Listener,
     ) -> Slot {
-        crate::metrics::metrics().declare(runtime.name.as_str(), runtime.uses_oauth2());
+        crate::metrics::metrics().declare(runtime.name.as_str(), runtime.series());
         let state = Arc::new(ResourceState::new(runtime, addr));
         let stop = CancellationToken::new();
         let kill = self.inner.kill.child_token();

@@ -306,6 +306,11 @@ impl HttpUpstream {
         matches!(self.injector, Injector::OAuth2(_))
     }
 
+    /// Whether requests need timed credential work (an OAuth2 token, a SigV4 signature).
+    pub fn times_auth(&self) -> bool {
+        matches!(self.injector, Injector::OAuth2(_) | Injector::SigV4(_))
+    }
+
     /// The OAuth2 token endpoint, when it is plain `http://` (opted in, warned at each load).
     pub fn plaintext_token_url(&self) -> Option<&http::Uri> {
         match &self.injector {
@@ -381,7 +386,10 @@ impl Handler for Http {
                 body.len()
             );
             let _ = app.wire.send(answer.as_bytes()).await;
-            stats.count_request(StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+            stats.count_request(
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                std::time::Duration::ZERO,
+            );
             return Err(Failure::Answered(ConnError::new(
                 Side::Client,
                 Reason::Protocol,
@@ -451,6 +459,7 @@ async fn proxy(
     admitted: &Admitted,
 ) -> Response<ProxyBody> {
     let method = req.method().clone();
+    let started = tokio::time::Instant::now();
     let refused = [Method::TRACE, Method::CONNECT];
     if refused.contains(&method) && !up.opts.allow_methods.contains(&method) {
         // TRACE would echo the injected credential back to the app; CONNECT would tunnel
@@ -460,7 +469,7 @@ async fn proxy(
             Reason::MethodNotAllowed,
             format!("{method} is not forwarded (it would expose or tunnel the injected credential); allow_methods: [{method}] forwards it"),
         );
-        stats.count_request(StatusCode::METHOD_NOT_ALLOWED);
+        stats.count_request(StatusCode::METHOD_NOT_ALLOWED, started.elapsed());
         stats.failed(e.clone());
         return error_response(&up.name, StatusCode::METHOD_NOT_ALLOWED, &e);
     }
@@ -468,7 +477,7 @@ async fn proxy(
     match forward(req, up, upgrade, stats, admitted).await {
         Ok(response) => {
             debug!(%method, status = response.status().as_u16(), "forwarded");
-            stats.count_request(response.status());
+            stats.count_request(response.status(), started.elapsed());
             response
         }
         Err(e) => {
@@ -488,7 +497,7 @@ async fn proxy(
                 up.authority,
                 e.detail
             );
-            stats.count_request(status);
+            stats.count_request(status, started.elapsed());
             stats.failed(e.clone());
             error_response(&up.name, status, &e)
         }

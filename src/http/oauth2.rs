@@ -4,7 +4,7 @@
 //! client secret never reach a log line.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -256,6 +256,14 @@ impl TokenSource {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_LIFETIME);
         debug!(expires_in = lifetime.as_secs(), "oauth2 token obtained");
+        let expires = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| (d + lifetime).as_secs_f64())
+            .unwrap_or_default();
+        crate::metrics::metrics()
+            .oauth2_token_expiration
+            .with_label_values(&[s.resource.as_str()])
+            .set(expires);
         Ok(Token {
             value: Secret::new(access),
             refresh_at: later(sent, refresh_after(lifetime)),

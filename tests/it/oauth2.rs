@@ -223,6 +223,35 @@ async fn a_short_lived_token_is_refreshed_before_it_expires_while_requests_keep_
     );
 }
 
+/// Issue 17 item 9: the current token's expiry is a gauge (an alert can see a token endpoint
+/// that stopped renewing before requests fail).
+#[tokio::test]
+async fn the_token_expiry_is_exported() {
+    let issuer = Issuer::default();
+    let w = world(issuer.handler(7200, Duration::ZERO), always_ok(), "").await;
+    let (status, _, _) = call(&w.proxy, "GET", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let text = keyward::metrics::metrics().render();
+    let expiry: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("keyward_oauth2_token_expiration_timestamp_seconds{resource=\"api\"} ")
+        })
+        .unwrap_or_else(|| panic!("no token expiry gauge:\n{text}"))
+        .parse()
+        .unwrap();
+    // Other tests in this process set the same resource's gauge (one issues 2-second tokens):
+    // the value is a token expiry from now on, at most this test's 7200 s ahead.
+    assert!(
+        expiry > now - 5.0 && expiry < now + 7300.0,
+        "{expiry} vs {now}"
+    );
+}
+
 #[tokio::test]
 async fn a_401_drops_the_token_and_retries_once_with_a_fresh_one() {
     let issuer = Issuer::default();

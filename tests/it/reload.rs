@@ -202,11 +202,27 @@ async fn metrics_pass_promtool_and_the_admin_endpoints_answer() {
         "keyward_cert_expiration_timestamp_seconds{resource=\"echo\",role=\"upstream_leaf\"}",
         "keyward_credential_reads_total{resource=\"api\",result=\"success\"}",
         "keyward_build_info{version=",
-        "keyward_upstream_auth_seconds_count{resource=\"echo\"} 0",
+        "keyward_upstream_auth_seconds_count{resource=\"tokens\"} 0",
         "keyward_oauth2_token_refreshes_total{resource=\"tokens\",result=\"success\"} 0",
+        "keyward_http_request_duration_seconds_count{class=\"2xx\",resource=\"api\"} 1",
+        "keyward_http_request_duration_seconds_bucket{class=\"2xx\",resource=\"api\",le=\"+Inf\"} 1",
+        "keyward_config_last_reload_success 1",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
         "keyward_connection_errors_total{reason=\"connect_refused\",resource=\"down\",side=\"upstream\"} 1",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    // No series that can never move (issue 17 item 9): a tcp resource and an http resource
+    // with a static header do no timed credential work; a tcp resource without TLS has no
+    // handshake.
+    for never in [
+        "keyward_upstream_auth_seconds_count{resource=\"echo\"}",
+        "keyward_upstream_auth_seconds_count{resource=\"api\"}",
+        "keyward_upstream_auth_seconds_count{resource=\"down\"}",
+    ] {
+        assert!(!body.contains(never), "{never} can never move:\n{body}");
     }
     assert_eq!(post(&format!("{base}/quitquitquit")), 200);
     let mut kw = kw;
@@ -733,10 +749,19 @@ async fn a_file_that_appears_after_a_failed_reload_is_picked_up() {
         !r.kw.log_text().contains("\"resource\":\"late\""),
         "late was added from a broken config"
     );
+    // The last reload failed: an alert on the gauge fires.
+    assert_eq!(
+        metric(&r.metrics(), "keyward_config_last_reload_success "),
+        0.0
+    );
     std::fs::write(late_dir.join("ca.pem"), &r.pki.ca.cert.cert_pem).unwrap();
     // The new file triggers a successful reload.
     let late = r.kw.addr("late");
     assert_eq!(roundtrip(late, b"late").await, b"late");
+    eventually("the gauge says the last reload succeeded", 5, async || {
+        metric(&r.metrics(), "keyward_config_last_reload_success ") == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
