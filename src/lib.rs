@@ -56,6 +56,8 @@ pub struct Reload {
     pub config: Config,
     /// Where `${env:}` secrets come from.
     pub env: std::sync::Arc<dyn secret::Env>,
+    /// Told when each reload starts and ends (the binary tells systemd: RELOADING=1, READY=1).
+    pub hook: Option<reload::Hook>,
 }
 
 /// Serves `runtime` on `listeners`, with the admin endpoint and hot reload of `parts`, until
@@ -74,7 +76,8 @@ pub async fn run(
         tokio::spawn(admin::serve(admin, state.clone(), stop.clone()));
     }
     if let Some(r) = parts.reload {
-        let reloader = reload::Reloader::new(r.path, r.env, state.clone(), &r.config);
+        let mut reloader = reload::Reloader::new(r.path, r.env, state.clone(), &r.config);
+        reloader.hook = r.hook;
         tokio::spawn(reloader.watch(r.config, stop.clone()));
     }
     let outcome = server.run(shutdown).await;

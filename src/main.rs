@@ -365,14 +365,22 @@ fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
                     path,
                     config,
                     env: std::sync::Arc::new(ProcessEnv),
+                    hook: Some(std::sync::Arc::new(|phase| match phase {
+                        keyward::reload::Phase::Started => systemd::reloading(),
+                        keyward::reload::Phase::Finished => systemd::ready(),
+                    })),
                 }),
             };
+            // Every listener is bound: a Type=notify unit is started now.
+            systemd::ready();
+            systemd::spawn_watchdog();
             let (count, signals) = tokio::sync::watch::channel(0u32);
             tokio::spawn(count_signals(count));
             let mut first = signals.clone();
             let mut second = signals;
             let shutdown = async move {
                 let _ = first.wait_for(|n| *n >= 1).await;
+                systemd::stopping();
             };
             tokio::select! {
                 outcome = keyward::run(runtime, listeners, parts, shutdown) => {
@@ -479,5 +487,50 @@ async fn count_signals(count: tokio::sync::watch::Sender<u32>) {
         if *count.borrow() == 1 {
             tracing::info!("{name} received");
         }
+    }
+}
+
+/// systemd's notification protocol (`Type=notify`, `sd_notify(3)`), through the sd-notify
+/// crate: each call does nothing unless systemd set `NOTIFY_SOCKET`.
+mod systemd {
+    use sd_notify::NotifyState;
+
+    fn send(states: &[NotifyState<'_>]) {
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::warn!("cannot notify systemd: {e}");
+        }
+    }
+
+    /// Started (every listener bound), or a reload finished.
+    pub fn ready() {
+        send(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    }
+
+    /// A reload starts (with the monotonic time that `Type=notify-reload` requires).
+    pub fn reloading() {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => send(&[NotifyState::Reloading, now]),
+            Err(_) => send(&[NotifyState::Reloading]),
+        }
+    }
+
+    /// The drain starts.
+    pub fn stopping() {
+        send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+    }
+
+    /// With `WatchdogSec=` set, WATCHDOG=1 at half the interval, from the runtime: a keyward
+    /// whose runtime stops making progress is restarted.
+    pub fn spawn_watchdog() {
+        let Some(interval) = sd_notify::watchdog_enabled() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tick.tick().await;
+                send(&[NotifyState::Watchdog]);
+            }
+        });
     }
 }

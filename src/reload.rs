@@ -32,6 +32,8 @@ pub struct Reloader {
     state: State,
     /// What the process started with and a reload does not change (`log`, `admin`).
     fixed: Fixed,
+    /// Told when each reload starts and ends.
+    pub hook: Option<Hook>,
 }
 
 /// The settings a reload cannot apply: the logger is set up once, the admin listener bound
@@ -121,6 +123,18 @@ pub fn count_success() {
     metrics().last_reload_ok.set(1);
 }
 
+/// Where a reload is: told to a [`Hook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A reload starts.
+    Started,
+    /// It ended (applied, or failed with the running configuration kept).
+    Finished,
+}
+
+/// Told when each reload starts and ends.
+pub type Hook = Arc<dyn Fn(Phase) + Send + Sync>;
+
 impl Reloader {
     /// A reloader for the config at `path`, which the process started with as `running`.
     pub fn new(path: PathBuf, env: Arc<dyn Env>, state: State, running: &Config) -> Self {
@@ -129,6 +143,7 @@ impl Reloader {
             env,
             state,
             fixed: Fixed::of(running),
+            hook: None,
         }
     }
 
@@ -149,7 +164,13 @@ impl Reloader {
     /// One reload attempt; logs and counts the outcome. On failure the running configuration
     /// stays entirely as it was.
     pub async fn reload(&self) -> Result<Config, ReloadError> {
+        if let Some(hook) = &self.hook {
+            hook(Phase::Started);
+        }
         let result = self.try_reload().await;
+        if let Some(hook) = &self.hook {
+            hook(Phase::Finished);
+        }
         match &result {
             Ok(config) => {
                 count_success();
@@ -217,6 +238,9 @@ impl Reloader {
             }
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
+            if let Some(hook) = &self.hook {
+                hook(Phase::Started);
+            }
             let mut result = self.try_reload().await;
             if let Err(e) = &result {
                 if e.transient() {
@@ -227,6 +251,9 @@ impl Reloader {
                     while rx.try_recv().is_ok() {}
                     result = self.try_reload().await;
                 }
+            }
+            if let Some(hook) = &self.hook {
+                hook(Phase::Finished);
             }
             match result {
                 Ok(config) => {

@@ -50,7 +50,7 @@ pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, Vec<Problem>), 
     });
     let raw = match parsed {
         Ok(raw) => raw,
-        Err(err) => return Err(Problems(vec![syntax_problem(file, &key_path, &err)])),
+        Err(err) => return Err(Problems(vec![syntax_problem(file, &key_path, &err, text)])),
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut ctx = Ctx {
@@ -69,11 +69,67 @@ pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, Vec<Problem>), 
     Ok((config, problems))
 }
 
-fn syntax_problem(file: &Path, key_path: &str, err: &serde_saphyr::Error) -> Problem {
+/// The parser's and serde's wording in the words of someone writing YAML (each tested in
+/// `config::tests::syntax_messages_speak_the_users_language`).
+pub(super) fn humanize(message: &str) -> String {
+    let whole = |ty: &str| -> Option<&'static str> {
+        Some(match ty {
+            "u8" => "a whole number between 0 and 255",
+            "u16" => "a whole number between 0 and 65535",
+            "u32" => "a whole number between 0 and 4294967295",
+            "u64" | "usize" => "a whole number of 0 or more",
+            "i32" | "i64" | "isize" => "a whole number",
+            "f32" | "f64" => "a number",
+            "bool" | "boolean" => "true or false",
+            _ => return None,
+        })
+    };
+    if let Some(key) = message.strip_prefix("duplicate mapping key: ") {
+        let key = key.split(", set DuplicateKeyPolicy").next().unwrap_or(key);
+        return format!("duplicate key `{key}`: a key may appear once in a map");
+    }
+    if let Some(ty) = message.strip_prefix("invalid ") {
+        if let Some(want) = whole(ty) {
+            return format!("expected {want}");
+        }
+    }
+    if let Some((_, ty)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|m| m.rsplit_once(", expected "))
+    {
+        if let Some(want) = whole(ty) {
+            return format!("expected {want}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        if let Some((value, expected)) = rest.split_once("`, expected ") {
+            return format!("unknown value \"{value}\": expected {expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((key, expected)) = rest.split_once("`, expected ") {
+            return format!("unknown key `{key}` (a typo?): expected {expected}");
+        }
+    }
+    if message.contains("found a tab") {
+        return "a tab character: YAML indents with spaces only".to_owned();
+    }
+    match message {
+        "expected sequence start" => {
+            "expected a list (items on lines starting with `- `)".to_owned()
+        }
+        "expected mapping start" => "expected a map (`key: value` lines)".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn syntax_problem(file: &Path, key_path: &str, err: &serde_saphyr::Error, text: &str) -> Problem {
     let mut message = err.without_snippet().to_string();
     if let Some(at) = message.rfind(" at line ") {
         message.truncate(at);
     }
+    let tab = message.contains("found a tab");
+    let mut message = humanize(&message);
     if message == "expected string scalar" {
         // YAML reads an unquoted `[::1]:5432` as a list.
         message.push_str(" (quote values that start with '[' or '{', e.g. \"[::1]:5432\")");
@@ -94,10 +150,22 @@ fn syntax_problem(file: &Path, key_path: &str, err: &serde_saphyr::Error) -> Pro
     } else {
         path
     };
-    let (line, column) = err
+    let (mut line, mut column) = err
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((0, 0));
+    if tab {
+        // The parser reports where the scalar it was reading began: point at the tab itself,
+        // the first one at or after that line.
+        if let Some((l, c)) = text
+            .lines()
+            .enumerate()
+            .skip(line.saturating_sub(1) as usize)
+            .find_map(|(i, l)| l.chars().position(|ch| ch == '\t').map(|c| (i + 1, c + 1)))
+        {
+            (line, column) = (l as u64, c as u64);
+        }
+    }
     Problem {
         file: file.to_owned(),
         site: Some(Site { line, column, path }),

@@ -187,7 +187,7 @@ fn auth_keys_are_checked_against_the_auth_type() {
         ("http", "https://x", "      type: oauth2\n      token_url: https://t\n      client_id: c\n",
          "k.yaml:7:7: resources[0].auth: auth type \"oauth2\" needs \"client_secret\" (client credentials grant) or \"refresh_token\""),
         ("http", "https://x", "      type: bogus\n",
-         "k.yaml:7:13: resources[0].auth.type: unknown variant `bogus`, expected one of none, password, rds_iam, api_key, basic, bearer, oauth2, aws_sigv4"),
+         "k.yaml:7:13: resources[0].auth.type: unknown value \"bogus\": expected one of none, password, rds_iam, api_key, basic, bearer, oauth2, aws_sigv4"),
         // What needs the protocol or the value is checked after, at the key itself.
         ("postgres", "db:5432", "      type: password\n      password: ${file:pw}\n",
          "k.yaml:7:7: resources[0].auth.type: auth type \"password\" needs \"username\""),
@@ -334,4 +334,64 @@ fn a_resource_on_the_admin_port_is_a_problem() {
     assert!(parse(other, Path::new("k.yaml")).is_ok());
     let no_admin = "admin: null\nresources:\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.1:9901\n    upstream: db:5432\n";
     assert!(parse(no_admin, Path::new("k.yaml")).is_ok());
+}
+
+/// Issue 17 item 6: what the parser says is said in the words of someone writing YAML, at the
+/// place of the mistake.
+#[test]
+fn syntax_messages_speak_the_users_language() {
+    let r =
+        "resources:\n  - name: a\n    protocol: tcp\n    listen: 127.0.0.1:1\n    upstream: h:1\n";
+    let cases = [
+        (
+            "resources:\n  - name: a\n    name: b\n".to_owned(),
+            "k.yaml:3:5: resources[0]: duplicate key `name`: a key may appear once in a map",
+        ),
+        (
+            "resources:\n  name: a\n".to_owned(),
+            "k.yaml:2:3: resources: expected a list (items on lines starting with `- `)",
+        ),
+        (
+            format!("{r}    max_connections: -5\n"),
+            "k.yaml:6:22: resources[0].max_connections: expected a whole number between 0 and 4294967295",
+        ),
+        (
+            format!("{r}    max_connections: many\n"),
+            "k.yaml:6:22: resources[0].max_connections: expected a whole number between 0 and 4294967295",
+        ),
+        (
+            format!("{r}    allow_remote: maybe\n"),
+            "k.yaml:6:19: resources[0].allow_remote: expected true or false",
+        ),
+        (
+            format!("{r}    tls: 5\n"),
+            "k.yaml:6:10: resources[0].tls: expected a map (`key: value` lines)",
+        ),
+        (
+            "resources:\n  - name: a\n\tprotocol: tcp\n".to_owned(),
+            "k.yaml:3:1: resources[0]: a tab character: YAML indents with spaces only",
+        ),
+        (
+            format!("{r}    protocl: tcp\n").replace("    protocol: tcp\n", ""),
+            "k.yaml:5:5: resources[0].protocl: unknown key `protocl` (a typo?): expected one of name, protocol, listen, allow_remote, listen_mode, upstream, tls, auth, headers, connect_timeout, handshake_timeout, client_handshake_timeout, idle_timeout, max_connections, http2, preserve_host, pass_client_auth, response_timeout, pool_idle_timeout, max_signed_body, allow_methods, client_password, listen_tls, pool_max_idle",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let got = problems(&yaml);
+        assert!(
+            got.iter().any(|p| p == want),
+            "{yaml}\nwant {want}\ngot {got:?}"
+        );
+        for p in &got {
+            for jargon in [
+                "DuplicateKeyPolicy",
+                "sequence start",
+                "mapping start",
+                "invalid u32",
+                "unknown variant",
+            ] {
+                assert!(!p.contains(jargon), "{p}");
+            }
+        }
+    }
 }

@@ -50,7 +50,7 @@ fn the_annotated_example_config_passes() {
 #[test]
 fn reports_an_unknown_key_with_its_path() {
     let pki = Pki::new();
-    assert_problem(&pki, &format!("{HEAD}    tls:\n      cax: ca.pem\n"), "FILE:7:7: resources[0].tls.cax: unknown field `cax`, expected one of mode, ca, system_roots, client_cert, client_key, server_name, min_version, negotiation");
+    assert_problem(&pki, &format!("{HEAD}    tls:\n      cax: ca.pem\n"), "FILE:7:7: resources[0].tls.cax: unknown key `cax` (a typo?): expected one of mode, ca, system_roots, client_cert, client_key, server_name, min_version, negotiation");
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn reports_a_key_that_does_not_match_its_cert() {
 #[test]
 fn reports_an_unknown_protocol() {
     let pki = Pki::new();
-    assert_problem(&pki, "resources:\n  - name: r\n    protocol: ftp\n    listen: 127.0.0.1:0\n    upstream: x:1\n", "FILE:3:15: resources[0].protocol: unknown variant `ftp`, expected one of tcp, http, postgres, mysql, redis");
+    assert_problem(&pki, "resources:\n  - name: r\n    protocol: ftp\n    listen: 127.0.0.1:0\n    upstream: x:1\n", "FILE:3:15: resources[0].protocol: unknown value \"ftp\": expected one of tcp, http, postgres, mysql, redis");
 }
 
 #[test]

@@ -202,18 +202,6 @@ fn the_demo_runs_with_nothing_else_installed() {
     assert!(stdout.contains("curl -s http://127.0.0.1:"), "{stdout}");
 }
 
-#[test]
-fn version_prints_the_package_version() {
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("keyward {}", env!("CARGO_PKG_VERSION"))
-    );
-}
-
 /// Issue 17 item 7: plain logs to a pipe or file carry no ANSI colour codes.
 #[test]
 fn plain_logs_to_a_pipe_have_no_colour_codes() {

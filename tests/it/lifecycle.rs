@@ -530,6 +530,7 @@ async fn keyward_run_serves_admin_and_reload_in_process() {
             path: path.clone(),
             config: loaded,
             env: Arc::new(keyward::secret::ProcessEnv),
+            hook: None,
         }),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -725,6 +725,97 @@ async fn a_second_signal_during_the_drain_exits_at_once_with_1() {
     });
 }
 
+/// Issue 17 item 2: under systemd (`Type=notify`) keyward says READY=1 once its listeners
+/// are bound, RELOADING=1 (with MONOTONIC_USEC, for `Type=notify-reload`) then READY=1 around
+/// each reload, WATCHDOG=1 within the interval systemd set, and STOPPING=1 when the drain
+/// starts. The test is systemd: it owns the notification socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
+    let pki = Pki::new();
+    let up = upstream(
+        server_config(&pki.server(&["localhost"]), None, BOTH),
+        Behavior::Echo,
+    )
+    .await;
+    pki.write_ca();
+    let config = pki.write(
+        "keyward.yaml",
+        &format!(
+            "admin: null\nshutdown_grace: 1s\nresources:\n{}",
+            tcp_resource("r", up.port(), "127.0.0.1:0", "      ca: ca.pem\n")
+        ),
+    );
+    let socket_path = pki.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let kw = Keyward::start_with_env(
+        &["run".as_ref(), "-c".as_ref(), config.as_os_str()],
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_os_str()),
+            ("WATCHDOG_USEC", "300000".as_ref()),
+        ],
+    );
+    let next = |socket: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Ready: the listener accepts.
+    let first = next(&socket);
+    assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
+    let addr = kw.addr("r");
+    assert_eq!(roundtrip(addr, b"ready").await, b"ready");
+    // The watchdog, at half its 300 ms interval.
+    let started = Instant::now();
+    let mut watchdogs = 0;
+    while watchdogs < 2 {
+        assert!(started.elapsed() < Duration::from_secs(2), "no watchdog");
+        let m = next(&socket);
+        watchdogs += usize::from(m.lines().any(|l| l == "WATCHDOG=1"));
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A reload.
+    assert!(Command::new("kill")
+        .args(["-HUP", &kw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|m: &String| m.lines().any(|l| l == "READY=1"))
+    {
+        let m = next(&socket);
+        if !m.contains("WATCHDOG=1") {
+            seen.push(m);
+        }
+    }
+    assert!(
+        seen[0].lines().any(|l| l == "RELOADING=1")
+            && seen[0].lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{seen:?}"
+    );
+    // The drain.
+    assert!(Command::new("kill")
+        .args(["-TERM", &kw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let stopping = Instant::now();
+    loop {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "no STOPPING=1 after SIGTERM"
+        );
+        let m = next(&socket);
+        if m.lines().any(|l| l == "STOPPING=1") {
+            break;
+        }
+    }
+}
+
 fn body_contains_secret(text: &str) -> bool {
     ["metrics-test-token", "metrics-client-secret"]
         .iter()

@@ -87,9 +87,15 @@ impl Keyward {
 
     /// The binary with JSON logs and these arguments (a command that serves: run, tunnel).
     pub fn start_with_args(args: &[&std::ffi::OsStr]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Keyward::start_with_args`] with these environment variables too.
+    pub fn start_with_env(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
             .args(["--log-format", "json"])
             .args(args)
+            .envs(env.iter().copied())
             .env("KEYWARD_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
