@@ -292,11 +292,7 @@ fn check(path: &std::path::Path, format: CheckFormat) -> ExitCode {
     let loaded = Runtime::load(path, &ProcessEnv);
     // What run would warn about at load, check says too (exit 0).
     if let Ok((_, runtime)) = &loaded {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        for soon in runtime.expiring(now) {
+        for soon in runtime.expiring(keyward::tls::unix_now()) {
             eprintln!("{}: warning: {soon}", path.display());
         }
     }

@@ -57,6 +57,9 @@ pub struct Stats {
     errors: AtomicU64,
     last_error: Mutex<Option<LastError>>,
     requests: Mutex<BTreeMap<u16, u64>>,
+    /// `keyward_http_request_duration_seconds` by status class (1xx..5xx), looked up once
+    /// per class rather than per request, and only once a class is seen.
+    http_duration: [std::sync::OnceLock<prometheus::Histogram>; 5],
 }
 
 impl Stats {
@@ -69,6 +72,7 @@ impl Stats {
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
             requests: Mutex::new(BTreeMap::new()),
+            http_duration: Default::default(),
         }
     }
 
@@ -108,11 +112,13 @@ impl Stats {
         m.http_requests
             .with_label_values(&[self.name.as_str(), status.as_str()])
             .inc();
-        m.http_duration
-            .with_label_values(&[
-                self.name.as_str(),
-                crate::metrics::status_class(status.as_u16()),
-            ])
+        let class = crate::metrics::status_class(status.as_u16());
+        let slot = usize::from(class.as_bytes()[0] - b'1');
+        self.http_duration[slot]
+            .get_or_init(|| {
+                m.http_duration
+                    .with_label_values(&[self.name.as_str(), class])
+            })
             .observe(took.as_secs_f64());
         if let Ok(mut r) = self.requests.lock() {
             *r.entry(status.as_u16()).or_default() += 1;

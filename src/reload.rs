@@ -7,6 +7,7 @@
 //! or a PEM half-written is retried once after the debounce before it counts as an error.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -164,10 +165,27 @@ impl Reloader {
     /// One reload attempt; logs and counts the outcome. On failure the running configuration
     /// stays entirely as it was.
     pub async fn reload(&self) -> Result<Config, ReloadError> {
+        self.reload_then(None::<fn() -> std::future::Ready<()>>)
+            .await
+    }
+
+    /// A reload as [`Reloader::reload`], told to the hook; with `retry`, a reload that found
+    /// material mid-rotation waits for it and tries once more.
+    async fn reload_then<F: Future<Output = ()>>(
+        &self,
+        retry: Option<impl FnOnce() -> F>,
+    ) -> Result<Config, ReloadError> {
         if let Some(hook) = &self.hook {
             hook(Phase::Started);
         }
-        let result = self.try_reload().await;
+        let mut result = self.try_reload().await;
+        if let (Err(e), Some(wait)) = (&result, retry) {
+            if e.transient() {
+                debug!("reload found material mid-rotation; retrying once after the debounce: {e}");
+                wait().await;
+                result = self.try_reload().await;
+            }
+        }
         if let Some(hook) = &self.hook {
             hook(Phase::Finished);
         }
@@ -238,32 +256,16 @@ impl Reloader {
             }
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
-            if let Some(hook) = &self.hook {
-                hook(Phase::Started);
-            }
-            let mut result = self.try_reload().await;
-            if let Err(e) = &result {
-                if e.transient() {
-                    debug!(
-                        "reload found material mid-rotation; retrying once after the debounce: {e}"
-                    );
+            let rx = &mut rx;
+            let result = self
+                .reload_then(Some(|| async move {
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
-                    result = self.try_reload().await;
-                }
-            }
-            if let Some(hook) = &self.hook {
-                hook(Phase::Finished);
-            }
+                }))
+                .await;
             match result {
-                Ok(config) => {
-                    count_success();
-                    info!(resources = config.resources.len(), "configuration reloaded");
-                    self.warn_fixed(&config);
-                    watched.update(&mut watcher, &self.path, &config);
-                }
-                Err(e) => {
-                    self.report(&e);
+                Ok(config) => watched.update(&mut watcher, &self.path, &config),
+                Err(_) => {
                     // Watch what the new config names even though it failed, so a file that
                     // appears later (a secret mounted after the config) triggers the next reload.
                     if let Ok((config, _)) = crate::config::read(&self.path)

@@ -339,11 +339,7 @@ impl Runtime {
     /// Sets the certificate expiry gauges and warns for every certificate in use that expires
     /// within 7 days. Called at each load and once a day.
     pub fn warn_expiring(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        for e in self.expiring(now) {
+        for e in self.expiring(tls::unix_now()) {
             warn!(resource = %e.resource, role = e.role, not_after = %tls::rfc3339(e.not_after), "certificate {} expires within 7 days", e.what);
         }
     }

@@ -15,10 +15,7 @@ use x509_parser::public_key::PublicKey;
 pub fn inspect(files: &[PathBuf]) -> (String, bool) {
     let mut out = String::new();
     let mut ok = true;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = crate::tls::unix_now();
     let mut leaves: Vec<(String, CertificateDer<'static>)> = Vec::new();
     let mut keys: Vec<(String, PrivateKeyDer<'static>)> = Vec::new();
     for file in files {

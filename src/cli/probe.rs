@@ -340,7 +340,6 @@ async fn http_request(
     rt: &crate::runtime::ResourceRuntime,
     request: &Request,
 ) -> Result<(String, Option<String>, Option<String>), String> {
-    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
@@ -354,37 +353,41 @@ async fn http_request(
         Ok::<(), String>(())
     };
     let client = async {
-        let mut conn = tokio::net::TcpStream::connect(addr)
+        let method = http::Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| format!("{:?} is not an HTTP method", request.method))?;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&request.path)
+            .header(http::header::HOST, "keyward-probe")
+            .header(http::header::USER_AGENT, "keyward-probe")
+            .header(http::header::CONNECTION, "close")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| format!("the request {} {}: {e}", request.method, request.path))?;
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
-        let head = format!(
-            "{} {} HTTP/1.1\r\nhost: keyward-probe\r\nuser-agent: keyward-probe\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-            request.method, request.path
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+        // The connection ends when the request and its answer are dropped.
+        tokio::spawn(conn);
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("no answer from keyward: {e}"))?;
+        let status = response.status();
+        let status = format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
         );
-        conn.write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = conn.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("keyward closed the connection without an answer".to_owned());
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&got).into_owned();
-        let mut lines = text.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split_once(' '))
-            .map(|(_, s)| s.to_owned())
-            .unwrap_or_default();
-        let error = lines
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.eq_ignore_ascii_case("x-keyward-error"))
-            .map(|(_, v)| v.trim().to_owned());
-        Ok((status, error))
+        let error = response
+            .headers()
+            .get("x-keyward-error")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok::<_, String>((status, error))
     };
     let (served, answered) = tokio::join!(serve, client);
     served?;

@@ -115,6 +115,14 @@ pub fn session_summary(conn: &rustls::CommonState) -> (String, String) {
     (version, cipher)
 }
 
+/// The time now in Unix seconds (what certificate validity is compared with).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Formats Unix seconds as RFC 3339 (UTC).
 pub fn rfc3339(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs());
@@ -258,11 +266,7 @@ fn client_identity(
             reason,
         })
     })?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    if info.not_after < now {
+    if info.not_after < unix_now() {
         return Err(at_cert(BuildError::Expired {
             path: path(),
             subject: info.subject.clone(),

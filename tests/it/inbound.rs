@@ -42,6 +42,16 @@ fn listener(client_ca: bool, allow_cn: &[&str]) -> Listener {
     Listener { pki, ca, block }
 }
 
+/// A `postgres` resource "pgtls" behind listener `l`, logging in to the shared PostgreSQL.
+fn pg_resource(l: &Listener, pg: &pg::Pg) -> String {
+    format!(
+        "  - name: pgtls\n    protocol: postgres\n    listen: 127.0.0.1:0\n{}    upstream: localhost:{}\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n",
+        l.block,
+        pg.port,
+        pg.ca_pem.display()
+    )
+}
+
 #[test]
 fn psql_verify_full_to_keyward_and_keyward_verify_full_to_postgresql() {
     if !require("PostgreSQL 15 server binaries", pg::available()) {
@@ -49,13 +59,7 @@ fn psql_verify_full_to_keyward_and_keyward_verify_full_to_postgresql() {
     }
     let pg = pg::shared();
     let l = listener(false, &[]);
-    let yaml = format!(
-        "  - name: pgtls\n    protocol: postgres\n    listen: 127.0.0.1:0\n{}    upstream: localhost:{}\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n",
-        l.block,
-        pg.port,
-        pg.ca_pem.display()
-    );
-    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
+    let kw = Keyward::with_resources(l.pki.dir.path(), &pg_resource(&l, pg));
     let port = kw.addr("pgtls").port();
     // An app that sends nothing at all (keyward is still waiting to see TLS or plaintext)
     // gets the startup-timeout ErrorResponse too; checked at the end.
@@ -496,13 +500,7 @@ fn an_encrypted_cancel_from_libpq_17_and_18_is_forwarded_and_closed_cleanly() {
     }
     let pg = pg::shared();
     let l = listener(false, &[]);
-    let yaml = format!(
-        "  - name: pgtls\n    protocol: postgres\n    listen: 127.0.0.1:0\n{}    upstream: localhost:{}\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: scramuser\n      password: scrampw\n",
-        l.block,
-        pg.port,
-        pg.ca_pem.display()
-    );
-    let kw = Keyward::with_resources(l.pki.dir.path(), &yaml);
+    let kw = Keyward::with_resources(l.pki.dir.path(), &pg_resource(&l, pg));
     let conninfo = format!(
         "host=localhost port={} dbname=app sslmode=verify-full sslrootcert={}",
         kw.addr("pgtls").port(),
