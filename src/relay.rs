@@ -207,6 +207,8 @@ fn peer_gone(side: Side, e: &io::Error) -> bool {
 /// One direction's copy state (after tokio's `CopyBuffer`, plus the watch and error sides).
 struct Pipe {
     buf: Box<[u8]>,
+    /// How much of `buf` was ever filled: wiped when the pipe is dropped.
+    used: usize,
     pos: usize,
     cap: usize,
     amt: u64,
@@ -218,10 +220,20 @@ struct Pipe {
     writer: Side,
 }
 
+/// What passed through may include a credential keyward put there (Redis: an AUTH rewritten
+/// to keyward's password): the part of the buffer ever used is wiped, not left in freed memory.
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.buf[..self.used].zeroize();
+    }
+}
+
 impl Pipe {
     fn new(reader: Side, writer: Side) -> Self {
         Self {
             buf: vec![0; BUF].into_boxed_slice(),
+            used: 0,
             pos: 0,
             cap: 0,
             amt: 0,
@@ -286,6 +298,7 @@ impl Pipe {
                     }
                 }
                 let n = rb.filled().len();
+                self.used = self.used.max(n);
                 if n == 0 {
                     self.read_done = true;
                 } else {

@@ -143,6 +143,19 @@ pub struct Filtered<S> {
     ending: Option<std::io::Error>,
 }
 
+/// A filter may put a credential into what it passes on (Redis: the app's AUTH rewritten to
+/// keyward's): its buffers are wiped when the stream is dropped.
+impl<S> Drop for Filtered<S> {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        // Only a filtered stream has a read buffer of its own.
+        if !self.raw.is_empty() {
+            self.raw.zeroize();
+            self.out.zeroize();
+        }
+    }
+}
+
 /// A stream with bytes already read served first.
 pub type Prefixed<S> = Filtered<S>;
 

@@ -215,9 +215,18 @@ pub fn args_of(command: &[u8]) -> Option<Vec<Vec<u8>>> {
     }
 }
 
-/// Encodes a command as a RESP array of bulk strings.
+/// Encodes a command as a RESP array of bulk strings, in one allocation of the exact size: a
+/// vector that grew while a password was in it would leave a copy in the freed block.
 pub fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    // `*N\r\n` or `$N\r\n`: a marker, the digits, CR LF.
+    let header = |n: usize| 3 + n.checked_ilog10().unwrap_or(0) as usize + 1;
+    let size = header(args.len())
+        + args
+            .iter()
+            .map(|a| header(a.len()) + a.len() + 2)
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
         out.extend_from_slice(a);
@@ -470,7 +479,9 @@ impl Scanner {
                             return self.refuse("unbalanced quotes in request");
                         };
                         match words.first() {
-                            Some(name) if intercepted(name) => out.extend(rewrite(words)),
+                            Some(name) if intercepted(name) => {
+                                out.extend_from_slice(&zeroize::Zeroizing::new(rewrite(words)))
+                            }
                             _ => out.extend_from_slice(&line),
                         }
                         self.state = State::Start;
@@ -514,7 +525,8 @@ impl Scanner {
         }
         match args_of(&held) {
             Some(args) => {
-                out.extend(rewrite(args));
+                // The rewritten command carries keyward's password: wiped once copied.
+                out.extend_from_slice(&zeroize::Zeroizing::new(rewrite(args)));
                 Ok(())
             }
             // Not for what the scanner accepted; never pass it on unrewritten.
@@ -573,6 +585,30 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(run(&bytes), stream);
+    }
+
+    #[test]
+    fn a_command_is_built_in_one_allocation_of_its_size() {
+        let long = vec![b'p'; 1000];
+        let cases: [&[&[u8]]; 4] = [
+            &[],
+            &[b"PING"],
+            &[b"AUTH", b"user", b"a-password"],
+            &[
+                b"AUTH", &long, b"x", b"y", b"z", b"1", b"2", b"3", b"4", b"5",
+            ],
+        ];
+        for args in cases {
+            let c = command(args);
+            assert_eq!(c.capacity(), c.len(), "{args:?}");
+            assert_eq!(
+                redis_commands(&c).0,
+                vec![args.iter().map(|a| a.to_vec()).collect::<Vec<_>>()]
+                    .into_iter()
+                    .filter(|a| !a.is_empty())
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

@@ -650,10 +650,11 @@ fn a_startup_message_that_repeats_user_is_refused_before_the_server() {
     );
 }
 
-/// With `pool_max_idle`, an app that pipelines a slow query and Terminate in one write must not
-/// leave its server connection to the next app while the query runs: the next app's first
-/// answer is its own (before: the pool took the connection after the first ReadyForQuery, and
-/// the next app got the reset's or the slow query's results).
+/// With `pool_max_idle`, an app that pipelines slow queries and Terminate must not leave its
+/// server connection to the next app while a query runs: the next app's first answer is its
+/// own. Failed before the fix (the idle check looked at the last ReadyForQuery only and the
+/// reset stopped at the first one it read: the connection was pooled after the first slow
+/// query, while the second still ran, and the next app read `secret` as its answer).
 #[test]
 fn a_pipelined_session_is_not_pooled_before_the_server_answered_everything() {
     use std::io::Write;
@@ -671,13 +672,15 @@ fn a_pipelined_session_is_not_pooled_before_the_server_answered_everything() {
     let mut first = login();
     let mut pipelined = query("SELECT 1");
     pipelined.extend(query("SELECT pg_sleep(1), 'secret'"));
+    pipelined.extend(query("SELECT pg_sleep(2), 'secret'"));
     first.write_all(&pipelined).unwrap();
     // The first query's ReadyForQuery (the server idle for a moment), then Terminate while
-    // the slow one runs.
+    // the slow ones run.
     while read_message(&mut first).0 != b'Z' {}
     first.write_all(&message(b'X', &[])).unwrap();
     drop(first);
-    std::thread::sleep(Duration::from_millis(100));
+    // The next app arrives after the first slow query ended and while the second runs.
+    std::thread::sleep(Duration::from_millis(1500));
     let mut second = login();
     second.write_all(&query("SELECT 'mine'")).unwrap();
     let mut answer = Vec::new();
@@ -723,6 +726,11 @@ fn read_pg_message(conn: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
 
 /// A plaintext app session as `pooluser` on database `pool`, logged in (through keyward).
 fn pg_login(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    pg_login_keyed(addr).0
+}
+
+/// [`pg_login`], with the BackendKeyData (the cancel key) the app was given.
+fn pg_login_keyed(addr: std::net::SocketAddr) -> (std::net::TcpStream, Vec<u8>) {
     use std::io::Write;
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(15)))
@@ -731,8 +739,120 @@ fn pg_login(addr: std::net::SocketAddr) -> std::net::TcpStream {
     let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
     startup.extend(body);
     conn.write_all(&startup).unwrap();
-    while read_pg_message(&mut conn).0 != b'Z' {}
-    conn
+    let mut key = Vec::new();
+    loop {
+        match read_pg_message(&mut conn) {
+            (b'K', body) => key = body,
+            (b'Z', _) => break,
+            _ => {}
+        }
+    }
+    (conn, key)
+}
+
+/// One simple query's rows (each row's first column as text) and the error it ended in.
+fn pg_rows(conn: &mut std::net::TcpStream, sql: &str) -> (Vec<String>, Option<String>) {
+    use std::io::Write;
+    conn.write_all(&pg_query(sql)).unwrap();
+    let (mut rows, mut error) = (Vec::new(), None);
+    loop {
+        match read_pg_message(conn) {
+            // DataRow: column count (2 bytes), the first column's length (4), its text.
+            (b'D', body) => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
+            (b'E', body) => error = Some(String::from_utf8_lossy(&body).into_owned()),
+            (b'Z', _) => return (rows, error),
+            _ => {}
+        }
+    }
+}
+
+/// A TCP relay in front of the test PostgreSQL that passes the first connection on at once
+/// and holds every later one for `hold` before connecting it: a slow network for keyward's
+/// second dial (here: the one that carries a CancelRequest).
+fn slow_after_first(to: u16, hold: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, app) in listener.incoming().enumerate() {
+            let Ok(app) = app else { return };
+            std::thread::spawn(move || {
+                if n > 0 {
+                    std::thread::sleep(hold);
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let (mut a, mut b) = (app.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut a, mut b) = (server, app);
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// Issue 13 item 3: a CancelRequest that is still on its way when its session ends (keyward
+/// was still connecting to send it on) must not cancel the next app's query on the same
+/// pooled server connection. Failed before the fix: the late cancel was sent with the server
+/// key looked up before the dial, and the next app's query was cancelled (57014).
+#[test]
+fn a_late_cancel_never_reaches_the_next_app_on_a_pooled_connection() {
+    use std::io::Write;
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let relay = slow_after_first(pg.port, Duration::from_millis(1500));
+    let conf = dir.path().join("keyward.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "admin: null\nresources:\n  - name: late\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{relay}\n    pool_max_idle: 2\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: pooluser\n      password: poolpw\n",
+            pg.ca_pem.display()
+        ),
+    )
+    .unwrap();
+    let kw = Keyward::start(&conf);
+    let addr = kw.addr("late");
+    let (mut first, key) = pg_login_keyed(addr);
+    assert_eq!(key.len(), 8, "BackendKeyData: pid and key");
+    let (server_pid, _) = pg_rows(&mut first, "SELECT pg_backend_pid()");
+    // The app cancels (nothing runs; keyward's dial for it is held 1.5 s) and leaves.
+    let mut cancel = std::net::TcpStream::connect(addr).unwrap();
+    let mut request = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    request.extend_from_slice(&key);
+    cancel.write_all(&request).unwrap();
+    // keyward has looked the key up (the session is live) and is dialing when the app leaves.
+    std::thread::sleep(Duration::from_millis(300));
+    first.write_all(&pg_message(b'X', &[])).unwrap();
+    drop(first);
+    std::thread::sleep(Duration::from_millis(300));
+    // The next app gets the same server connection from the pool and runs a query through
+    // the moment the cancel's dial completes.
+    let mut second = pg_login(addr);
+    let (rows, error) = pg_rows(
+        &mut second,
+        "SELECT pg_backend_pid() || '/' || pg_sleep(2.5)::text",
+    );
+    assert_eq!(
+        error,
+        None,
+        "the next app's query was cancelled:\n{}",
+        kw.log_text()
+    );
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].starts_with(&format!("{}/", server_pid[0])),
+        "not the pooled connection: {rows:?} vs {server_pid:?}"
+    );
+    let log = kw.log_text();
+    assert!(
+        log.contains("CancelRequest for a session that ended meanwhile: dropped"),
+        "{log}"
+    );
 }
 
 /// Issue 13 item 2, the second scenario: an app that leaves inside a transaction, holding an

@@ -581,3 +581,50 @@ fn redis_cli_sessions_end_clean() {
     }
     kw.assert_clean_ends(3);
 }
+
+/// Issue 13 item 15: the plain copies keyward makes of a password (the AUTH it sends on
+/// login, the app's AUTH rewritten to keyward's, the file it re-reads per connection) are
+/// wiped after use. After 40 sessions on one password and a rotation to another, keyward's
+/// whole memory (heap, stacks, mappings) holds no copy of the first one. Failed before the
+/// fix: copies were left in freed buffers (the AUTH command's vector reallocated while it
+/// was built; the rewritten AUTH in the relay's buffers).
+#[test]
+fn no_copy_of_a_rotated_password_is_left_in_keyward_memory() {
+    let Some(s) = setup(&format!(
+        "{ACL}user memuser on >mem-pw-one >mem-pw-two ~* &* +@all\n"
+    )) else {
+        return;
+    };
+    if !require(
+        "root (reading keyward's memory through /proc/PID/mem)",
+        crate::support::procs::is_root(),
+    ) {
+        return;
+    }
+    let file = s.pki.write("mem-pw", "mem-pw-one\n");
+    let auth = format!(
+        "      type: password\n      username: memuser\n      password: ${{file:{}}}\n",
+        file.display()
+    );
+    let kw = start(s.pki.dir.path(), &[resource("mem", &s, &auth, "")]);
+    for n in 0..40 {
+        // Every fourth app sends an AUTH of its own, which keyward rewrites to its password.
+        let args: &[&str] = if n % 4 == 0 {
+            &["-a", "app-side-pw", "ACL", "WHOAMI"]
+        } else {
+            &["ACL", "WHOAMI"]
+        };
+        assert_eq!(cli(&kw, "mem", args), "memuser");
+    }
+    s.pki.write("mem-pw", "mem-pw-two\n");
+    assert_eq!(cli(&kw, "mem", &["ACL", "WHOAMI"]), "memuser");
+    kw.assert_clean_ends(41);
+    let pid = kw.pid();
+    // The current password is in memory (the check can see it); the first one is gone.
+    assert!(crate::support::procs::memory_count(pid, b"mem-pw-two") >= 1);
+    assert_eq!(
+        crate::support::procs::memory_count(pid, b"mem-pw-one"),
+        0,
+        "copies of the rotated password are left in keyward's memory"
+    );
+}

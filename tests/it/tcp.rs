@@ -570,9 +570,43 @@ async fn unix_listener_serves_with_mode_0600_and_replaces_a_stale_socket() {
         "listen: 127.0.0.1:0",
         &format!("listen: unix:{}", sock.display()),
     );
+    // Issue 13 item 14: the socket must never exist at its path with the umask's mode (or be
+    // given its mode through whatever sits at that path): it is made elsewhere and moved in.
+    // inotify tells a socket bound at the path (IN_CREATE, then IN_ATTRIB from the chmod)
+    // from one renamed into place (IN_MOVED_TO). Failed before the fix: bind + chmod at the
+    // path.
+    use notify::Watcher;
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(events_tx).unwrap();
+    watcher
+        .watch(pki.dir.path(), notify::RecursiveMode::NonRecursive)
+        .unwrap();
     let proxy = Proxy::start(pki.dir.path(), &yaml).await;
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    let mut arrived = Vec::new();
+    while let Ok(event) = events_rx.recv_timeout(Duration::from_millis(500)) {
+        let event = event.unwrap();
+        if event.paths.iter().any(|p| p == &sock) {
+            arrived.push(event.kind);
+        }
+    }
+    drop(watcher);
+    use notify::event::{EventKind, ModifyKind, RenameMode};
+    assert!(
+        !arrived.iter().any(|k| matches!(
+            k,
+            EventKind::Create(_) | EventKind::Modify(ModifyKind::Metadata(_))
+        )),
+        "the socket was created or chmod-ed at its path: {arrived:?}"
+    );
+    assert!(
+        arrived.iter().any(|k| matches!(
+            k,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        )),
+        "the socket was not moved into place: {arrived:?}"
+    );
     // Bound in a private directory and renamed into place: nothing of that is left over.
     let leftovers: Vec<_> = std::fs::read_dir(pki.dir.path())
         .unwrap()

@@ -234,6 +234,8 @@ pub const TEST_SECRETS: &[&str] = &[
     "slappw",
     "pw8-secret",
     "poolpw",
+    "mem-pw-one",
+    "mem-pw-two",
 ];
 
 impl Drop for Keyward {
@@ -431,4 +433,37 @@ pub fn nginx_bin() -> &'static str {
 /// Whether nginx can be run.
 pub fn nginx_available() -> bool {
     have(nginx_bin())
+}
+
+/// How many times `needle` occurs in the readable memory of process `pid` (its heap, stacks
+/// and mappings, read through `/proc/PID/mem`: needs root for a process that is not
+/// dumpable, as keyward is).
+pub fn memory_count(pid: u32, needle: &[u8]) -> usize {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut count = 0;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.read_exact_at(&mut region, start).is_err() {
+            continue;
+        }
+        count += region
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count();
+    }
+    count
 }
