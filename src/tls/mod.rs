@@ -142,6 +142,19 @@ pub fn build_client(
     }
     let provider = provider();
     let mut problems = Vec::new();
+    // Files are read in the reverse of the safe rotation order (CA bundle, then key, then
+    // certificate): a build that reads the new certificate then reads a key and a CA at least
+    // as new — never the new certificate with the CA bundle from before it.
+    let identity = match &settings.client {
+        Some(client) => match client_identity(&client.cert, &client.key, env) {
+            Ok(identity) => Some(identity),
+            Err(mut p) => {
+                problems.append(&mut p);
+                None
+            }
+        },
+        None => None,
+    };
     let ca_not_after = settings
         .ca
         .as_ref()
@@ -159,16 +172,6 @@ pub fn build_client(
             problems.push(p);
             Arc::new(RootCertStore::empty())
         }
-    };
-    let identity = match &settings.client {
-        Some(client) => match client_identity(&client.cert, &client.key, env) {
-            Ok(identity) => Some(identity),
-            Err(mut p) => {
-                problems.append(&mut p);
-                None
-            }
-        },
-        None => None,
     };
     if !problems.is_empty() {
         return Err(problems);
@@ -437,5 +440,49 @@ mod tests {
                 text.path.display()
             )
         );
+    }
+
+    /// A reload that reads the new client certificate must also get the CA bundle written
+    /// before it (the safe rotation order: bundle, key, certificate): the build reads the
+    /// certificate first, then the key, then the CA. (Failed before: the CA was read first,
+    /// and a reload racing a rotation could apply the new certificate with the old bundle.)
+    #[test]
+    fn a_client_build_reads_the_certificate_then_the_key_then_the_ca() {
+        struct Order(std::sync::Mutex<Vec<std::path::PathBuf>>);
+        impl Env for Order {
+            fn var(&self, _: &str) -> Option<String> {
+                None
+            }
+            fn read(&self, path: &std::path::Path) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+                self.0.lock().unwrap().push(path.to_owned());
+                std::fs::read(path).map(zeroize::Zeroizing::new)
+            }
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::Ca::new("order CA").unwrap();
+        let leaf = ca.leaf("client", &[], crate::pki::Usage::Client).unwrap();
+        let ca_file = file(dir.path(), "ca.pem", Some(&ca.cert.cert_pem));
+        let cert = file(dir.path(), "client.pem", Some(&leaf.cert_pem));
+        let key = file(dir.path(), "client.key", Some(&leaf.key_pem));
+        let settings = TlsSettings {
+            mode: TlsMode::VerifyFull,
+            ca: Some(ca_file.clone()),
+            system_roots: false,
+            client: Some(crate::config::ClientIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            server_name: ServerName::try_from("localhost").unwrap(),
+            min_version: TlsVersion::Tls12,
+            negotiation: Default::default(),
+            site: ca_file.site.clone(),
+        };
+        let env = Order(Default::default());
+        assert!(build_client(&settings, &[], &env).unwrap().is_some());
+        let read = env.0.into_inner().unwrap();
+        let first = |p: &std::path::Path| read.iter().position(|r| r == p).unwrap();
+        assert!(first(&cert.path) < first(&key.path), "{read:?}");
+        assert!(first(&key.path) < first(&ca_file.path), "{read:?}");
     }
 }
