@@ -728,3 +728,49 @@ fn large_uploads_and_multi_packet_queries_pass_whole() {
     );
     m.admin("DROP TABLE app.upload;");
 }
+
+/// Issue 13 item 15: no copy of keyward's password outlives its use (the scramble input is
+/// wiped). A user logs in 20 times through keyward (mysql_native_password) with its password
+/// in a file; then the password is rotated (server and file) and one more login uses the new
+/// one: keyward's whole memory holds no copy of the first password.
+#[test]
+fn no_copy_of_a_rotated_mysql_password_is_left_in_keyward_memory() {
+    let Some(m) = maria() else { return };
+    if !require(
+        "root (reading keyward's memory through /proc/PID/mem)",
+        crate::support::procs::is_root(),
+    ) {
+        return;
+    }
+    m.admin(
+        "CREATE USER 'memu'@'127.0.0.1' IDENTIFIED WITH mysql_native_password USING PASSWORD('maria-mem-one');",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "maria-mem-one\n").unwrap();
+    let source = format!("${{file:{}}}", file.display());
+    let kw = start(
+        dir.path(),
+        &[resource("mem", m, "memu", Some(&source), "", "")],
+    );
+    let port = kw.addr("mem").port();
+    let whoami = || {
+        let out = mariadb(port, &["--user=whoever"], "SELECT CURRENT_USER()");
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(text(&out), "memu@127.0.0.1");
+    };
+    for _ in 0..20 {
+        whoami();
+    }
+    m.admin("ALTER USER 'memu'@'127.0.0.1' IDENTIFIED WITH mysql_native_password USING PASSWORD('maria-mem-two');");
+    std::fs::write(&file, "maria-mem-two\n").unwrap();
+    whoami();
+    kw.assert_clean_ends(21);
+    let pid = kw.pid();
+    assert!(crate::support::procs::memory_count(pid, b"maria-mem-two") >= 1);
+    assert_eq!(
+        crate::support::procs::memory_count(pid, b"maria-mem-one"),
+        0,
+        "copies of the rotated password are left in keyward's memory"
+    );
+}

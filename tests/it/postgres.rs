@@ -930,3 +930,46 @@ fn psql_sessions_end_clean() {
     }
     kw.assert_clean_ends(3);
 }
+
+/// Issue 13 item 15: no copy of keyward's password outlives its use. A role logs in 20 times
+/// through keyward (SCRAM-SHA-256) with its password in a file; then the password is rotated
+/// (server and file) and one more login uses the new one: keyward's whole memory holds no copy
+/// of the first password.
+#[test]
+fn no_copy_of_a_rotated_postgres_password_is_left_in_keyward_memory() {
+    let Some(pg) = pg() else { return };
+    if !require(
+        "root (reading keyward's memory through /proc/PID/mem)",
+        crate::support::procs::is_root(),
+    ) {
+        return;
+    }
+    pg.admin("CREATE ROLE memrole LOGIN PASSWORD 'pg-mem-one'");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "pg-mem-one\n").unwrap();
+    let source = format!("${{file:{}}}", file.display());
+    let conf = config(
+        dir.path(),
+        pg,
+        &[Res::new("mem", "memrole", Some(source.as_str()))],
+    );
+    let kw = Keyward::start(&conf);
+    let port = kw.addr("mem").port();
+    for _ in 0..20 {
+        let out = psql(&local(port, "postgres"), "SELECT current_user");
+        assert_eq!(stdout(&out), "memrole", "{}", stderr(&out));
+    }
+    pg.admin("ALTER ROLE memrole PASSWORD 'pg-mem-two'");
+    std::fs::write(&file, "pg-mem-two\n").unwrap();
+    let out = psql(&local(port, "postgres"), "SELECT current_user");
+    assert_eq!(stdout(&out), "memrole", "{}", stderr(&out));
+    kw.assert_clean_ends(21);
+    let pid = kw.pid();
+    assert!(crate::support::procs::memory_count(pid, b"pg-mem-two") >= 1);
+    assert_eq!(
+        crate::support::procs::memory_count(pid, b"pg-mem-one"),
+        0,
+        "copies of the rotated password are left in keyward's memory"
+    );
+}

@@ -236,6 +236,10 @@ pub const TEST_SECRETS: &[&str] = &[
     "poolpw",
     "mem-pw-one",
     "mem-pw-two",
+    "pg-mem-one",
+    "pg-mem-two",
+    "maria-mem-one",
+    "maria-mem-two",
 ];
 
 impl Drop for Keyward {
