@@ -27,6 +27,15 @@ impl Credential {
         })
     }
 
+    /// A fixed value (the fuzz targets' client password).
+    #[doc(hidden)]
+    pub fn fixed(value: Secret) -> Self {
+        Self {
+            source: SecretSource::Literal(value.clone()),
+            last: Mutex::new(value),
+        }
+    }
+
     /// The current value: a `${file:}` secret is read again; others do not change. A file
     /// that cannot be read (mid-rotation) leaves the last value in use; a file that reads
     /// empty refuses the connection: an empty credential is never used.

@@ -5,7 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match keyward::config::parse(text, std::path::Path::new("/fuzz/keyward.yaml")) {
         Ok(config) => {
             for res in &config.resources {

@@ -6,7 +6,9 @@ use keyward::mysql::codec::{packet, parse_err, CommandWatch};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let _ = packet(rest, 1 << 20);
     let _ = parse_err(rest);
     let cut = (split as usize * rest.len()) / 255;

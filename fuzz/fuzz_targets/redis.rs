@@ -31,7 +31,9 @@ fn run(chunks: &[&[u8]]) -> (Vec<u8>, Option<Refused>, usize) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let cut = (split as usize * rest.len()) / 255;
     let whole = run(&[rest]);
     let (a, b) = rest.split_at(cut.min(rest.len()));
@@ -40,12 +42,19 @@ fuzz_target!(|data: &[u8]| {
     let (sent, _) = redis_commands(&out);
     let seen = sent.iter().filter(|c| intercepted(&c[0])).count();
     for c in sent.iter().filter(|c| intercepted(&c[0])) {
-        assert_eq!(c[1..], [MARK.to_vec()], "an app's own AUTH/HELLO reaches Redis");
+        assert_eq!(
+            c[1..],
+            [MARK.to_vec()],
+            "an app's own AUTH/HELLO reaches Redis"
+        );
     }
     assert_eq!(seen, rewrites);
     if refused.is_none() {
         let (theirs, end) = redis_commands(rest);
         assert_ne!(end, Rest::Error);
-        assert_eq!(theirs.iter().filter(|c| intercepted(&c[0])).count(), rewrites);
+        assert_eq!(
+            theirs.iter().filter(|c| intercepted(&c[0])).count(),
+            rewrites
+        );
     }
 });

@@ -623,6 +623,34 @@ pub fn without_dot_segments(path: &str) -> Option<String> {
     Some(format!("/{}", out.join("/")))
 }
 
+/// The path and query sent upstream for the app's `path` and `query`: dot segments resolved
+/// (refused when they would climb above the root, and so out of `base`), `base` joined, the
+/// app's own `drop_param` taken out and `add` appended (the injected API key replaces any the
+/// app sent).
+pub fn upstream_path(
+    base: &str,
+    path: &str,
+    query: Option<&str>,
+    drop_param: Option<&str>,
+    add: Option<(&str, &str)>,
+) -> Result<String, ConnError> {
+    let clean = without_dot_segments(path).ok_or_else(|| {
+        ConnError::new(
+            Side::Client,
+            Reason::PathOutsideBase,
+            "the request path climbs out of the upstream's base path with '..' segments",
+        )
+    })?;
+    let clean_pq = match query {
+        Some(q) => format!("{clean}?{q}"),
+        None => clean,
+    };
+    let clean_pq = http::uri::PathAndQuery::try_from(clean_pq).map_err(|e| {
+        ConnError::new(Side::Client, Reason::Protocol, format!("request path: {e}"))
+    })?;
+    Ok(target_path(base, Some(&clean_pq), drop_param, add))
+}
+
 /// `base` + the app's path; the query is kept (minus `drop_param`, plus `add`).
 pub fn target_path(
     base: &str,
@@ -746,21 +774,13 @@ async fn forward(
             parts.headers.remove(name);
         }
     }
-    let clean = without_dot_segments(parts.uri.path()).ok_or_else(|| {
-        ConnError::new(
-            Side::Client,
-            Reason::PathOutsideBase,
-            "the request path climbs out of the upstream's base path with '..' segments",
-        )
-    })?;
-    let clean_pq = match parts.uri.query() {
-        Some(q) => format!("{clean}?{q}"),
-        None => clean,
-    };
-    let clean_pq = http::uri::PathAndQuery::try_from(clean_pq).map_err(|e| {
-        ConnError::new(Side::Client, Reason::Protocol, format!("request path: {e}"))
-    })?;
-    let path = target_path(&up.base_path, Some(&clean_pq), drop_param, add_param);
+    let path = upstream_path(
+        &up.base_path,
+        parts.uri.path(),
+        parts.uri.query(),
+        drop_param,
+        add_param,
+    )?;
     // The name the upstream is addressed by travels in the URI's authority: hyper-util writes
     // it as `Host` on HTTP/1.1 and as `:authority` on HTTP/2, where a `Host` header of
     // keyward's own would be a second, possibly different, copy that servers reject (RFC 9113

@@ -182,17 +182,20 @@ impl Mysql {
                 app.wire.buf.extend_from_slice(&rest);
             }
         }
-        let response = match read_app_response(&mut app.wire, db, &scramble, name).await {
-            Ok((response, last)) => {
-                *seq = last;
-                response
-            }
-            Err(AppError::Refuse(e, at)) => {
-                *seq = at.wrapping_sub(1);
-                return Err(Failure::Open(e));
-            }
-            Err(AppError::Io(e)) => return Err(Failure::Open(e)),
-        };
+        let response =
+            match read_app_response(&mut app.wire, db.client_password.as_ref(), &scramble, name)
+                .await
+            {
+                Ok((response, last)) => {
+                    *seq = last;
+                    response
+                }
+                Err(AppError::Refuse(e, at)) => {
+                    *seq = at.wrapping_sub(1);
+                    return Err(Failure::Open(e));
+                }
+                Err(AppError::Io(e)) => return Err(Failure::Open(e)),
+            };
         let admitted = app.admit().map_err(Failure::Open)?;
         let login = async {
             let (tcp, greeting) = upstream?;
@@ -276,7 +279,7 @@ impl From<ConnError> for AppError {
 /// plugin first if it used another).
 async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
     app: &mut Wire<S>,
-    db: &DbRuntime,
+    client_password: Option<&crate::db::Credential>,
     scramble: &[u8; 20],
     resource: &str,
 ) -> Result<(AppHello, u8), AppError> {
@@ -323,7 +326,7 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
         db: response.db_name().map(<[u8]>::to_vec),
         attrs: response.connect_attributes(),
     };
-    if let Some(expected) = &db.client_password {
+    if let Some(expected) = client_password {
         let expected = expected.current(resource)?;
         let mut given = response.scramble_buf().to_vec();
         let plugin_is_native = response
@@ -362,6 +365,40 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok((hello, seq))
+}
+
+/// For the fuzz target (`fuzz/fuzz_targets/mysql_handshake.rs`): keyward's side of the
+/// handshake on arbitrary bytes, in memory: the app's HandshakeResponse (and, with a
+/// `client_password`, its auth switch), and the server's greeting. The first byte splits
+/// `data` into app and server bytes; its low bit turns `client_password` on. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_handshake(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let cut = (split as usize * rest.len()) / 255;
+    let (app_bytes, server_bytes) = rest.split_at(cut.min(rest.len()));
+    thread_local! {
+        static RT: Option<tokio::runtime::Runtime> =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().ok();
+    }
+    let password = crate::db::Credential::fixed(crate::secret::Secret::new("fuzz-password"));
+    let client_password = (split & 1 == 1).then_some(&password);
+    RT.with(|rt| {
+        let Some(rt) = rt else { return };
+        rt.block_on(async {
+            let mut app = Wire::new(tokio::io::join(app_bytes, tokio::io::sink()), Side::Client);
+            let _ = read_app_response(&mut app, client_password, &[7; 20], "fuzz").await;
+            let mut up = Wire::new(
+                tokio::io::join(server_bytes, tokio::io::sink()),
+                Side::Upstream,
+            );
+            if let Ok(greeting) = read_greeting(&mut up, std::time::Duration::from_secs(1)).await {
+                let _ = greeting.capabilities();
+                let _ = greeting.auth_plugin();
+            }
+        });
+    });
 }
 
 /// TCP to the upstream and its initial handshake packet.

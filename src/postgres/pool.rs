@@ -386,6 +386,19 @@ mod tests {
         assert_eq!(f.status, b'I');
     }
 
+    /// Found by the `postgres` fuzz target (its split-versus-whole property was too strict): a
+    /// Terminate whose header straddles two reads has had its first bytes passed on, so it is
+    /// followed like any message and a later Terminate stops the relay instead. (The server
+    /// got the first one and closes: the reset then fails and the connection is not pooled.)
+    #[test]
+    fn a_terminate_split_across_reads_is_passed_on_and_a_later_one_stops() {
+        let stream = [&b"X\0\0\0\x04"[..], b"X\0\0\0\x04"].concat();
+        assert_eq!(Frames::app().feed(&stream), Some(0));
+        let mut f = Frames::app();
+        assert_eq!(f.feed(&stream[..2]), None);
+        assert_eq!(f.feed(&stream[2..]).map(|at| 2 + at), Some(5));
+    }
+
     async fn idle_pair() -> (Idle, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

@@ -284,8 +284,16 @@ pub fn redis_commands(buf: &[u8]) -> (Vec<Vec<Vec<u8>>>, Rest) {
             at = nl + 1;
             continue;
         }
-        let number = |from: usize| -> Result<Option<(i64, usize)>, ()> {
+        // A length line: Redis reads it once a `\r` and one byte after it are there (it
+        // skips that byte unchecked), and only then looks at its first byte.
+        let line = |from: usize| -> Result<Option<usize>, ()> {
             match find(from, b'\r')? {
+                Some(cr) if cr + 1 < buf.len() => Ok(Some(cr)),
+                _ => Ok(None),
+            }
+        };
+        let number = |from: usize| -> Result<Option<(i64, usize)>, ()> {
+            match line(from)? {
                 None => Ok(None),
                 Some(cr) => redis_number(&buf[from..cr])
                     .map(|n| Some((n, cr + 2)))
@@ -301,8 +309,10 @@ pub fn redis_commands(buf: &[u8]) -> (Vec<Vec<Vec<u8>>>, Rest) {
         at = next;
         let mut args = Vec::new();
         for _ in 0..count.max(0) {
-            if at >= buf.len() {
-                return (commands, Rest::Incomplete);
+            match line(at) {
+                Ok(Some(_)) => {}
+                Ok(None) => return (commands, Rest::Incomplete),
+                Err(()) => return (commands, Rest::Error),
             }
             if buf[at] != b'$' {
                 return (commands, Rest::Error);
@@ -695,6 +705,30 @@ mod tests {
             ) {
                 assert_eq!(redis_commands(&stream).1, Rest::Error, "{input:?}");
             }
+        }
+    }
+
+    /// Found by the `redis` fuzz target: Redis looks at a bulk length line's first byte only
+    /// once the line's `\r` and the byte after it are there; before that the command is
+    /// incomplete, not an error (a real Redis 7 waits on each of these). The model said
+    /// "error"; the scanner already waited.
+    #[test]
+    fn a_length_line_is_judged_only_once_it_is_complete() {
+        for input in [
+            &b"*4\r\xff\xff)"[..],
+            b"\n*4\r\xff\xff)",
+            b"*4\r\n\xff)",
+            b"*1\r\nx",
+            b"*1\r\n$3\r",
+        ] {
+            assert_eq!(redis_commands(input).1, Rest::Incomplete, "{input:?}");
+            assert_eq!(scan(&[input]).1, None, "{input:?}");
+            check_against_model(input, input.len() / 2);
+        }
+        // Complete, the same lines are errors for both.
+        for input in [&b"*4\r\xff\xff)\r\n"[..], b"*1\r\nx\r\n"] {
+            assert_eq!(redis_commands(input).1, Rest::Error, "{input:?}");
+            assert!(scan(&[input]).1.is_some(), "{input:?}");
         }
     }
 

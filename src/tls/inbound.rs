@@ -193,6 +193,13 @@ pub fn allowed(allow: &AllowList, der: &[u8]) -> bool {
     false
 }
 
+/// Whether `name` matches the allow-list pattern `pattern`: as a URI SAN (`uri`: `*` within
+/// one path segment, case-sensitive) or as a DNS name / CN (`*` within one label, ASCII case
+/// ignored). `*` stands for one or more characters. (Public for the fuzz target.)
+pub fn name_matches(pattern: &str, name: &str, uri: bool) -> bool {
+    glob(pattern, name, if uri { Names::Uri } else { Names::Dns })
+}
+
 /// How names of a kind compare: the separator a `*` does not cross, and case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Names {
