@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Hostile traffic beside real traffic: pgbench and wrk through keyward at a steady rate (the
+# stack of bench/stack.sh: PostgreSQL, Redis, an HTTPS API), in three phases of PHASE seconds:
+# baseline, hostile (bench/hostile.py on the same listeners: IDLE idle connections, slowloris on
+# HTTP headers and on PostgreSQL/Redis handshakes, garbage and truncated TLS ClientHellos on a
+# listen_tls port, oversized startup packets and RESP bulk headers, connect-and-reset storms),
+# and after. Prints the real clients' throughput and p99 per phase with the hostile/baseline
+# ratios, keyward's RSS and open fds (baseline, peak during the attack, after), how the hostile
+# connections ended, and the reasons keyward recorded for them (keyward_connection_errors_total).
+#
+#   bash bench/hostile.sh                      # PHASE=30 IDLE=10000
+#   PHASE=20 IDLE=2000 bash bench/hostile.sh
+#
+# Needs what bench/soak.sh needs; run as root. It asserts nothing; the figures go in README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PHASE=${PHASE:-30}
+IDLE=${IDLE:-10000}
+B=/usr/lib/postgresql/15/bin
+T=$(mktemp -d /tmp/keyward-hostile.XXXXXX)
+chmod 755 "$T"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
+trap cleanup EXIT
+AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+source bench/lib.sh
+need redis-server:redis-server redis-benchmark:redis-tools wrk:wrk openssl:openssl pgbench:postgresql-client-15
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$B/postgres" ] || { echo "missing $B/postgres (Debian: postgresql-15)" >&2; exit 2; }
+ulimit -n "$(ulimit -Hn)"   # the idle flood needs a descriptor per connection on both ends
+
+[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
+KW_BIN=${KEYWARD_BIN:-./target/release/keyward}
+source bench/stack.sh
+KT=$(free_port); UP=$(free_port)
+# Room for the idle flood (half on each database port) beside the real clients.
+STACK_TOP="defaults: { max_connections: $((IDLE / 2 + 200)) }"
+EXTRA_YAML="  - name: tlsapp
+    protocol: tcp
+    listen: 127.0.0.1:$KT
+    listen_tls: { cert: $T/server.pem, key: $T/server.key }
+    upstream: localhost:$UP
+    tls: { ca: $T/ca.pem }"
+start_stack
+until curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -q 'resource="tlsapp"'; do sleep 0.1; done
+
+cat > "$T/delay.lua" <<'LUA'
+function delay() return 5 end
+done = function(summary, latency, requests)
+  io.write(string.format("WRK %d %d %d %.3f\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, latency:percentile(99) / 1000))
+end
+LUA
+errors() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep '^keyward_connection_errors_total' | sort || true; }
+
+phase() { # $1 name: pgbench and wrk for PHASE seconds; prints one line
+  local name=$1
+  ( cd "$T" && pgbench -h 127.0.0.1 -p "$KP" -U benchuser -n -S -c 2 -R 200 -T "$PHASE" -l --log-prefix="pg-$name" bench > "pg-$name.out" 2>&1 ) &
+  local pgb=$!
+  wrk -t1 -c2 -d"${PHASE}s" -s "$T/delay.lua" "http://127.0.0.1:$KH/" > "$T/wrk-$name.out" 2>&1 &
+  local wb=$!
+  wait $pgb $wb || true
+  local tx p99 failed
+  tx=$(grep -oE 'number of transactions actually processed: [0-9]+' "$T/pg-$name.out" | grep -oE '[0-9]+$' || echo 0)
+  failed=$(grep -oE 'number of failed transactions: [0-9]+' "$T/pg-$name.out" | grep -oE '[0-9]+$' || echo "?")
+  p99=$(cat "$T"/pg-$name.* 2>/dev/null | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int(NR*0.99)]/1000; else print "?"}')
+  read -r _ h_n h_err h_status h_p99 < <(grep '^WRK' "$T/wrk-$name.out" || echo "WRK 0 ? ? ?")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tx" "$failed" "$p99" "$h_n" "$h_err" "$h_status" "$h_p99" >> "$T/phases.tsv"
+  printf '%-9s pg %6s tx %s failed p99 %6s ms | http %6s req %s errors %s non-2xx p99 %6s ms | rss_kib fds %s\n' \
+    "$name" "$tx" "$failed" "$p99" "$h_n" "$h_err" "$h_status" "$h_p99" "$(sample)"
+}
+
+echo "hostile: phases of ${PHASE}s, $IDLE idle connections; keyward $($KW_BIN --version)"
+: > "$T/phases.tsv"
+phase baseline
+BASE_SAMPLE=$(sample)
+errors > "$T/errors-before.txt"
+python3 bench/hostile.py "$PHASE" "$IDLE" "$KP" "$KR" "$KH" "$KT" > "$T/hostile.json" &
+HOSTILE=$!
+( peak_rss=0; peak_fds=0
+  while kill -0 $HOSTILE 2>/dev/null; do
+    read -r rss fds < <(sample)
+    [ "$rss" -gt "$peak_rss" ] && peak_rss=$rss
+    [ "$fds" -gt "$peak_fds" ] && peak_fds=$fds
+    echo "$peak_rss $peak_fds" > "$T/peak.txt"
+    sleep 0.5
+  done ) &
+phase hostile
+wait $HOSTILE || true
+sleep 12   # hostile connections still open end by client_handshake_timeout (10 s)
+phase after
+AFTER_SAMPLE=$(sample)
+errors > "$T/errors-after.txt"
+echo "hostile connections (made, and how they ended): $(cat "$T/hostile.json")"
+echo "keyward rss_kib fds: baseline $BASE_SAMPLE, peak during the attack $(cat "$T/peak.txt" 2>/dev/null), after $AFTER_SAMPLE"
+echo "keyward_connection_errors_total added during the attack (resource, side, reason):"
+python3 - "$T/errors-before.txt" "$T/errors-after.txt" <<'PY'
+import re, sys
+def load(p):
+    out = {}
+    for line in open(p):
+        m = re.match(r'keyward_connection_errors_total\{(.*)\} (\d+)', line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+before, after = load(sys.argv[1]), load(sys.argv[2])
+for k in sorted(after):
+    d = after[k] - before.get(k, 0)
+    if d:
+        print(f"  {d:8d}  {k}")
+PY
+python3 - "$T/phases.tsv" <<'PY'
+import sys
+rows = {r[0]: r for r in (l.rstrip("\n").split("\t") for l in open(sys.argv[1]))}
+num = lambda x: float(x) if x.replace(".", "", 1).isdigit() else float("nan")
+b, h = rows["baseline"], rows["hostile"]
+print(f"under attack / baseline: pg throughput {num(h[1]) / num(b[1]):.2f}x, p99 {num(h[3]) / num(b[3]):.2f}x; "
+      f"http throughput {num(h[4]) / num(b[4]):.2f}x, p99 {num(h[7]) / num(b[7]):.2f}x")
+PY
