@@ -16,22 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PHASE=${PHASE:-30}
 IDLE=${IDLE:-10000}
-B=/usr/lib/postgresql/15/bin
-T=$(mktemp -d /tmp/keyward-hostile.XXXXXX)
-chmod 755 "$T"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
-trap cleanup EXIT
-AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups --)
-source bench/lib.sh
-need redis-server:redis-server redis-benchmark:redis-tools wrk:wrk openssl:openssl pgbench:postgresql-client-15
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -x "$B/postgres" ] || { echo "missing $B/postgres (Debian: postgresql-15)" >&2; exit 2; }
 ulimit -n "$(ulimit -Hn)"   # the idle flood needs a descriptor per connection on both ends
-
-[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
-KW_BIN=${KEYWARD_BIN:-./target/release/keyward}
-source bench/stack.sh
+source bench/stack.sh hostile
 KT=$(free_port); UP=$(free_port)
 # Room for the idle flood (half on each database port) beside the real clients.
 STACK_TOP="defaults: { max_connections: $((IDLE / 2 + 200)) }"

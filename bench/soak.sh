@@ -19,21 +19,7 @@ cd "$(dirname "$0")/.."
 SOAK_SECONDS=${SOAK_SECONDS:-600}
 MIN_RELOADS=${MIN_RELOADS:-1000}
 WINDOW=${WINDOW:-30}
-B=/usr/lib/postgresql/15/bin
-T=$(mktemp -d /tmp/keyward-soak.XXXXXX)
-chmod 755 "$T"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
-trap cleanup EXIT
-AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups --)
-source bench/lib.sh
-need redis-server:redis-server redis-benchmark:redis-tools wrk:wrk openssl:openssl pgbench:postgresql-client-15
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -x "$B/postgres" ] || { echo "missing $B/postgres (Debian: postgresql-15)" >&2; exit 2; }
-
-[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
-KW_BIN=${KEYWARD_BIN:-./target/release/keyward}
-source bench/stack.sh
+source bench/stack.sh soak
 EXTRA_YAML=""
 start_stack
 cat > "$T/delay.lua" <<'LUA'

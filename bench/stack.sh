@@ -1,9 +1,26 @@
-# Shared by bench/soak.sh and bench/hostile.sh (sourced, after bench/lib.sh, with $T, pids and
-# AS_PG set): the stack they drive. A private PostgreSQL 15 (TLS only, SCRAM, pgbench tables),
+# Shared by bench/soak.sh and bench/hostile.sh: `source bench/stack.sh NAME` (from the
+# repository root) makes the scratch directory $T (removed at exit with every process in
+# pids), checks the tools, builds keyward unless KEYWARD_BIN names a binary, and defines
+# start_stack: the stack they drive. A private PostgreSQL 15 (TLS only, SCRAM, pgbench tables),
 # Redis 7 (TLS only, client certificate required, ACL user `soak` with two valid passwords),
 # an HTTPS API (nginx: 200 only with X-Api-Key key-a or key-b), and keyward in front of them
 # (resources pg, redis, api; the admin endpoint on $ADMIN) with $EXTRA_YAML appended to its
 # resources and $STACK_TOP to its top level. Sets PGPORT RPORT UP KP KR KH KX ADMIN KW; sample prints keyward's RSS and fds.
+B=/usr/lib/postgresql/15/bin
+T=$(mktemp -d /tmp/keyward-$1.XXXXXX)
+chmod 755 "$T"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
+trap cleanup EXIT
+AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+source bench/lib.sh
+need redis-server:redis-server redis-benchmark:redis-tools wrk:wrk openssl:openssl pgbench:postgresql-client-15
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$B/postgres" ] || { echo "missing $B/postgres (Debian: postgresql-15)" >&2; exit 2; }
+
+[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
+KW_BIN=${KEYWARD_BIN:-./target/release/keyward}
+
 start_stack() {
 make_pki
 chmod 600 "$T/server.key"; chmod 644 "$T/ca.pem" "$T/server.pem"

@@ -259,6 +259,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Filtered<S> {
     }
 }
 
+/// For the fuzz targets that play both sides of an exchange: `data` minus its first byte, cut
+/// where that byte says (0 = all server bytes, 255 = all app bytes): (the byte, app bytes,
+/// server bytes).
+#[doc(hidden)]
+pub fn fuzz_split(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&split, rest) = data.split_first()?;
+    let cut = (split as usize * rest.len()) / 255;
+    let (app, server) = rest.split_at(cut.min(rest.len()));
+    Some((split, app, server))
+}
+
+/// For the fuzz targets: runs `f` to completion on this thread's runtime (made once).
+#[doc(hidden)]
+pub fn fuzz_block_on<F: std::future::Future>(f: F) -> Option<F::Output> {
+    thread_local! {
+        static RT: Option<tokio::runtime::Runtime> =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().ok();
+    }
+    RT.with(|rt| rt.as_ref().map(|rt| rt.block_on(f)))
+}
+
 /// Test helper for the seeded corpora that stand in for the fuzz targets in `cargo test`:
 /// `edits` random byte replacements, removals and insertions.
 #[cfg(test)]

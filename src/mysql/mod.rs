@@ -373,31 +373,22 @@ async fn read_app_response<S: AsyncRead + AsyncWrite + Unpin>(
 /// `data` into app and server bytes; its low bit turns `client_password` on. Must never panic.
 #[doc(hidden)]
 pub fn fuzz_handshake(data: &[u8]) {
-    let Some((&split, rest)) = data.split_first() else {
+    let Some((split, app_bytes, server_bytes)) = crate::wire::fuzz_split(data) else {
         return;
     };
-    let cut = (split as usize * rest.len()) / 255;
-    let (app_bytes, server_bytes) = rest.split_at(cut.min(rest.len()));
-    thread_local! {
-        static RT: Option<tokio::runtime::Runtime> =
-            tokio::runtime::Builder::new_current_thread().enable_time().build().ok();
-    }
     let password = crate::db::Credential::fixed(crate::secret::Secret::new("fuzz-password"));
     let client_password = (split & 1 == 1).then_some(&password);
-    RT.with(|rt| {
-        let Some(rt) = rt else { return };
-        rt.block_on(async {
-            let mut app = Wire::new(tokio::io::join(app_bytes, tokio::io::sink()), Side::Client);
-            let _ = read_app_response(&mut app, client_password, &[7; 20], "fuzz").await;
-            let mut up = Wire::new(
-                tokio::io::join(server_bytes, tokio::io::sink()),
-                Side::Upstream,
-            );
-            if let Ok(greeting) = read_greeting(&mut up, std::time::Duration::from_secs(1)).await {
-                let _ = greeting.capabilities();
-                let _ = greeting.auth_plugin();
-            }
-        });
+    crate::wire::fuzz_block_on(async {
+        let mut app = Wire::new(tokio::io::join(app_bytes, tokio::io::sink()), Side::Client);
+        let _ = read_app_response(&mut app, client_password, &[7; 20], "fuzz").await;
+        let mut up = Wire::new(
+            tokio::io::join(server_bytes, tokio::io::sink()),
+            Side::Upstream,
+        );
+        if let Ok(greeting) = read_greeting(&mut up, std::time::Duration::from_secs(1)).await {
+            let _ = greeting.capabilities();
+            let _ = greeting.auth_plugin();
+        }
     });
 }
 

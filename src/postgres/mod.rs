@@ -567,20 +567,9 @@ pub fn app_error(e: &ConnError, resource: &str) -> Vec<u8> {
 /// what the app sends and what the server sends. Must never panic.
 #[doc(hidden)]
 pub fn fuzz_exchange(data: &[u8]) {
-    let Some((&split, rest)) = data.split_first() else {
-        return;
-    };
-    let cut = (split as usize * rest.len()) / 255;
-    let (app_bytes, server_bytes) = rest.split_at(cut.min(rest.len()));
-    thread_local! {
-        static RT: Option<tokio::runtime::Runtime> =
-            tokio::runtime::Builder::new_current_thread().build().ok();
+    if let Some((_, app_bytes, server_bytes)) = crate::wire::fuzz_split(data) {
+        crate::wire::fuzz_block_on(fuzz_async(app_bytes, server_bytes));
     }
-    RT.with(|rt| {
-        if let Some(rt) = rt {
-            rt.block_on(fuzz_async(app_bytes, server_bytes));
-        }
-    });
 }
 
 async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {

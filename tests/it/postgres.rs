@@ -938,10 +938,7 @@ fn psql_sessions_end_clean() {
 #[test]
 fn no_copy_of_a_rotated_postgres_password_is_left_in_keyward_memory() {
     let Some(pg) = pg() else { return };
-    if !require(
-        "root (reading keyward's memory through /proc/PID/mem)",
-        crate::support::procs::is_root(),
-    ) {
+    if !crate::support::procs::can_read_memory() {
         return;
     }
     pg.admin("CREATE ROLE memrole LOGIN PASSWORD 'pg-mem-one'");
@@ -965,11 +962,9 @@ fn no_copy_of_a_rotated_postgres_password_is_left_in_keyward_memory() {
     let out = psql(&local(port, "postgres"), "SELECT current_user");
     assert_eq!(stdout(&out), "memrole", "{}", stderr(&out));
     kw.assert_clean_ends(21);
-    let pid = kw.pid();
-    assert!(crate::support::procs::memory_count(pid, b"pg-mem-two") >= 1);
-    assert_eq!(
-        crate::support::procs::memory_count(pid, b"pg-mem-one"),
-        0,
-        "copies of the rotated password are left in keyward's memory"
+    crate::support::procs::assert_only_the_new_secret_in_memory(
+        kw.pid(),
+        b"pg-mem-one",
+        b"pg-mem-two",
     );
 }

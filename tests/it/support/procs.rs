@@ -471,3 +471,26 @@ pub fn memory_count(pid: u32, needle: &[u8]) -> usize {
     }
     count
 }
+
+/// Whether this process may read keyward's memory (root: keyward is not dumpable); the reason
+/// is printed (or, under `KEYWARD_E2E=require`, a failure raised) when it may not.
+pub fn can_read_memory() -> bool {
+    crate::support::require(
+        "root (reading keyward's memory through /proc/PID/mem)",
+        is_root(),
+    )
+}
+
+/// After a rotation from `old` to `new`: keyward's memory holds the new secret (so the scan can
+/// see a secret at all) and no copy of the old one.
+pub fn assert_only_the_new_secret_in_memory(pid: u32, old: &[u8], new: &[u8]) {
+    assert!(
+        memory_count(pid, new) >= 1,
+        "the scan finds the current secret"
+    );
+    assert_eq!(
+        memory_count(pid, old),
+        0,
+        "copies of the rotated secret are left in keyward's memory"
+    );
+}
