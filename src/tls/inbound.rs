@@ -140,7 +140,7 @@ impl InboundTls {
                     Reason::ClientHandshakeTimeout,
                     format!(
                         "the app did not complete the TLS handshake within {}",
-                        humantime::format_duration(timeout)
+                        shown(timeout)
                     ),
                 ))
             }
@@ -253,6 +253,17 @@ fn glob(pattern: &str, text: &str, names: Names) -> bool {
     }
 }
 
+/// A time limit as a person reads it: the time left until the client deadline is a few
+/// nanoseconds short of what was configured, so it is rounded up to whole milliseconds
+/// (`10s`, not `9s 999ms 999us 820ns`).
+fn shown(limit: std::time::Duration) -> String {
+    let ms = limit.as_nanos().div_ceil(1_000_000);
+    humantime::format_duration(std::time::Duration::from_millis(
+        u64::try_from(ms).unwrap_or(u64::MAX),
+    ))
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +351,14 @@ mod tests {
             &list(&["other"], &["*.other.svc"], &["spiffe://x/*"]),
             der
         ));
+    }
+
+    /// Seen in `bench/hostile.sh`'s log: "within 9s 999ms 999us 820ns".
+    #[test]
+    fn a_time_limit_is_shown_in_whole_milliseconds() {
+        use std::time::Duration;
+        assert_eq!(shown(Duration::from_nanos(9_999_999_820)), "10s");
+        assert_eq!(shown(Duration::from_secs(10)), "10s");
+        assert_eq!(shown(Duration::from_micros(2_500_100)), "2s 501ms");
     }
 }
