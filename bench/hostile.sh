@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hostile traffic beside real traffic: pgbench and wrk through keyward at a steady rate (the
 # stack of bench/stack.sh: PostgreSQL, Redis, an HTTPS API), in three phases of PHASE seconds:
-# baseline, hostile (bench/hostile.py on the same listeners: IDLE idle connections, slowloris on
+# baseline, hostile (bench/hostile.py at nice 19 — an attacker elsewhere would not take the
+# proxy's CPU — on the same listeners: IDLE idle connections, slowloris on
 # HTTP headers and on PostgreSQL/Redis handshakes, garbage and truncated TLS ClientHellos on a
 # listen_tls port, oversized startup packets and RESP bulk headers, connect-and-reset storms),
 # and after. Prints the real clients' throughput and p99 per phase with the hostile/baseline
@@ -62,7 +63,7 @@ echo "hostile: phases of ${PHASE}s, $IDLE idle connections; keyward $($KW_BIN --
 phase baseline
 BASE_SAMPLE=$(sample)
 errors > "$T/errors-before.txt"
-python3 bench/hostile.py "$PHASE" "$IDLE" "$KP" "$KR" "$KH" "$KT" > "$T/hostile.json" &
+nice -n 19 python3 bench/hostile.py "$PHASE" "$IDLE" "$KP" "$KR" "$KH" "$KT" > "$T/hostile.json" &
 HOSTILE=$!
 ( peak_rss=0; peak_fds=0
   while kill -0 $HOSTILE 2>/dev/null; do
