@@ -31,28 +31,13 @@ EXTRA_YAML="  - name: tlsapp
 start_stack
 until curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -q 'resource="tlsapp"'; do sleep 0.1; done
 
-cat > "$T/delay.lua" <<'LUA'
-function delay() return 5 end
-done = function(summary, latency, requests)
-  io.write(string.format("WRK %d %d %d %.3f\n", summary.requests,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status, latency:percentile(99) / 1000))
-end
-LUA
 errors() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep '^keyward_connection_errors_total' | sort || true; }
 
 phase() { # $1 name: pgbench and wrk for PHASE seconds; prints one line
-  local name=$1
-  ( cd "$T" && pgbench -h 127.0.0.1 -p "$KP" -U benchuser -n -S -c 2 -R 200 -T "$PHASE" -l --log-prefix="pg-$name" bench > "pg-$name.out" 2>&1 ) &
-  local pgb=$!
-  wrk -t1 -c2 -d"${PHASE}s" -s "$T/delay.lua" "http://127.0.0.1:$KH/" > "$T/wrk-$name.out" 2>&1 &
-  local wb=$!
-  wait $pgb $wb || true
-  local tx p99 failed
-  tx=$(grep -oE 'number of transactions actually processed: [0-9]+' "$T/pg-$name.out" | grep -oE '[0-9]+$' || echo 0)
-  failed=$(grep -oE 'number of failed transactions: [0-9]+' "$T/pg-$name.out" | grep -oE '[0-9]+$' || echo "?")
-  p99=$(cat "$T"/pg-$name.* 2>/dev/null | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int(NR*0.99)]/1000; else print "?"}')
-  read -r _ h_n h_err h_status h_p99 < <(grep '^WRK' "$T/wrk-$name.out" || echo "WRK 0 ? ? ?")
+  local name=$1 tx failed p99 h_n h_err h_status h_p99
+  steady_load "$name" "$PHASE"
+  wait $PG_PID $WRK_PID || true
+  read -r tx failed p99 h_n h_err h_status h_p99 < <(steady_results "$name")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tx" "$failed" "$p99" "$h_n" "$h_err" "$h_status" "$h_p99" >> "$T/phases.tsv"
   printf '%-9s pg %6s tx %s failed p99 %6s ms | http %6s req %s errors %s non-2xx p99 %6s ms | rss_kib fds %s\n' \
     "$name" "$tx" "$failed" "$p99" "$h_n" "$h_err" "$h_status" "$h_p99" "$(sample)"

@@ -22,14 +22,6 @@ WINDOW=${WINDOW:-30}
 source bench/stack.sh soak
 EXTRA_YAML=""
 start_stack
-cat > "$T/delay.lua" <<'LUA'
-function delay() return 5 end
-done = function(summary, latency, requests)
-  io.write(string.format("WRK %d %d %d %.3f\n", summary.requests,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status, latency:percentile(99) / 1000))
-end
-LUA
 
 echo "soak: ${SOAK_SECONDS}s, windows of ${WINDOW}s, at least $MIN_RELOADS reloads; keyward $($KW_BIN --version)"
 START_SAMPLE=$(sample)
@@ -37,9 +29,7 @@ python3 bench/soak_reloads.py "$T" "$ADMIN" "$SOAK_SECONDS" "$MIN_RELOADS" > "$T
 windows=$(( (SOAK_SECONDS + WINDOW - 1) / WINDOW ))
 : > "$T/windows.tsv"
 for w in $(seq 1 "$windows"); do
-  # pgbench: 2 clients, 200 tx/s, per-transaction log for the p99.
-  ( cd "$T" && pgbench -h 127.0.0.1 -p "$KP" -U benchuser -n -S -c 2 -R 200 -T "$WINDOW" -l --log-prefix="pg$w" bench > "pg$w.out" 2>&1 ) &
-  PGB=$!
+  steady_load "$w" "$WINDOW"
   # redis-benchmark: 2 clients, GET/SET in repeated short runs for the window.
   ( end=$((SECONDS + WINDOW)); n=0; f=0; p99s=""
     while [ $SECONDS -lt $end ]; do
@@ -51,15 +41,9 @@ for w in $(seq 1 "$windows"); do
     done
     echo "REDIS $n $f $(echo $p99s | tr ' ' '\n' | sort -n | tail -1)" ) > "$T/redis$w.out" &
   RB=$!
-  wrk -t1 -c2 -d"${WINDOW}s" -s "$T/delay.lua" "http://127.0.0.1:$KH/" > "$T/wrk$w.out" 2>&1 &
-  WB=$!
-  wait $PGB $RB $WB || true
-  pg_tx=$(grep -oE 'number of transactions actually processed: [0-9]+' "$T/pg$w.out" | grep -oE '[0-9]+$' || echo 0)
-  pg_fail=$(grep -oE 'number of failed transactions: [0-9]+' "$T/pg$w.out" | grep -oE ' [0-9]+' | tr -d ' ' || echo "?")
-  grep -q "aborted" "$T/pg$w.out" && pg_fail="$pg_fail+aborted"
-  pg_p99=$(cat "$T"/pg$w.* 2>/dev/null | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int(NR*0.99)]/1000}')
+  wait $PG_PID $RB $WRK_PID || true
+  read -r pg_tx pg_fail pg_p99 h_n h_err h_status h_p99 < <(steady_results "$w")
   read -r _ r_n r_f r_p99 < "$T/redis$w.out"
-  read -r _ h_n h_err h_status h_p99 < <(grep '^WRK' "$T/wrk$w.out" || echo "WRK 0 ? ? ?")
   printf 'window %3d  pg %6s tx %3s failed p99 %6s ms | redis %7s req %2s failed p99 %6s ms | http %7s req %s errors %s non-2xx p99 %6s ms | rss_kib fds %s\n' \
     "$w" "$pg_tx" "$pg_fail" "$pg_p99" "$r_n" "$r_f" "$r_p99" "$h_n" "$h_err" "$h_status" "$h_p99" "$(sample)"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pg_tx" "$pg_fail" "$pg_p99" "$r_n" "$r_f" "$r_p99" "$h_n" "$h_err" "$h_status" "$h_p99" >> "$T/windows.tsv"

@@ -123,11 +123,41 @@ cat > "$T/extra.yaml" <<YAML
     upstream: localhost:$UP
     tls: { ca: $T/upstream-ca.pem }
 YAML
+cat > "$T/delay.lua" <<'LUA'
+function delay() return 5 end
+done = function(summary, latency, requests)
+  io.write(string.format("WRK %d %d %d %.3f\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, latency:percentile(99) / 1000))
+end
+LUA
 cp "$T/keyward.yaml.in" "$T/keyward.yaml"
 "$KW_BIN" run -c "$T/keyward.yaml" 2> "$T/keyward.log" & KW=$!; pids+=($!)
 until curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null; do sleep 0.05; kill -0 $KW || { cat "$T/keyward.log"; exit 1; }; done
 for _ in $(seq 200); do redis-cli -p "$KR" PING 2>/dev/null | grep -q PONG && break; sleep 0.05; done
 redis-cli -p "$KR" PING | grep -q PONG || { echo "Redis through keyward does not answer:"; tail -5 "$T/keyward.log" "$T/redis.log"; exit 1; }
+}
+
+# The real clients, in the background for $2 seconds under the name $1: pgbench -S (2 clients,
+# 200 tx/s, a per-transaction log for the p99) and wrk (2 connections, a request every 5 ms
+# each). Sets PG_PID and WRK_PID; steady_results reads what they printed once both ended.
+steady_load() {
+  ( cd "$T" && pgbench -h 127.0.0.1 -p "$KP" -U benchuser -n -S -c 2 -R 200 -T "$2" -l --log-prefix="pg-$1" bench > "pg-$1.out" 2>&1 ) &
+  PG_PID=$!
+  wrk -t1 -c2 -d"$2s" -s "$T/delay.lua" "http://127.0.0.1:$KH/" > "$T/wrk-$1.out" 2>&1 &
+  WRK_PID=$!
+}
+
+# steady_load $1's figures, one line: pg transactions, failed, p99 ms; http requests, socket
+# errors, non-2xx, p99 ms ("?" where a tool printed nothing).
+steady_results() {
+  local tx failed p99 http
+  tx=$(grep -oE 'number of transactions actually processed: [0-9]+' "$T/pg-$1.out" | grep -oE '[0-9]+$' || echo 0)
+  failed=$(grep -oE 'number of failed transactions: [0-9]+' "$T/pg-$1.out" | grep -oE '[0-9]+$' || echo "?")
+  grep -q "aborted" "$T/pg-$1.out" && failed="$failed+aborted"
+  p99=$(cat "$T"/pg-$1.[0-9]* 2>/dev/null | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int(NR*0.99)]/1000; else print "?"}')
+  http=$(grep '^WRK' "$T/wrk-$1.out" | cut -d' ' -f2-) || true
+  echo "$tx $failed $p99 ${http:-0 ? ? ?}"
 }
 
 sample() { # RSS (KiB) and open fds of keyward

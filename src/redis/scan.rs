@@ -225,10 +225,12 @@ pub fn command(args: &[&[u8]]) -> Vec<u8> {
             .iter()
             .map(|a| header(a.len()) + a.len() + 2)
             .sum::<usize>();
+    use std::io::Write as _;
     let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "*{}\r\n", args.len());
     for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        let _ = write!(out, "${}\r\n", a.len());
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
