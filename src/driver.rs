@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 
@@ -272,6 +272,27 @@ impl App {
         self.wire.io.deadline = None;
         self.wire.set_limit(usize::MAX);
         &mut self.wire.io
+    }
+
+    /// Waits for the app's first bytes after the handshake phase, as the relay would: without
+    /// the client deadline (an app's pool may open a connection and keep it silent), within
+    /// the resource's `idle_timeout`. `false`: the app closed without sending anything.
+    pub async fn first_bytes(&mut self) -> Result<bool, ConnError> {
+        if !self.wire.buf.is_empty() {
+            return Ok(true);
+        }
+        self.relay();
+        let read = self.wire.io.read_buf(&mut self.wire.buf);
+        let read = match self.res.idle_timeout {
+            Some(idle) => tokio::time::timeout(idle, read)
+                .await
+                .map_err(|_| crate::relay::idle_timeout(idle))?,
+            None => read.await,
+        };
+        match read {
+            Ok(n) => Ok(n > 0),
+            Err(e) => Err(ConnError::from_io(Side::Client, &e)),
+        }
     }
 
     /// Hands the stream over whole (HTTP: hyper owns it); the deadline stays until the

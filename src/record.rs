@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt as _;
 use tracing::{debug, warn};
@@ -60,6 +60,7 @@ pub struct Stats {
     /// `keyward_http_request_duration_seconds` by status class (1xx..5xx), looked up once
     /// per class rather than per request, and only once a class is seen.
     http_duration: [std::sync::OnceLock<prometheus::Histogram>; 5],
+    warnings: Warnings,
 }
 
 impl Stats {
@@ -73,6 +74,7 @@ impl Stats {
             last_error: Mutex::new(None),
             requests: Mutex::new(BTreeMap::new()),
             http_duration: Default::default(),
+            warnings: Warnings::default(),
         }
     }
 
@@ -123,6 +125,14 @@ impl Stats {
         if let Ok(mut r) = self.requests.lock() {
             *r.entry(status.as_u16()).or_default() += 1;
         }
+    }
+
+    /// Whether a warning about this resource may be logged now (at most
+    /// [`Warnings::PER_SECOND`] a second, so a flood of bad connections cannot flood the log;
+    /// the metrics still count every one). `Some(n)`: log it, saying `n` were left out since
+    /// the last one logged.
+    pub fn may_warn(&self) -> Option<u64> {
+        self.warnings.admit(Instant::now())
     }
 
     /// A failure: counted, labelled, kept as the last error.
@@ -178,18 +188,61 @@ impl Stats {
                 if e.reason == Reason::Panic {
                     tracing::error!(side, reason, "{}", e.detail);
                 } else if loud {
-                    // Named by the side at fault: an app's broken handshake is not the
-                    // upstream's.
-                    match e.side {
-                        Side::Upstream => warn!(side, reason, "upstream {upstream}: {}", e.detail),
-                        Side::Client => warn!(side, reason, "app: {}", e.detail),
-                        Side::Internal => warn!(side, reason, "keyward: {}", e.detail),
+                    if let Some(left_out) = self.may_warn() {
+                        // Named by the side at fault: an app's broken handshake is not the
+                        // upstream's.
+                        let msg = match e.side {
+                            Side::Upstream => format!("upstream {upstream}: {}", e.detail),
+                            Side::Client => format!("app: {}", e.detail),
+                            Side::Internal => format!("keyward: {}", e.detail),
+                        };
+                        if left_out > 0 {
+                            warn!(side, reason, left_out, "{msg}");
+                        } else {
+                            warn!(side, reason, "{msg}");
+                        }
                     }
                 } else {
                     debug!(side, reason, "relay ended: {}", e.detail);
                 }
                 self.failed(e);
             }
+        }
+    }
+}
+
+/// The warnings of one resource, at most [`Self::PER_SECOND`] in any window of a second; the
+/// ones left out are counted and the next one logged says how many (`left_out`).
+#[derive(Debug, Default)]
+struct Warnings(Mutex<WarnWindow>);
+
+#[derive(Debug, Default)]
+struct WarnWindow {
+    start: Option<Instant>,
+    logged: u32,
+    left_out: u64,
+}
+
+impl Warnings {
+    const PER_SECOND: u32 = 10;
+
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let mut w = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.start
+            .is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1))
+        {
+            w.start = Some(now);
+            w.logged = 0;
+        }
+        if w.logged < Self::PER_SECOND {
+            w.logged += 1;
+            Some(std::mem::take(&mut w.left_out))
+        } else {
+            w.left_out += 1;
+            None
         }
     }
 }
@@ -269,5 +322,22 @@ mod tests {
         assert_eq!(stats.errors(), 1);
         let last = stats.last_error().unwrap().error;
         assert_eq!((last.side, last.reason), (Side::Internal, Reason::Panic));
+    }
+
+    #[test]
+    fn warnings_are_limited_per_second_and_the_next_one_counts_those_left_out() {
+        let w = Warnings::default();
+        let t0 = Instant::now();
+        for _ in 0..Warnings::PER_SECOND {
+            assert_eq!(w.admit(t0), Some(0));
+        }
+        for i in 1..=25u32 {
+            assert_eq!(w.admit(t0 + Duration::from_millis(u64::from(i) * 30)), None);
+        }
+        // A second after the window opened: logged again, with the 25 left out.
+        assert_eq!(w.admit(t0 + Duration::from_secs(1)), Some(25));
+        assert_eq!(w.admit(t0 + Duration::from_secs(1)), Some(0));
+        // A quiet spell: everything logged.
+        assert_eq!(w.admit(t0 + Duration::from_secs(60)), Some(0));
     }
 }

@@ -28,7 +28,10 @@ pub struct Relayed {
     pub received: u64,
 }
 
+/// A direction's buffer: it starts at `BUF_START` (an idle connection holds little) and grows
+/// to `BUF` the first time a read fills it.
 const BUF: usize = 16 * 1024;
+const BUF_START: usize = 2 * 1024;
 
 /// Looks at the bytes of one direction as they are read, before they are written on.
 pub trait Watch {
@@ -131,19 +134,24 @@ where
                 timer.active = true;
             }
             if let Poll::Ready(()) = timer.poll(cx) {
-                return Poll::Ready(Err(ConnError::new(
-                    Side::Internal,
-                    Reason::IdleTimeout,
-                    format!(
-                        "idle timeout: no data either way for {}",
-                        humantime::format_duration(timer.idle)
-                    ),
-                )));
+                return Poll::Ready(Err(idle_timeout(timer.idle)));
             }
         }
         Poll::Pending
     })
     .await
+}
+
+/// The error of a connection closed after `idle` without a byte either way.
+pub fn idle_timeout(idle: Duration) -> ConnError {
+    ConnError::new(
+        Side::Internal,
+        Reason::IdleTimeout,
+        format!(
+            "idle timeout: no data either way for {}",
+            humantime::format_duration(idle)
+        ),
+    )
 }
 
 /// The idle timeout without reading the clock per transfer: it ticks every quarter of the
@@ -232,7 +240,7 @@ impl Drop for Pipe {
 impl Pipe {
     fn new(reader: Side, writer: Side) -> Self {
         Self {
-            buf: vec![0; BUF].into_boxed_slice(),
+            buf: vec![0; BUF_START].into_boxed_slice(),
             used: 0,
             pos: 0,
             cap: 0,
@@ -279,6 +287,14 @@ impl Pipe {
                         Poll::Ready(()) => Ok(Poll::Ready(End::Stopped)),
                         Poll::Pending => Ok(Poll::Pending),
                     };
+                }
+                if self.used == self.buf.len() && self.buf.len() < BUF {
+                    // The last read filled the buffer: more is coming at a time. The old
+                    // buffer is wiped like the one that replaces it will be.
+                    use zeroize::Zeroize;
+                    self.buf.zeroize();
+                    self.buf = vec![0; BUF].into_boxed_slice();
+                    self.used = 0;
                 }
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
@@ -531,5 +547,26 @@ mod tests {
                 received: 10
             }
         );
+    }
+
+    #[tokio::test]
+    async fn bulk_data_crosses_intact_as_the_buffers_grow() {
+        let (client, mut app) = tokio::io::duplex(64 * 1024);
+        let (upstream, mut server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(relay(client, upstream, None));
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            app.write_all(&sent).await.unwrap();
+            app.shutdown().await.unwrap();
+            app
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "corrupted after {} bytes", got.len());
+        server.shutdown().await.unwrap();
+        drop(writer.await.unwrap());
+        let done = task.await.unwrap().unwrap();
+        assert_eq!(done.sent, data.len() as u64);
     }
 }

@@ -448,7 +448,15 @@ async fn accept_loop(
         let conn = inner.ids.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = state.limit.load_full().try_acquire_owned() else {
             let limit = runtime.max_connections;
-            warn!(resource = %state.name, client = %peer, conn, limit, "closing new connection: max_connections reached");
+            match state.stats.may_warn() {
+                Some(0) => {
+                    warn!(resource = %state.name, client = %peer, conn, limit, "closing new connection: max_connections reached")
+                }
+                Some(left_out) => {
+                    warn!(resource = %state.name, client = %peer, conn, limit, left_out, "closing new connection: max_connections reached")
+                }
+                None => {}
+            }
             state.stats.failed(ConnError::new(
                 Side::Internal,
                 Reason::MaxConnections,

@@ -27,7 +27,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     pub fn new(io: S, side: Side) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(8 * 1024),
+            // Small until a message needs more (`fill` grows it): a connection that waits
+            // for its first bytes holds 1 KiB, not a full read buffer.
+            buf: BytesMut::with_capacity(1024),
             side,
             limit: usize::MAX,
         }
@@ -69,6 +71,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Err(e) => Err(e),
             }
         } else {
+            if self.buf.capacity() - self.buf.len() < 512 {
+                self.buf.reserve(8 * 1024);
+            }
             self.io.read_buf(&mut self.buf).await
         };
         match read {
@@ -187,6 +192,22 @@ impl<S> Filtered<S> {
             reply,
             ending,
         }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Filtered<S> {
+    /// Whether the filter refused the very first bytes, with nothing before them to pass on:
+    /// then the reply it made is written and its error returned, and the connection can end
+    /// without ever reaching the upstream.
+    pub async fn refused_at_once(&mut self) -> Option<std::io::Error> {
+        if self.pos < self.out.len() {
+            return None;
+        }
+        let e = self.ending.take()?;
+        let _ = self.inner.write_all(&self.reply).await;
+        let _ = self.inner.flush().await;
+        self.reply.clear();
+        Some(e)
     }
 }
 

@@ -1,6 +1,6 @@
-//! `protocol: redis`. keyward opens the upstream connection (TLS per the resource's mode, mTLS
-//! if configured) and authenticates on it (`AUTH user pass` for an ACL user, `AUTH pass`
-//! otherwise) before relaying a byte. The app holds no credential: its own `AUTH` (and the
+//! `protocol: redis`. When the app sends its first command, keyward opens the upstream
+//! connection (TLS per the resource's mode, mTLS if configured) and authenticates on it
+//! (`AUTH user pass` for an ACL user, `AUTH pass` otherwise) before relaying a byte. The app holds no credential: its own `AUTH` (and the
 //! `AUTH` part of `HELLO`) is rewritten in place to keyward's credentials, so the server still
 //! answers it in order (`+OK`); `pass_client_auth: true` forwards the app's own instead.
 //!
@@ -53,32 +53,14 @@ impl Handler for Redis {
             }
         }
         let admitted = app.admit().map_err(Failure::Open)?;
+        // The upstream login waits for the app's first command: a connection that never sends
+        // one (a pool's spare, a port scan, a connect-and-reset storm) costs no upstream
+        // session, and an idle one holds no upstream TLS.
+        if !app.first_bytes().await.map_err(Failure::Relay)? {
+            return Ok(Relayed::default());
+        }
         let username = db.username().map(str::to_owned);
-        let started = tokio::time::Instant::now();
-        let opened = async {
-            let upstream = res.dialer.open(&admitted).await?;
-            let mut up = Wire::new(upstream, Side::Upstream);
-            let password = db.password(name, &admitted)?;
-            if let Some(password) = &password {
-                login(
-                    &mut up,
-                    username.as_deref(),
-                    password,
-                    res.dialer.handshake_timeout,
-                )
-                .await?;
-            }
-            Ok::<_, ConnError>((up, password))
-        };
-        let (up, password) = opened.await.map_err(Failure::Open)?;
-        crate::metrics::metrics()
-            .auth_seconds
-            .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
-        debug!(
-            user = username.as_deref().unwrap_or("default"),
-            "authenticated upstream"
-        );
+        let password = db.password(name, &admitted).map_err(Failure::Open)?;
         // With client_password the app's AUTH was checked above and is not forwarded;
         // otherwise its AUTH/HELLO AUTH become keyward's (unless pass_client_auth).
         let rewrite = match (&password, db.pass_client_auth) {
@@ -86,7 +68,7 @@ impl Handler for Redis {
             _ => None,
         };
         let early = crate::driver::early(app);
-        let app = match rewrite {
+        let mut app = match rewrite {
             Some((user, password)) => {
                 let mut scanner = scan::Scanner::new();
                 crate::wire::Filtered::with_filter(
@@ -107,6 +89,42 @@ impl Handler for Redis {
             }
             None => crate::wire::Filtered::new(app.relay(), early),
         };
+        // A first command Redis would refuse (an oversized bulk, a broken header) is answered
+        // here, without an upstream session.
+        if let Some(e) = app.refused_at_once().await {
+            return Err(Failure::Answered(ConnError::from_io(Side::Client, &e)));
+        }
+        let started = tokio::time::Instant::now();
+        let opened = async {
+            let upstream = res.dialer.open(&admitted).await?;
+            let mut up = Wire::new(upstream, Side::Upstream);
+            if let Some(password) = &password {
+                login(
+                    &mut up,
+                    username.as_deref(),
+                    password,
+                    res.dialer.handshake_timeout,
+                )
+                .await?;
+            }
+            Ok::<_, ConnError>(up)
+        };
+        let up = match opened.await {
+            Ok(up) => up,
+            Err(e) => {
+                // The app's first command was read already: the error is its reply.
+                answer(&mut app, &e, name).await;
+                return Err(Failure::Answered(e));
+            }
+        };
+        crate::metrics::metrics()
+            .auth_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        debug!(
+            user = username.as_deref().unwrap_or("default"),
+            "authenticated upstream"
+        );
         let Wire { io: up_io, buf, .. } = up;
         let up_io = crate::wire::Prefixed::new(up_io, buf.freeze());
         relay(app, up_io, res.idle_timeout)
@@ -121,19 +139,26 @@ impl Handler for Redis {
         if app.buf.is_empty() {
             let _ = tokio::time::timeout(ERROR_GRACE, app.io.read_buf(&mut app.buf)).await;
         }
-        let detail = e.detail.replace(['\r', '\n'], " ");
-        let line = match e.side {
-            Side::Client => format!("-ERR keyward: resource \"{resource}\": {detail}\r\n"),
-            _ => format!("-ERR keyward: upstream \"{resource}\": {detail}\r\n"),
-        };
-        let _ = app.send(line.as_bytes()).await;
-        let _ = app.io.shutdown().await;
-        let mut sink = [0u8; 1024];
-        let _ = tokio::time::timeout(Duration::from_millis(200), async {
-            while matches!(app.io.read(&mut sink).await, Ok(n) if n > 0) {}
-        })
-        .await;
+        answer(&mut app.io, e, resource).await;
     }
+}
+
+/// Sends `e` as the reply to the app's command, then closes gracefully (what the app sends
+/// meanwhile is read and dropped: a close with unread data would reset the connection).
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(app: &mut S, e: &ConnError, resource: &str) {
+    let detail = e.detail.replace(['\r', '\n'], " ");
+    let line = match e.side {
+        Side::Client => format!("-ERR keyward: resource \"{resource}\": {detail}\r\n"),
+        _ => format!("-ERR keyward: upstream \"{resource}\": {detail}\r\n"),
+    };
+    let _ = app.write_all(line.as_bytes()).await;
+    let _ = app.flush().await;
+    let _ = app.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while matches!(app.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// `AUTH [user] pass` on a fresh upstream connection; `+OK` or the server's error.

@@ -622,3 +622,68 @@ fn no_copy_of_a_rotated_password_is_left_in_keyward_memory() {
         b"mem-pw-two",
     );
 }
+
+fn connected_clients(kw: &Keyward) -> u64 {
+    let info = cli(kw, "legacy", &["INFO", "clients"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no connected_clients in {info}"))
+}
+
+/// Issue 18 (hostile traffic): an app connection that has not sent a command holds no
+/// upstream session; its first command logs in as before. Failed before: keyward logged in
+/// upstream at accept, so 20 silent connections held 20 TLS sessions on the server (and a
+/// connect-and-reset storm on the listener was a TLS handshake storm on the server).
+#[test]
+fn a_silent_app_connection_opens_no_upstream_session_until_its_first_command() {
+    use std::io::{Read, Write};
+    let Some(s) = setup(ACL) else { return };
+    let kw = start(
+        s.pki.dir.path(),
+        &[
+            resource("cache", &s, PROXYUSER, ""),
+            resource(
+                "legacy",
+                &s,
+                "      type: password\n      password: adminpw\n",
+                "",
+            ),
+        ],
+    );
+    // The INFO caller itself is the one client.
+    assert_eq!(connected_clients(&kw), 1);
+    let mut silent: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(kw.addr("cache")).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(connected_clients(&kw), 1, "{}", kw.log_text());
+    // The first command: logged in as the configured user, answered in order.
+    let first = &mut silent[0];
+    first.write_all(b"ACL WHOAMI\r\n").unwrap();
+    first
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while !got.ends_with(b"\r\nproxyuser\r\n") {
+        let n = first.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"$9\r\nproxyuser\r\n");
+    assert_eq!(connected_clients(&kw), 2);
+    drop(silent);
+    // Silent connections that close end clean (20, plus the 3 INFO sessions).
+    kw.assert_clean_ends(23);
+    // A first command Redis would refuse (a bulk of 2^31-1 bytes) is answered as Redis would,
+    // without an upstream session.
+    let mut bad = std::net::TcpStream::connect(kw.addr("cache")).unwrap();
+    bad.write_all(b"*1\r\n$2147483647\r\nxxxx").unwrap();
+    bad.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = String::new();
+    bad.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "-ERR Protocol error: invalid bulk length\r\n");
+    assert_eq!(connected_clients(&kw), 1, "{}", kw.log_text());
+}
