@@ -11,6 +11,9 @@
 #
 #   bash bench/hostile.sh                      # PHASE=30 IDLE=10000
 #   PHASE=20 IDLE=2000 bash bench/hostile.sh
+#   HOSTILE_KINDS=idle,resets bash bench/hostile.sh   # some attacks only (see bench/hostile.py)
+#   HOSTILE_TARGET=twin bash bench/hostile.sh  # the attack on a second keyward process with the
+#       same config and upstreams: what the attack costs the machine, not keyward's own clients
 #
 # Needs what bench/soak.sh needs; run as root. It asserts nothing; the figures go in README.md.
 set -euo pipefail
@@ -43,12 +46,21 @@ phase() { # $1 name: pgbench and wrk for PHASE seconds; prints one line
     "$name" "$tx" "$failed" "$p99" "$h_n" "$h_err" "$h_status" "$h_p99" "$(sample)"
 }
 
-echo "hostile: phases of ${PHASE}s, $IDLE idle connections; keyward $($KW_BIN --version)"
+# The attacked listeners: this keyward's, or (HOSTILE_TARGET=twin) a second keyward's.
+AP=$KP; AR=$KR; AH=$KH; AT=$KT
+if [ "${HOSTILE_TARGET:-}" = twin ]; then
+  AP=$(free_port); AR=$(free_port); AH=$(free_port); AT=$(free_port); TWIN_ADMIN=$(free_port)
+  sed -e "s/127.0.0.1:$KP\b/127.0.0.1:$AP/; s/127.0.0.1:$KR\b/127.0.0.1:$AR/; s/127.0.0.1:$KH\b/127.0.0.1:$AH/" \
+      -e "s/127.0.0.1:$KT\b/127.0.0.1:$AT/; s/127.0.0.1:$ADMIN\b/127.0.0.1:$TWIN_ADMIN/" "$T/keyward.yaml" > "$T/twin.yaml"
+  "$KW_BIN" run -c "$T/twin.yaml" 2> "$T/twin.log" & pids+=($!)
+  until curl -sf "http://127.0.0.1:$TWIN_ADMIN/readyz" >/dev/null; do sleep 0.05; done
+fi
+echo "hostile: phases of ${PHASE}s, $IDLE idle connections, attacks ${HOSTILE_KINDS:-all} on ${HOSTILE_TARGET:-the same} keyward; keyward $($KW_BIN --version)"
 : > "$T/phases.tsv"
 phase baseline
 BASE_SAMPLE=$(sample)
 errors > "$T/errors-before.txt"
-nice -n 19 python3 bench/hostile.py "$PHASE" "$IDLE" "$KP" "$KR" "$KH" "$KT" > "$T/hostile.json" &
+nice -n 19 python3 bench/hostile.py "$PHASE" "$IDLE" "$AP" "$AR" "$AH" "$AT" > "$T/hostile.json" &
 HOSTILE=$!
 ( peak_rss=0; peak_fds=0
   while kill -0 $HOSTILE 2>/dev/null; do

@@ -19,7 +19,7 @@ pub type UpstreamStream = Either<TcpStream, TlsStream<TcpStream>>;
 /// TCP to the upstream, trying each resolved address in turn.
 pub async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream, ConnError> {
     let attempt = async {
-        let addrs = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
+        let addrs = crate::resolve::resolve(&upstream.host, upstream.port)
             .await
             .map_err(|e| {
                 ConnError::new(
@@ -29,8 +29,8 @@ pub async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream
                 )
             })?;
         let mut last = None;
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
+        for addr in addrs.iter() {
+            match TcpStream::connect(*addr).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);

@@ -23,6 +23,7 @@ pub mod record;
 pub mod redis;
 pub mod relay;
 pub mod reload;
+pub mod resolve;
 pub mod runtime;
 pub mod secret;
 pub mod server;
