@@ -37,13 +37,15 @@ until curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -q 'resource="tlsapp"'; 
 errors() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep '^keyward_connection_errors_total' | sort || true; }
 
 phase() { # $1 name: pgbench and wrk for PHASE seconds; prints one line
-  local name=$1 tx failed p99 h_n h_err h_status h_p99
+  local name=$1 tx failed p99 h_n h_err h_status h_p99 c0 c1
+  c0=$(cpu_ticks $KW)
   steady_load "$name" "$PHASE"
   wait $PG_PID $WRK_PID || true
+  c1=$(cpu_ticks $KW)
   read -r tx failed p99 h_n h_err h_status h_p99 < <(steady_results "$name")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tx" "$failed" "$p99" "$h_n" "$h_err" "$h_status" "$h_p99" >> "$T/phases.tsv"
-  printf '%-9s pg %6s tx %s failed p99 %6s ms | http %6s req %s errors %s non-2xx p99 %6s ms | rss_kib fds %s\n' \
-    "$name" "$tx" "$failed" "$p99" "$h_n" "$h_err" "$h_status" "$h_p99" "$(sample)"
+  printf '%-9s pg %6s tx %s failed p99 %6s ms | http %6s req %s errors %s non-2xx p99 %6s ms | rss_kib fds %s | keyward CPU %s%% of a core\n' \
+    "$name" "$tx" "$failed" "$p99" "$h_n" "$h_err" "$h_status" "$h_p99" "$(sample)" "$(( (c1 - c0) / PHASE ))"
 }
 
 # The attacked listeners: this keyward's, or (HOSTILE_TARGET=twin) a second keyward's.
