@@ -78,21 +78,27 @@ fn cli(kw: &Keyward, res: &str, args: &[&str]) -> String {
 const PROXYUSER: &str =
     "      type: password\n      username: proxyuser\n      password: proxypw\n";
 
-#[test]
-fn redis_cli_without_credentials_acts_as_the_configured_acl_user() {
-    let Some(s) = setup(ACL) else { return };
-    let kw = start(
+/// keyward with `cache` (logged in as proxyuser) and `legacy` (the default user, whose
+/// password is the server's admin password).
+fn cache_and_legacy(s: &Setup) -> Keyward {
+    start(
         s.pki.dir.path(),
         &[
-            resource("cache", &s, PROXYUSER, ""),
+            resource("cache", s, PROXYUSER, ""),
             resource(
                 "legacy",
-                &s,
+                s,
                 "      type: password\n      password: adminpw\n",
                 "",
             ),
         ],
-    );
+    )
+}
+
+#[test]
+fn redis_cli_without_credentials_acts_as_the_configured_acl_user() {
+    let Some(s) = setup(ACL) else { return };
+    let kw = cache_and_legacy(&s);
     assert_eq!(
         cli(&kw, "cache", &["ACL", "WHOAMI"]),
         "proxyuser",
@@ -639,18 +645,7 @@ fn connected_clients(kw: &Keyward) -> u64 {
 fn a_silent_app_connection_opens_no_upstream_session_until_its_first_command() {
     use std::io::{Read, Write};
     let Some(s) = setup(ACL) else { return };
-    let kw = start(
-        s.pki.dir.path(),
-        &[
-            resource("cache", &s, PROXYUSER, ""),
-            resource(
-                "legacy",
-                &s,
-                "      type: password\n      password: adminpw\n",
-                "",
-            ),
-        ],
-    );
+    let kw = cache_and_legacy(&s);
     // The INFO caller itself is the one client.
     assert_eq!(connected_clients(&kw), 1);
     let mut silent: Vec<std::net::TcpStream> = (0..20)
