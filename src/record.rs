@@ -196,11 +196,9 @@ impl Stats {
                             Side::Client => format!("app: {}", e.detail),
                             Side::Internal => format!("keyward: {}", e.detail),
                         };
-                        if left_out > 0 {
-                            warn!(side, reason, left_out, "{msg}");
-                        } else {
-                            warn!(side, reason, "{msg}");
-                        }
+                        // Recorded only when some were left out.
+                        let left_out = (left_out > 0).then_some(left_out);
+                        warn!(side, reason, left_out, "{msg}");
                     }
                 } else {
                     debug!(side, reason, "relay ended: {}", e.detail);

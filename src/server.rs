@@ -448,14 +448,9 @@ async fn accept_loop(
         let conn = inner.ids.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = state.limit.load_full().try_acquire_owned() else {
             let limit = runtime.max_connections;
-            match state.stats.may_warn() {
-                Some(0) => {
-                    warn!(resource = %state.name, client = %peer, conn, limit, "closing new connection: max_connections reached")
-                }
-                Some(left_out) => {
-                    warn!(resource = %state.name, client = %peer, conn, limit, left_out, "closing new connection: max_connections reached")
-                }
-                None => {}
+            if let Some(left_out) = state.stats.may_warn() {
+                let left_out = (left_out > 0).then_some(left_out);
+                warn!(resource = %state.name, client = %peer, conn, limit, left_out, "closing new connection: max_connections reached");
             }
             state.stats.failed(ConnError::new(
                 Side::Internal,

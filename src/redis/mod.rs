@@ -1,8 +1,9 @@
 //! `protocol: redis`. When the app sends its first command, keyward opens the upstream
 //! connection (TLS per the resource's mode, mTLS if configured) and authenticates on it
-//! (`AUTH user pass` for an ACL user, `AUTH pass` otherwise) before relaying a byte. The app holds no credential: its own `AUTH` (and the
-//! `AUTH` part of `HELLO`) is rewritten in place to keyward's credentials, so the server still
-//! answers it in order (`+OK`); `pass_client_auth: true` forwards the app's own instead.
+//! (`AUTH user pass` for an ACL user, `AUTH pass` otherwise) before relaying a byte. The app
+//! holds no credential: its own `AUTH` (and the `AUTH` part of `HELLO`) is rewritten in place
+//! to keyward's credentials, so the server still answers it in order (`+OK`);
+//! `pass_client_auth: true` forwards the app's own instead.
 //!
 //! With `client_password`, the app must first `AUTH` (or `HELLO ... AUTH`) with that password;
 //! until then keyward answers `-NOAUTH` itself and forwards nothing.
