@@ -3,10 +3,12 @@
 # interleaved repetitions:
 #   direct   wrk → https://upstream                                     (wrk does TLS itself)
 #   nginx    wrk → http://nginx → proxy_pass https (verify on, keepalive, Authorization set)
+#   haproxy  wrk → http://haproxy (mode http, http-reuse always) → https (ssl verify required,
+#            verifyhost, Authorization set by http-request set-header)
 #   keyward  wrk → http://keyward (protocol: http, verify-full, bearer injected)
 # Prints req/s, p50, p99 and proxy CPU µs per request for each, and the ratios.
 #
-#   bash bench/http.sh     # needs nginx, wrk, openssl (Debian: nginx wrk openssl)
+#   bash bench/http.sh     # needs nginx, haproxy, wrk, openssl (Debian: nginx haproxy wrk openssl)
 #   REPS=5 DURATION=10 CONNS=32 THREADS=2 bash bench/http.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,13 +22,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
 source bench/lib.sh
-need wrk:wrk openssl:openssl
+need wrk:wrk openssl:openssl haproxy:haproxy
 
 # A prebuilt binary (KEYWARD_BIN) is measured as it is: the work tree is not built.
 [ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
 make_pki
 
-UP=$(free_port); NP=$(free_port); KP=$(free_port)
+UP=$(free_port); NP=$(free_port); KP=$(free_port); HP=$(free_port)
 nginx_conf() { # $1 dir, $2 server block, $3 worker_processes
   mkdir -p "$1/tmp"
   cat > "$1/nginx.conf" <<CONF
@@ -50,6 +52,13 @@ nginx_conf "$T/px" "upstream api { server 127.0.0.1:$UP; keepalive 64; }
 "$NGINX" -e stderr -p "$T/up" -c "$T/up/nginx.conf" & pids+=($!)
 "$NGINX" -e stderr -p "$T/px" -c "$T/px/nginx.conf" & pids+=($!)
 NGINX_PROXY_PID=$!
+haproxy_start http http "frontend api
+  bind 127.0.0.1:$HP
+  default_backend api
+backend api
+  http-reuse always
+  http-request set-header Authorization \"Bearer bench-token\"
+  server up 127.0.0.1:$UP ssl verify required ca-file $T/ca.pem verifyhost localhost sni str(localhost)"
 cat > "$T/keyward.yaml" <<YAML
 admin: null
 log: { level: warn }
@@ -63,7 +72,7 @@ resources:
 YAML
 "${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" & pids+=($!)
 KEYWARD_PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$HP/" >/dev/null 2>&1 && break; sleep 0.05; done
 
 # CPU ticks (user + system) of the given PIDs.
 cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo "$t"; }
@@ -85,6 +94,7 @@ results=()
 for r in $(seq "$REPS"); do
   results+=("$(run direct "https://127.0.0.1:$UP/" "")")
   results+=("$(run nginx "http://127.0.0.1:$NP/" "$NGINX_WORKER")")
+  results+=("$(run haproxy "http://127.0.0.1:$HP/" "$HAPROXY_PID")")
   results+=("$(run keyward "http://127.0.0.1:$KP/" "$KEYWARD_PID")")
 done
 printf '%s\n' "${results[@]}" | python3 -c '
@@ -101,12 +111,16 @@ def ms(v):
 print(f"wrk -t'"$THREADS"' -c'"$CONNS"' -d'"$DURATION"'s, medians of '"$REPS"' interleaved runs")
 print("%-10s %10s %8s %8s %17s" % ("path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req"))
 med = {}
-for name in ("direct", "nginx", "keyward"):
+for name in ("direct", "nginx", "haproxy", "keyward"):
     r = rows[name]
     med[name] = (statistics.median(x[0] for x in r), statistics.median(ms(x[1]) for x in r), statistics.median(ms(x[2]) for x in r), statistics.median(x[3] for x in r))
     m = med[name]
     cpu = f"{m[3]:.1f}" if name != "direct" else "-"
     print(f"{name:10} {m[0]:>10.0f} {m[1]:>8.3f} {m[2]:>8.3f} {cpu:>17}")
-k, n, d = med["keyward"], med["nginx"], med["direct"]
-print(f"keyward/nginx req/s {k[0]/n[0]:.2f}x, p99 {k[2]/n[2]:.2f}x, CPU/req {k[3]/n[3]:.2f}x; keyward/direct req/s {k[0]/d[0]:.2f}x")
+k, d = med["keyward"], med["direct"]
+best = max(("nginx", "haproxy"), key=lambda n: med[n][0])
+for n in ("nginx", "haproxy"):
+    p = med[n]
+    print(f"keyward/{n} req/s {k[0]/p[0]:.2f}x, p99 {k[2]/p[2]:.2f}x, CPU/req {k[3]/p[3]:.2f}x" + ("  (strongest peer)" if n == best else ""))
+print(f"keyward/direct req/s {k[0]/d[0]:.2f}x")
 '

@@ -45,3 +45,22 @@ need() {
     exit 2
   fi
 }
+
+# HAProxy (Debian: haproxy) as a peer: runs in the foreground in mode $2 (http, tcp) with the
+# config body $3 (frontends and backends) after a common head (as many threads as cores; no
+# logging) written to $T/haproxy-$1.cfg; leaves the PID in HAPROXY_PID and appends it to pids.
+haproxy_start() {
+  cat > "$T/haproxy-$1.cfg" <<CONF
+global
+  nbthread $(nproc)
+  maxconn 4096
+defaults
+  mode $2
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+$3
+CONF
+  haproxy -db -f "$T/haproxy-$1.cfg" 2> "$T/haproxy-$1.log" &
+  HAPROXY_PID=$!; pids+=($!)
+}

@@ -154,7 +154,8 @@ for mode in ("open", "reconnect"):
     cpu = lambda o: "/".join(f"{med(o + i):.0f}" for i in range(3))
     label = "-S" if mode == "open" else "-S -C"
     print(f"{label:6} direct TLS {d:9,.0f} tps {dl:6.3f} ms | keyward {k:9,.0f} tps {kl:6.3f} ms | pgbouncer {b:9,.0f} tps {bl:6.3f} ms | keyward/direct {k/d:.2f}  keyward/pgbouncer {k/b:.2f}")
-    print(f"       CPU µs/transaction (pgbench/postgres/proxy): direct {cpu(3)} | keyward {cpu(8)} | pgbouncer {cpu(13)}")
+    print(f"       CPU µs/transaction (pgbench/postgres/proxy): direct {cpu(3)} | keyward {cpu(8)} | pgbouncer {cpu(13)}"
+          f" | proxy CPU keyward/pgbouncer {med(10) / med(15):.2f}x")
 '''
 printf '%s\n' "${floors[@]}" | python3 -c '
 import statistics, sys

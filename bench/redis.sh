@@ -3,15 +3,17 @@
 # TLS 1.3 verify-full + AUTH injected → Redis with requirepass) versus redis-benchmark speaking
 # TLS to Redis directly (with the password), versus two client tunnels doing the TLS part of
 # keyward's job (the client sends the password): stunnel (verifyChain + checkHost) and nginx's
-# stream proxy (proxy_ssl_verify on). One run, interleaved repetitions.
+# stream proxy (proxy_ssl_verify on), and HAProxy (mode tcp, ssl verify required, verifyhost).
+# One run, interleaved repetitions.
 #
-# A floor row measures what one loopback hop costs by itself: redis-benchmark → keyward `tcp`
-# (no TLS, no auth) → Redis's plaintext port, against redis-benchmark → Redis plaintext.
+# Floor rows measure what one loopback hop costs by itself: redis-benchmark → keyward `tcp`
+# (no TLS, no auth) → Redis's plaintext port, and the same through HAProxy (mode tcp, splice),
+# against redis-benchmark → Redis plaintext.
 # Each row shows requests/s and the CPU µs per request of the client, Redis and the proxy
 # (all processes share the machine's cores: the proxy's CPU is taken from the other two).
 #
 #   bash bench/redis.sh          # needs redis-server, redis-benchmark, stunnel4, nginx with
-#                                # the stream module (libnginx-mod-stream), openssl, time
+#                                # the stream module (libnginx-mod-stream), haproxy, openssl, time
 #   REPS=5 REQUESTS=200000 CLIENTS=32 bash bench/redis.sh
 #
 # It asserts nothing; the numbers go in README.md.
@@ -21,7 +23,7 @@ REPS=${REPS:-3}
 REQUESTS=${REQUESTS:-100000}
 CLIENTS=${CLIENTS:-16}
 source bench/lib.sh
-need redis-server:redis-server redis-benchmark:redis-tools stunnel:stunnel4 openssl:openssl /usr/bin/time:time
+need redis-server:redis-server redis-benchmark:redis-tools stunnel:stunnel4 haproxy:haproxy openssl:openssl /usr/bin/time:time
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
 [ -x "$NGINX" ] && [ -f "$STREAM" ] || { echo "missing nginx with the stream module (Debian: nginx libnginx-mod-stream)" >&2; exit 2; }
@@ -92,9 +94,17 @@ stream {
 CONF
 "$NGINX" -c "$T/nginx.conf" -e "$T/nginx-error.log" &
 NGINX_PID=$!; pids+=($!)
+HPORT=$(free_port); HFPORT=$(free_port)
+haproxy_start redis tcp "listen redis
+  bind 127.0.0.1:$HPORT
+  server up 127.0.0.1:$RPORT ssl verify required ca-file $T/ca.pem verifyhost localhost sni str(localhost)
+listen floor
+  bind 127.0.0.1:$HFPORT
+  option splice-auto
+  server up 127.0.0.1:$PPORT"
 "${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 KEYWARD_PID=$!; pids+=($!)
-for port in "$KPORT" "$FPORT" "$SPORT" "$NPORT"; do
+for port in "$KPORT" "$FPORT" "$SPORT" "$NPORT" "$HPORT" "$HFPORT"; do
   ok=
   for _ in $(seq 100); do
     redis-cli -p "$port" --no-auth-warning -a benchpw PING 2>/dev/null | grep -q PONG && { ok=1; break; }
@@ -111,7 +121,9 @@ bench() {
     keyward) args=(-p "$KPORT"); proxy=("$KEYWARD_PID") ;;
     stunnel) args=(-p "$SPORT" -a benchpw); proxy=("$STUNNEL_PID") ;;
     nginx) args=(-p "$NPORT" -a benchpw); proxy=("$NGINX_PID") ;;
+    haproxy) args=(-p "$HPORT" -a benchpw); proxy=("$HAPROXY_PID") ;;
     plain) args=(-p "$PPORT" -a benchpw) ;;
+    hfloor) args=(-p "$HFPORT" -a benchpw); proxy=("$HAPROXY_PID") ;;
     floor) args=(-p "$FPORT" -a benchpw); proxy=("$KEYWARD_PID") ;;
   esac
   r0=$(cpu_ticks "$REDIS_PID"); p0=0; [ "${#proxy[@]}" -gt 0 ] && p0=$(cpu_ticks "${proxy[@]}")
@@ -123,7 +135,7 @@ bench() {
     END { printf "%s %.1f %.1f %.1f\n", rps, cl * 1e6 / n, dr * 1e4 / n, dp * 1e4 / n }' <<< "$out"
 }
 
-modes=(direct keyward stunnel nginx plain floor)
+modes=(direct keyward stunnel nginx haproxy plain floor hfloor)
 echo "redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS, $REPS interleaved repetitions"
 echo "(req/s SET GET, then CPU µs per request: client / redis / proxy)"
 rows=()
@@ -145,12 +157,19 @@ med = {m: [statistics.median(c) for c in zip(*v)] for m, v in rows.items()}
 rps = lambda m: (med[m][0] + med[m][1]) / 2
 label = {"direct": "redis-benchmark --tls -> Redis", "keyward": "-> keyward -> TLS -> Redis (AUTH injected)",
          "stunnel": "-> stunnel -> TLS -> Redis", "nginx": "-> nginx stream -> TLS -> Redis",
-         "plain": "redis-benchmark -> Redis, no TLS", "floor": "-> keyward tcp -> Redis, no TLS"}
+         "haproxy": "-> HAProxy tcp -> TLS -> Redis",
+         "plain": "redis-benchmark -> Redis, no TLS", "floor": "-> keyward tcp -> Redis, no TLS",
+         "hfloor": "-> HAProxy tcp splice -> Redis, no TLS"}
 print(f"{'path':44} {'SET/s':>9} {'GET/s':>9} {'ratio':>6}  CPU us/req client/redis/proxy")
-for m in ("direct", "keyward", "stunnel", "nginx", "plain", "floor"):
-    base = "plain" if m in ("plain", "floor") else "direct"
+for m in ("direct", "keyward", "stunnel", "nginx", "haproxy", "plain", "floor", "hfloor"):
+    base = "plain" if m in ("plain", "floor", "hfloor") else "direct"
     c = med[m]
     print(f"{label[m]:44} {c[0]:9,.0f} {c[1]:9,.0f} {rps(m) / rps(base):6.2f}  {c[2]:.1f}/{c[3]:.1f}/{c[4]:.1f}")
-print(f"keyward/stunnel {rps('keyward') / rps('stunnel'):.2f}  keyward/nginx {rps('keyward') / rps('nginx'):.2f}")
-print(f"floor: one plaintext loopback hop alone keeps {rps('floor') / rps('plain'):.2f} of the plaintext throughput")
+peers = ("stunnel", "nginx", "haproxy")
+best = max(peers, key=rps)
+cheapest = min(peers, key=lambda m: med[m][4])
+print("keyward / " + ", ".join(f"{p} {rps('keyward') / rps(p):.2f}x" for p in peers) + f" (req/s; strongest: {best})")
+print(f"keyward CPU/req / the cheapest peer's ({cheapest}): {med['keyward'][4] / med[cheapest][4]:.2f}x")
+print(f"floor: one plaintext loopback hop alone keeps {rps('floor') / rps('plain'):.2f} (keyward) and "
+      f"{rps('hfloor') / rps('plain'):.2f} (HAProxy) of the plaintext throughput; keyward/HAProxy {rps('floor') / rps('hfloor'):.2f}x")
 PY

@@ -174,6 +174,13 @@ pub fn resources(state: &State) -> serde_json::Value {
                 let at = e.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
                 serde_json::json!({ "at": rfc3339(at), "side": e.error.side.as_str(), "reason": e.error.reason.as_str(), "detail": e.error.detail })
             });
+            // HTTP responses sent to apps by status code (`http` resources only).
+            let requests = (rt.protocol == crate::config::Protocol::Http).then(|| {
+                r.requests()
+                    .into_iter()
+                    .map(|(code, n)| (code.to_string(), serde_json::Value::from(n)))
+                    .collect::<serde_json::Map<_, _>>()
+            });
             serde_json::json!({
                 "name": r.name.as_str(),
                 "protocol": protocol_name(rt.protocol),
@@ -183,6 +190,7 @@ pub fn resources(state: &State) -> serde_json::Value {
                 "client_cert": client_cert,
                 "last_error": last_error,
                 "connections": { "open": r.open(), "total": r.total(), "errors": r.errors() },
+                "requests": requests,
             })
         })
         .collect();

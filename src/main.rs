@@ -156,6 +156,9 @@ enum CertCommand {
 
 const EXIT_CONFIG: u8 = 64;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // No core dumps and no ptrace by other processes of the same user: a dump of keyward's
     // memory would hold the credentials it keeps (PR_SET_DUMPABLE, through rustix's safe

@@ -56,7 +56,10 @@ pub struct Stats {
     total: AtomicU64,
     errors: AtomicU64,
     last_error: Mutex<Option<LastError>>,
-    requests: Mutex<BTreeMap<u16, u64>>,
+    /// `keyward_http_requests_total` by status code, each looked up once (on the first
+    /// response with that code) and kept with the count it had then, so that `/resources`
+    /// counts what this resource answered since it was (re)defined: no lock per request.
+    statuses: std::sync::OnceLock<Box<[std::sync::OnceLock<StatusCount>]>>,
     /// `keyward_http_request_duration_seconds` by status class (1xx..5xx), looked up once
     /// per class rather than per request, and only once a class is seen.
     http_duration: [std::sync::OnceLock<prometheus::Histogram>; 5],
@@ -72,7 +75,7 @@ impl Stats {
             total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            requests: Mutex::new(BTreeMap::new()),
+            statuses: std::sync::OnceLock::new(),
             http_duration: Default::default(),
             warnings: Warnings::default(),
         }
@@ -100,7 +103,13 @@ impl Stats {
 
     /// HTTP responses sent to apps, by status code.
     pub fn requests(&self) -> BTreeMap<u16, u64> {
-        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+        let Some(statuses) = self.statuses.get() else {
+            return BTreeMap::new();
+        };
+        (STATUS_MIN..)
+            .zip(statuses.iter())
+            .filter_map(|(code, slot)| Some((code, slot.get()?.count())))
+            .collect()
     }
 
     /// One more accepted connection.
@@ -111,8 +120,23 @@ impl Stats {
     /// An HTTP response sent to an app, `took` after its request arrived.
     pub fn count_request(&self, status: http::StatusCode, took: std::time::Duration) {
         let m = metrics();
-        m.http_requests
-            .with_label_values(&[self.name.as_str(), status.as_str()])
+        let code = status.as_u16();
+        let statuses = self.statuses.get_or_init(|| {
+            (STATUS_MIN..=STATUS_MAX)
+                .map(|_| std::sync::OnceLock::new())
+                .collect()
+        });
+        statuses[usize::from(code - STATUS_MIN)]
+            .get_or_init(|| {
+                let counter = m
+                    .http_requests
+                    .with_label_values(&[self.name.as_str(), status.as_str()]);
+                StatusCount {
+                    base: counter.get(),
+                    counter,
+                }
+            })
+            .counter
             .inc();
         let class = crate::metrics::status_class(status.as_u16());
         let slot = usize::from(class.as_bytes()[0] - b'1');
@@ -122,9 +146,6 @@ impl Stats {
                     .with_label_values(&[self.name.as_str(), class])
             })
             .observe(took.as_secs_f64());
-        if let Ok(mut r) = self.requests.lock() {
-            *r.entry(status.as_u16()).or_default() += 1;
-        }
     }
 
     /// Whether a warning about this resource may be logged now (at most
@@ -206,6 +227,25 @@ impl Stats {
                 self.failed(e);
             }
         }
+    }
+}
+
+/// The status codes an [`http::StatusCode`] can hold.
+const STATUS_MIN: u16 = 100;
+const STATUS_MAX: u16 = 999;
+
+/// One status code's `keyward_http_requests_total` series and its value when this resource's
+/// [`Stats`] first counted that code (a resource removed and defined again starts from zero in
+/// `/resources`; the Prometheus counter keeps its total).
+#[derive(Debug)]
+struct StatusCount {
+    counter: prometheus::IntCounter,
+    base: u64,
+}
+
+impl StatusCount {
+    fn count(&self) -> u64 {
+        self.counter.get().saturating_sub(self.base)
     }
 }
 

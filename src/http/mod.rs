@@ -82,6 +82,10 @@ pub struct HttpUpstream {
     opts: HttpOptions,
     /// For upgraded (WebSocket) connections, as for any relayed connection.
     idle_timeout: Option<std::time::Duration>,
+    /// `keyward_bytes_total` of this resource, `client_to_upstream` and `upstream_to_client`:
+    /// looked up once per build, not per request.
+    sent: prometheus::IntCounter,
+    received: prometheus::IntCounter,
 }
 
 impl HttpUpstream {
@@ -278,7 +282,10 @@ impl HttpUpstream {
             .cloned()
             .ok_or_else(|| vec![BuildProblem::new(&res.site, BuildError::NoHost)])?;
         let base_path = url.path().trim_end_matches('/').to_owned();
+        let bytes = &crate::metrics::metrics().bytes;
         Ok(Self {
+            sent: bytes.with_label_values(&[res.name.as_str(), "client_to_upstream"]),
+            received: bytes.with_label_values(&[res.name.as_str(), "upstream_to_client"]),
             name: res.name.clone(),
             client,
             upgrade_client,
@@ -294,13 +301,6 @@ impl HttpUpstream {
 }
 
 impl HttpUpstream {
-    /// The byte counter of one direction (`client_to_upstream`, `upstream_to_client`).
-    fn bytes(&self, direction: &str) -> prometheus::IntCounter {
-        crate::metrics::metrics()
-            .bytes
-            .with_label_values(&[self.name.as_str(), direction])
-    }
-
     /// Whether this resource fetches OAuth2 tokens.
     pub fn uses_oauth2(&self) -> bool {
         matches!(self.injector, Injector::OAuth2(_))
@@ -840,7 +840,7 @@ async fn forward(
             Some(collected.to_bytes())
         }
         _ => {
-            let sent = up.bytes("client_to_upstream");
+            let sent = up.sent.clone();
             let streamed: ProxyBody = body
                 .map_frame(move |f| {
                     if let Some(d) = f.data_ref() {
@@ -855,7 +855,7 @@ async fn forward(
         }
     };
     let bytes = buffered.unwrap_or_default();
-    up.bytes("client_to_upstream").inc_by(bytes.len() as u64);
+    up.sent.inc_by(bytes.len() as u64);
     let make = |parts: &http::request::Parts| {
         let mut r = Request::new(full(bytes.clone()));
         *r.method_mut() = parts.method.clone();
@@ -1024,7 +1024,7 @@ async fn send(
             }
         }
     }
-    let received = up.bytes("upstream_to_client");
+    let received = up.received.clone();
     Ok(response.map(|b| {
         b.map_frame(move |f| {
             if let Some(d) = f.data_ref() {

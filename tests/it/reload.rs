@@ -140,6 +140,8 @@ async fn metrics_pass_promtool_and_the_admin_endpoints_answer() {
     assert_eq!(code, 200);
     let json: serde_json::Value = serde_json::from_str(&resources).unwrap();
     assert_eq!(json[0]["name"], "api");
+    assert_eq!(json[0]["requests"]["200"], 1, "{resources}");
+    assert!(json[1]["requests"].is_null(), "{resources}");
     assert_eq!(json[1]["name"], "down");
     assert_eq!(json[1]["last_error"]["reason"], "connect_refused");
     assert_eq!(json[2]["name"], "echo");

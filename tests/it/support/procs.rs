@@ -443,7 +443,6 @@ pub fn nginx_available() -> bool {
 /// and mappings, read through `/proc/PID/mem`: needs root for a process that is not
 /// dumpable, as keyward is).
 pub fn memory_count(pid: u32, needle: &[u8]) -> usize {
-    use std::os::unix::fs::FileExt;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
     let mut count = 0;
@@ -460,16 +459,57 @@ pub fn memory_count(pid: u32, needle: &[u8]) -> usize {
         };
         let start = u64::from_str_radix(start, 16).unwrap();
         let end = u64::from_str_radix(end, 16).unwrap();
-        let mut region = vec![0u8; (end - start) as usize];
-        if mem.read_exact_at(&mut region, start).is_err() {
-            continue;
-        }
-        count += region
-            .windows(needle.len())
-            .filter(|w| *w == needle)
-            .count();
+        count += region_count(&mem, start, end, needle);
     }
     count
+}
+
+/// Occurrences of `needle` in `[start, end)` of a process's memory, read in chunks that
+/// overlap by `needle.len() - 1` bytes (so a copy across a chunk boundary is still seen). A chunk
+/// that cannot be read (a page unmapped or remapped by the allocator since `maps` was read) is
+/// read again page by page, so one bad page never hides the rest of its region.
+fn region_count(mem: &std::fs::File, start: u64, end: u64, needle: &[u8]) -> usize {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
+    const PAGE: u64 = 4096;
+    let overlap = needle.len().saturating_sub(1) as u64;
+    let mut buf = Vec::new();
+    let mut count = 0;
+    let mut at = start;
+    while at < end {
+        let len = CHUNK.min(end - at);
+        let upto = (at + len + overlap).min(end);
+        buf.resize((upto - at) as usize, 0);
+        if mem.read_exact_at(&mut buf, at).is_err() {
+            // Page by page: each page with the overlap into the next, where readable.
+            buf.clear();
+            let mut page = at;
+            let mut piece = vec![0u8; PAGE as usize];
+            while page < upto {
+                let n = PAGE.min(upto - page) as usize;
+                if mem.read_exact_at(&mut piece[..n], page).is_ok() {
+                    buf.extend_from_slice(&piece[..n]);
+                } else {
+                    count += occurrences(&buf, needle);
+                    buf.clear();
+                }
+                page += n as u64;
+            }
+        }
+        count += occurrences(&buf, needle);
+        at += len;
+    }
+    count
+}
+
+fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    if needle.is_empty() {
+        return 0;
+    }
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 /// Whether this process may read keyward's memory (root: keyward is not dumpable); the reason
