@@ -2,7 +2,8 @@
 # Benchmark: an HTTPS API (nginx, TLS 1.3) reached three ways, same machine, one run,
 # interleaved repetitions:
 #   direct   wrk → https://upstream                                     (wrk does TLS itself)
-#   nginx    wrk → http://nginx → proxy_pass https (verify on, keepalive, Authorization set)
+#   nginx    wrk → http://nginx → proxy_pass https (verify on, TLS 1.2–1.3, keepalive,
+#            Authorization set)
 #   haproxy  wrk → http://haproxy (mode http, http-reuse always) → https (ssl verify required,
 #            verifyhost, Authorization set by http-request set-header)
 #   keyward  wrk → http://keyward (protocol: http, verify-full, bearer injected)
@@ -48,7 +49,8 @@ nginx_conf "$T/px" "upstream api { server 127.0.0.1:$UP; keepalive 64; }
   server { listen 127.0.0.1:$NP; keepalive_requests 1000000; location / {
     proxy_pass https://api; proxy_http_version 1.1; proxy_set_header Connection '';
     proxy_ssl_verify on; proxy_ssl_trusted_certificate $T/ca.pem; proxy_ssl_name localhost; proxy_ssl_server_name on;
-    proxy_ssl_session_reuse on; proxy_set_header Authorization 'Bearer bench-token'; } }" auto
+    proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.2 TLSv1.3;
+    proxy_set_header Authorization 'Bearer bench-token'; } }" auto
 "$NGINX" -e stderr -p "$T/up" -c "$T/up/nginx.conf" & pids+=($!)
 "$NGINX" -e stderr -p "$T/px" -c "$T/px/nginx.conf" & pids+=($!)
 NGINX_PROXY_PID=$!
@@ -72,7 +74,17 @@ resources:
 YAML
 "${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" & pids+=($!)
 KEYWARD_PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$HP/" >/dev/null 2>&1 && break; sleep 0.05; done
+# KEYWARD_BIN_B=path (and/or KEYWARD_ENV_B="VAR=value ..."): a second keyward beside the first,
+# same config on another port, measured in the same interleaved run as "keyward_b" (a build
+# before/after a change, or e.g. KEYWARD_ENV_B=KEYWARD_WORKER_THREADS=1).
+if [ -n "${KEYWARD_BIN_B:-}${KEYWARD_ENV_B:-}" ]; then
+  KPB=$(free_port)
+  sed "s/127.0.0.1:$KP\b/127.0.0.1:$KPB/" "$T/keyward.yaml" > "$T/keyward-b.yaml"
+  env ${KEYWARD_ENV_B:-} "${KEYWARD_BIN_B:-${KEYWARD_BIN:-./target/release/keyward}}" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" & pids+=($!)
+  KEYWARD_B_PID=$!
+fi
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$HP/" >/dev/null 2>&1 \
+  && { [ -z "${KPB:-}" ] || curl -sf "http://127.0.0.1:$KPB/" >/dev/null 2>&1; } && break; sleep 0.05; done
 
 # CPU ticks (user + system) of the given PIDs.
 cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo "$t"; }
@@ -84,6 +96,12 @@ run() { # $1 name, $2 url, $3 pid to charge CPU to (or empty)
   before=$(cpu_ticks "$3")
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$2")
   after=$(cpu_ticks "$3")
+  # A row of error responses measures nothing (nginx 1.22's proxy_ssl_protocols leaves TLS 1.3
+  # out: every request was a 502 until it was set).
+  if grep -q "Non-2xx" <<< "$out"; then
+    echo "$1: $(grep "Non-2xx" <<< "$out" | tr -s ' ') — not a measurement" >&2
+    exit 1
+  fi
   echo "$out" | awk -v name="$1" -v ticks=$((after - before)) -v hz="$HZ" '
     /Requests\/sec/ { rps = $2 }
     /^ +50%/ { p50 = $2 } /^ +99%/ { p99 = $2 }
@@ -96,6 +114,7 @@ for r in $(seq "$REPS"); do
   results+=("$(run nginx "http://127.0.0.1:$NP/" "$NGINX_WORKER")")
   results+=("$(run haproxy "http://127.0.0.1:$HP/" "$HAPROXY_PID")")
   results+=("$(run keyward "http://127.0.0.1:$KP/" "$KEYWARD_PID")")
+  [ -z "${KEYWARD_B_PID:-}" ] || results+=("$(run keyward_b "http://127.0.0.1:$KPB/" "$KEYWARD_B_PID")")
 done
 printf '%s\n' "${results[@]}" | python3 -c '
 import statistics, sys
@@ -111,7 +130,9 @@ def ms(v):
 print(f"wrk -t'"$THREADS"' -c'"$CONNS"' -d'"$DURATION"'s, medians of '"$REPS"' interleaved runs")
 print("%-10s %10s %8s %8s %17s" % ("path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req"))
 med = {}
-for name in ("direct", "nginx", "haproxy", "keyward"):
+for name in ("direct", "nginx", "haproxy", "keyward", "keyward_b"):
+    if name not in rows:
+        continue
     r = rows[name]
     med[name] = (statistics.median(x[0] for x in r), statistics.median(ms(x[1]) for x in r), statistics.median(ms(x[2]) for x in r), statistics.median(x[3] for x in r))
     m = med[name]
@@ -123,4 +144,7 @@ for n in ("nginx", "haproxy"):
     p = med[n]
     print(f"keyward/{n} req/s {k[0]/p[0]:.2f}x, p99 {k[2]/p[2]:.2f}x, CPU/req {k[3]/p[3]:.2f}x" + ("  (strongest peer)" if n == best else ""))
 print(f"keyward/direct req/s {k[0]/d[0]:.2f}x")
+if "keyward_b" in med:
+    b = med["keyward_b"]
+    print(f"keyward_b/keyward req/s {b[0]/k[0]:.2f}x, p99 {b[2]/k[2]:.2f}x, CPU/req {b[3]/k[3]:.2f}x")
 '

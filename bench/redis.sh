@@ -89,6 +89,7 @@ stream {
     proxy_ssl_name localhost;
     proxy_ssl_server_name on;
     proxy_ssl_session_reuse on;
+    proxy_ssl_protocols TLSv1.2 TLSv1.3;  # nginx 1.22 leaves TLS 1.3 out by default
   }
 }
 CONF
