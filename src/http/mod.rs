@@ -1099,6 +1099,41 @@ mod tests {
         assert_eq!(without_dot_segments("/../admin"), None);
         assert_eq!(without_dot_segments("/a/../../admin"), None);
         assert_eq!(without_dot_segments("/%2e%2e/admin"), None);
+        // Kept as sent: no dot segment (the fast path and the general one alike).
+        for path in [
+            "/a//b/",
+            "/v1/x%20y",
+            "/a.b/c.",
+            "/%2e%2ex/y",
+            "/.well-known/a",
+        ] {
+            assert_eq!(without_dot_segments(path).as_deref(), Some(path));
+        }
+    }
+
+    #[test]
+    fn the_upstream_target_joins_the_base_drops_the_apps_key_and_adds_keywards() {
+        let up = |path, query| {
+            upstream_path(
+                "/v1",
+                path,
+                query,
+                Some("api_key"),
+                Some(("api_key", "k y")),
+            )
+            .unwrap()
+        };
+        assert_eq!(up("/r", None), "/v1/r?api_key=k+y");
+        assert_eq!(
+            up("/r", Some("a=1&&api%5Fkey=app&b")),
+            "/v1/r?a=1&b&api_key=k+y"
+        );
+        assert_eq!(up("/r", Some("api_key=app")), "/v1/r?api_key=k+y");
+        assert_eq!(
+            upstream_path("", "/r", Some("a=1&"), None, None).unwrap(),
+            "/r?a=1"
+        );
+        assert_eq!(upstream_path("", "/r", Some(""), None, None).unwrap(), "/r");
     }
 
     #[test]
