@@ -138,7 +138,7 @@ impl Stats {
             })
             .counter
             .inc();
-        let class = crate::metrics::status_class(status.as_u16());
+        let class = crate::metrics::status_class(code);
         let slot = usize::from(class.as_bytes()[0] - b'1');
         self.http_duration[slot]
             .get_or_init(|| {
