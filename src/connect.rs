@@ -138,6 +138,7 @@ impl Dialer {
         let started = tokio::time::Instant::now();
         let tcp = connect(&self.upstream, self.connect_timeout).await?;
         if !self.resource.is_empty() {
+            crate::audit::upstream_tcp(&tcp);
             crate::metrics::metrics()
                 .connect_seconds
                 .with_label_values(&[&self.resource])
@@ -160,6 +161,7 @@ impl Dialer {
         if self.resource.is_empty() {
             return Ok(stream);
         }
+        crate::audit::upstream_tls(stream.get_ref().1);
         let m = crate::metrics::metrics();
         m.handshake_seconds
             .with_label_values(&[&self.resource])

@@ -66,6 +66,8 @@ pub struct Resource {
     pub client_handshake_timeout: Duration,
     /// keyward's TLS on the listener (`listen_tls`).
     pub inbound: Option<InboundTls>,
+    /// What it records in the audit trail.
+    pub audit: crate::audit::Policy,
 }
 
 /// How a handler's part of a connection ended.
@@ -269,6 +271,7 @@ impl App {
     /// Ends the handshake phase: the client deadline no longer applies (the relay has its
     /// idle timeout) and the buffer limit is lifted. Returns the stream.
     pub fn relay(&mut self) -> &mut AppStream {
+        crate::audit::client_tls(self.wire.io.tls());
         self.wire.io.deadline = None;
         self.wire.set_limit(usize::MAX);
         &mut self.wire.io

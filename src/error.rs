@@ -93,6 +93,8 @@ pub enum Reason {
     MethodNotAllowed,
     /// An HTTP request path whose `..` segments would leave the upstream's base path.
     PathOutsideBase,
+    /// A request, command or statement the resource's `allow` rules (or `read_only`) refuse.
+    Denied,
 }
 
 impl Reason {
@@ -128,6 +130,7 @@ impl Reason {
             Self::Panic => "panic",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PathOutsideBase => "path_outside_base",
+            Self::Denied => "denied",
         }
     }
 }

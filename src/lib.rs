@@ -6,6 +6,7 @@
 //! connection flows: [`driver`].
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connect;

@@ -344,6 +344,7 @@ fn run(path: &std::path::Path, format: Option<Format>) -> ExitCode {
     let path = path.to_path_buf();
     let result = self::runtime().and_then(|rt| {
         let result = rt.block_on(async move {
+            keyward::audit::configure(runtime.audit.as_ref()).map_err(anyhow::Error::msg)?;
             runtime.log_summary();
             keyward::reload::count_success();
             let listeners = Listeners::bind(runtime.listens()).await?;

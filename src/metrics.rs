@@ -44,6 +44,8 @@ pub struct Metrics {
     pub oauth2_refreshes: IntCounterVec,
     /// Secret and credential reads, by result.
     pub credential_reads: IntCounterVec,
+    /// Audit events dropped because the sink fell behind (its queue was full).
+    pub audit_dropped: IntCounterVec,
     /// The last upstream leaf seen per resource, so it is parsed only when it changes.
     leaves: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
@@ -102,6 +104,7 @@ impl Metrics {
             cert_expiration: reg!(GaugeVec::new(Opts::new("keyward_cert_expiration_timestamp_seconds", "Expiry (Unix time) of certificates in use: client_cert, ca, upstream_leaf (the last one the upstream presented)."), &["resource", "role"])),
             oauth2_refreshes: reg!(counter("keyward_oauth2_token_refreshes_total", "OAuth2 token fetches, by result.", &["resource", "result"])),
             credential_reads: reg!(counter("keyward_credential_reads_total", "Secret and credential reads, by result.", &["resource", "result"])),
+            audit_dropped: reg!(counter("keyward_audit_dropped_total", "Audit events dropped because the audit sink fell behind (its queue was full) or failed.", &["resource"])),
             registry: registry.clone(),
             leaves: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
@@ -163,6 +166,9 @@ impl Metrics {
         if series.auth {
             self.auth_seconds.with_label_values(&[name]);
         }
+        if series.audit {
+            self.audit_dropped.with_label_values(&[name]);
+        }
         let uses_oauth2 = series.oauth2;
         if uses_oauth2 {
             for result in ["success", "error"] {
@@ -192,6 +198,8 @@ pub struct Declared {
     pub auth: bool,
     /// It fetches OAuth2 tokens.
     pub oauth2: bool,
+    /// It records audit events.
+    pub audit: bool,
 }
 
 /// The status class label of a response: `2xx`, `4xx`, ...

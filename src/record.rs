@@ -293,13 +293,24 @@ pub async fn guarded(
     upstream: &(dyn std::fmt::Display + Sync),
     serving: impl std::future::Future<Output = Result<Relayed, Failure>>,
     kill: impl std::future::Future<Output = ()>,
+    audit: Option<std::sync::Arc<crate::audit::Session>>,
 ) {
     let _open = Open::new(stats);
     let serving = std::panic::AssertUnwindSafe(serving).catch_unwind();
+    let serving = crate::audit::scoped(audit.clone(), serving);
     let result = tokio::select! {
         r = serving => Some(r.unwrap_or_else(|_| Err(Failure::Open(panicked())))),
         () = kill => None,
     };
+    if let Some(session) = &audit {
+        match &result {
+            None => crate::audit::ended(session, None, None),
+            Some(Ok(done)) => crate::audit::ended(session, Some((done.sent, done.received)), None),
+            Some(Err(failure)) => {
+                crate::audit::ended(session, Some((0, 0)), Some(failure.error()));
+            }
+        }
+    }
     stats.record(upstream, result);
 }
 
@@ -354,7 +365,7 @@ mod tests {
             }
             Ok(Relayed::default())
         };
-        guarded(&stats, &"upstream", serving, std::future::pending()).await;
+        guarded(&stats, &"upstream", serving, std::future::pending(), None).await;
         assert_eq!(stats.open(), 0);
         assert_eq!(gauge.get(), before);
         assert_eq!(stats.errors(), 1);

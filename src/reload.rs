@@ -216,6 +216,13 @@ impl Reloader {
     async fn try_reload(&self) -> Result<Config, ReloadError> {
         let (config, runtime) =
             Runtime::load(&self.path, self.env.as_ref()).map_err(ReloadError::Invalid)?;
+        crate::audit::configure(runtime.audit.as_ref()).map_err(|message| {
+            ReloadError::Invalid(Problems(vec![crate::config::Problem {
+                file: self.path.clone(),
+                site: None,
+                message,
+            }]))
+        })?;
         runtime.log_summary();
         self.state.apply(runtime).await.map_err(ReloadError::Bind)?;
         Ok(config)

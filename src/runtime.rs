@@ -28,6 +28,8 @@ pub struct Runtime {
     pub shutdown_grace: Duration,
     /// How long listeners keep accepting after a shutdown signal.
     pub shutdown_delay: Duration,
+    /// The audit sink (`None`: no audit events).
+    pub audit: Option<crate::config::AuditSettings>,
 }
 
 /// One resource, ready to serve. Connections take an `Arc` of it at accept and keep it.
@@ -99,6 +101,7 @@ impl ResourceRuntime {
                 AnyHandler::Postgres(_) | AnyHandler::Mysql(_) | AnyHandler::Redis(_) => true,
             },
             oauth2: self.uses_oauth2(),
+            audit: self.resource.audit.level != crate::config::AuditLevel::Off,
         }
     }
 
@@ -121,6 +124,34 @@ impl ResourceRuntime {
             AnyHandler::Redis(h) => Some(&h.0),
             AnyHandler::Tcp(_) | AnyHandler::Http(_) => None,
         }
+    }
+}
+
+/// The identity a resource's config names for its login (audit events).
+fn identity(auth: &crate::config::Auth) -> Option<Arc<str>> {
+    use crate::config::Auth;
+    match auth {
+        Auth::Password { username, .. } => username.as_deref().map(Into::into),
+        Auth::RdsIam { username, .. } | Auth::Basic { username, .. } => {
+            Some(username.as_str().into())
+        }
+        Auth::OAuth2(o) => Some(o.client_id.as_str().into()),
+        _ => None,
+    }
+}
+
+/// The `auth.type` a resource injects (audit events).
+fn credential(auth: &crate::config::Auth) -> &'static str {
+    use crate::config::Auth;
+    match auth {
+        Auth::None => "none",
+        Auth::Password { .. } => "password",
+        Auth::RdsIam { .. } => "rds_iam",
+        Auth::ApiKey { .. } => "api_key",
+        Auth::Basic { .. } => "basic",
+        Auth::Bearer { .. } => "bearer",
+        Auth::OAuth2(_) => "oauth2",
+        Auth::AwsSigV4 { .. } => "aws_sigv4",
     }
 }
 
@@ -217,6 +248,14 @@ impl Runtime {
                 idle_timeout: res.idle_timeout,
                 client_handshake_timeout: res.client_handshake_timeout,
                 inbound,
+                audit: crate::audit::Policy {
+                    level: res.audit.level,
+                    mask_literals: res.audit.mask_literals,
+                    protocol: crate::config::protocol_name(res.protocol),
+                    identity: identity(&res.auth),
+                    credential: credential(&res.auth),
+                    upstream: res.upstream.to_string().into(),
+                },
             });
             resources.push(Arc::new(ResourceRuntime {
                 name: res.name.clone(),
@@ -235,6 +274,7 @@ impl Runtime {
                 resources,
                 shutdown_grace: config.shutdown_grace,
                 shutdown_delay: config.shutdown_delay,
+                audit: config.audit.clone(),
             })
         } else {
             Err(Problems(problems))

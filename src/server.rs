@@ -376,6 +376,7 @@ impl Server {
                         resources,
                         shutdown_grace: Duration::ZERO,
                         shutdown_delay: Duration::ZERO,
+                        audit: None,
                     }
                     .warn_expiring();
                 }
@@ -462,6 +463,7 @@ async fn accept_loop(
         };
         let stats = state.stats.clone();
         let kill = kill.clone();
+        let audit = runtime.resource.audit.session(&state.name, conn, &peer);
         let span = info_span!("conn", resource = %state.name, client = %peer, conn);
         inner.connections.spawn(
             async move {
@@ -474,6 +476,7 @@ async fn accept_loop(
                     &runtime.upstream,
                     runtime.serve(client, &stats),
                     kill.cancelled(),
+                    audit,
                 )
                 .await;
             }

@@ -25,7 +25,9 @@ impl Handler for Tcp {
             let (_, session) = tls.get_ref();
             debug!(version = ?session.protocol_version(), "upstream secured");
         }
-        relay(app.relay(), upstream, res.idle_timeout)
+        let app = app.relay();
+        crate::audit::started();
+        relay(app, upstream, res.idle_timeout)
             .await
             .map_err(Failure::Relay)
     }

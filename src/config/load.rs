@@ -57,6 +57,7 @@ pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, Vec<Problem>), 
         file: file.to_owned(),
         base,
         problems: Vec::new(),
+        audited: false,
     };
     let config = ctx.config(raw);
     let mut problems: Vec<Problem> = Vec::new();
@@ -177,6 +178,8 @@ pub(super) struct Ctx {
     pub(super) file: PathBuf,
     pub(super) base: PathBuf,
     pub(super) problems: Vec<Problem>,
+    /// Whether the file has a top-level `audit` block.
+    pub(super) audited: bool,
 }
 
 pub(super) fn site<T>(value: &Spanned<T>, path: impl Into<String>) -> Site {
@@ -249,6 +252,8 @@ impl Ctx {
             .and_then(|v| self.duration(v, "shutdown_delay", true))
             .unwrap_or_default();
 
+        let audit = raw.audit.as_ref().map(|a| self.audit_settings(a));
+        self.audited = audit.is_some();
         let mut resources = Vec::new();
         let mut names = HashSet::new();
         let mut addrs: HashMap<String, String> = HashMap::new();
@@ -294,6 +299,7 @@ impl Ctx {
             log,
             shutdown_grace,
             shutdown_delay,
+            audit,
             resources,
         }
     }
@@ -385,7 +391,9 @@ impl Ctx {
             at,
             &format!("{at}.tls"),
         );
-        let http = self.http_options(res, protocol, at);
+        let mut http = self.http_options(res, protocol, at);
+        http.allow = self.allow_rules(res, protocol, at);
+        let audit = self.resource_audit(res, protocol, self.audited, at);
         let db = self.db_options(res, protocol, at);
         let listen_tls = res
             .listen_tls
@@ -444,6 +452,7 @@ impl Ctx {
             http,
             db,
             listen_tls,
+            audit,
             site: site(&res.name, at),
         })
     }

@@ -9,6 +9,7 @@
 //! adds its part to it (`listen`, `upstream`, `tls`, `auth`, `http`, `db`), and `files` (what
 //! a resource reads, and its fingerprint). This file only names and re-exports them.
 
+mod audit;
 mod auth;
 mod db;
 mod files;

@@ -18,7 +18,180 @@ pub struct File {
     pub defaults: Defaults,
     pub shutdown_grace: Option<Spanned<String>>,
     pub shutdown_delay: Option<Spanned<String>>,
+    pub audit: Option<Spanned<Audit>>,
     pub resources: Vec<Resource>,
+}
+
+/// `audit`: where audit events go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    pub sink: Spanned<AuditSink>,
+    pub path: Option<Spanned<String>>,
+    pub max_size: Option<Spanned<ByteSize>>,
+    pub max_files: Option<Spanned<u32>>,
+    pub format: Option<Spanned<AuditFormat>>,
+    pub queue: Option<Spanned<u32>>,
+}
+
+/// `audit.sink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSink {
+    /// keyward's standard output (its logs go to standard error).
+    Stdout,
+    /// A file, rotated by size.
+    File,
+}
+
+/// `audit.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+}
+
+/// A size in bytes: a whole number, or one with a unit (`100MiB`, `10MB`, `512KiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub Option<u64>);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size such as 100MiB, 10MB or 1048576")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(Some(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                Ok(ByteSize(u64::try_from(v).ok()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                Ok(ByteSize(parse_size(v)))
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
+/// `100MiB` → 104857600 (units B, KB, MB, GB, KiB, MiB, GiB; case-insensitive).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// `resources[].audit`: a level (`off`, `sessions`, `requests`, `statements`), or a map
+/// with `level` and `mask_literals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceAudit {
+    pub level: AuditLevel,
+    pub mask_literals: bool,
+}
+
+/// How much a resource records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditLevel {
+    /// Nothing.
+    Off,
+    /// Session start and end.
+    #[default]
+    Sessions,
+    /// And every HTTP request.
+    Requests,
+    /// And every statement (SQL text, Redis command names).
+    Statements,
+}
+
+impl AuditLevel {
+    /// The spelling in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Sessions => "sessions",
+            Self::Requests => "requests",
+            Self::Statements => "statements",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceAudit {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            level: AuditLevel,
+            #[serde(default)]
+            mask_literals: bool,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ResourceAudit;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "off, sessions, requests, statements, or a map with level and mask_literals",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ResourceAudit, E> {
+                let level =
+                    AuditLevel::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+                Ok(ResourceAudit {
+                    level,
+                    mask_literals: false,
+                })
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ResourceAudit, E> {
+                // YAML 1.1 reads a bare `off` as false.
+                if v {
+                    Err(E::custom("expected off, sessions, requests or statements"))
+                } else {
+                    Ok(ResourceAudit {
+                        level: AuditLevel::Off,
+                        mask_literals: false,
+                    })
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ResourceAudit, A::Error> {
+                let full = Full::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ResourceAudit {
+                    level: full.level,
+                    mask_literals: full.mask_literals,
+                })
+            }
+        }
+        de.deserialize_any(V)
+    }
+}
+
+/// `resources[].allow[]` (http): a request is forwarded when one rule matches it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    pub methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
 }
 
 fn admin_on() -> Option<Admin> {
@@ -93,6 +266,8 @@ pub struct Resource {
     pub client_password: Option<Spanned<String>>,
     pub listen_tls: Option<ListenTls>,
     pub pool_max_idle: Option<Spanned<u32>>,
+    pub audit: Option<Spanned<ResourceAudit>>,
+    pub allow: Option<Spanned<Vec<AllowRule>>>,
 }
 
 /// `resources[].listen_tls`: TLS on keyward's own listener.

@@ -373,7 +373,7 @@ fn syntax_messages_speak_the_users_language() {
         ),
         (
             format!("{r}    protocl: tcp\n").replace("    protocol: tcp\n", ""),
-            "k.yaml:5:5: resources[0].protocl: unknown key `protocl` (a typo?): expected one of name, protocol, listen, allow_remote, listen_mode, upstream, tls, auth, headers, connect_timeout, handshake_timeout, client_handshake_timeout, idle_timeout, max_connections, http2, preserve_host, pass_client_auth, response_timeout, pool_idle_timeout, max_signed_body, allow_methods, client_password, listen_tls, pool_max_idle",
+            "k.yaml:5:5: resources[0].protocl: unknown key `protocl` (a typo?): expected one of name, protocol, listen, allow_remote, listen_mode, upstream, tls, auth, headers, connect_timeout, handshake_timeout, client_handshake_timeout, idle_timeout, max_connections, http2, preserve_host, pass_client_auth, response_timeout, pool_idle_timeout, max_signed_body, allow_methods, client_password, listen_tls, pool_max_idle, audit, allow",
         ),
     ];
     for (yaml, want) in cases {
@@ -394,4 +394,151 @@ fn syntax_messages_speak_the_users_language() {
             }
         }
     }
+}
+
+const HTTP: &str = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:8080\n    upstream: https://api.example.com\n";
+
+#[test]
+fn audit_levels_default_to_sessions_with_the_block_and_off_without() {
+    let c = ok(HTTP);
+    assert!(c.audit.is_none());
+    assert_eq!(c.resources[0].audit.level, AuditLevel::Off);
+    let c = ok(&format!("audit:\n  sink: stdout\n{HTTP}"));
+    assert_eq!(
+        c.audit,
+        Some(AuditSettings {
+            sink: AuditSink::Stdout,
+            queue: DEFAULT_AUDIT_QUEUE
+        })
+    );
+    assert_eq!(c.resources[0].audit.level, AuditLevel::Sessions);
+    let c = ok(&format!(
+        "audit:\n  sink: file\n  path: audit/k.jsonl\n  max_size: 10MiB\n  max_files: 3\n  queue: 100\n{HTTP}    audit: requests\n"
+    ));
+    assert_eq!(
+        c.audit.unwrap().sink,
+        AuditSink::File {
+            path: PathBuf::from("/etc/keyward/audit/k.jsonl"),
+            max_size: 10 << 20,
+            max_files: 3
+        }
+    );
+    assert_eq!(c.resources[0].audit.level, AuditLevel::Requests);
+    let pg = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    upstream: db:5432\n";
+    for (own, level, mask) in [
+        ("off", AuditLevel::Off, false),
+        ("statements", AuditLevel::Statements, false),
+        (
+            "{level: statements, mask_literals: true}",
+            AuditLevel::Statements,
+            true,
+        ),
+    ] {
+        let c = ok(&format!("audit:\n  sink: stdout\n{pg}    audit: {own}\n"));
+        assert_eq!(c.resources[0].audit.level, level, "{own}");
+        assert_eq!(c.resources[0].audit.mask_literals, mask, "{own}");
+    }
+}
+
+#[test]
+fn audit_settings_are_checked_with_their_key_named() {
+    let cases = [
+        (format!("{HTTP}    audit: requests\n"), "resources[0].audit: no top-level audit block"),
+        (format!("audit:\n  sink: stdout\n{HTTP}    audit: statements\n"), "resources[0].audit: audit level statements applies to protocols postgres, mysql and redis"),
+        (format!("audit:\n  sink: stdout\n{ONE}    audit: requests\n"), "resources[0].audit: audit level requests applies to protocol http"),
+        (format!("audit:\n  sink: stdout\n{HTTP}    audit: {{level: requests, mask_literals: true}}\n"), "mask_literals applies to SQL statements"),
+        (format!("audit:\n  sink: file\n{HTTP}"), "audit.path: sink: file needs path"),
+        (format!("audit:\n  sink: stdout\n  path: x\n{HTTP}"), "audit.path: path applies to sink: file only"),
+        (format!("audit:\n  sink: file\n  path: a\n  max_size: 10 parsecs\n{HTTP}"), "audit.max_size: expected a size"),
+        (format!("audit:\n  sink: file\n  path: a\n  max_size: 100\n{HTTP}"), "audit.max_size: must be at least 4KiB"),
+        (format!("audit:\n  sink: kafka\n{HTTP}"), "unknown value \"kafka\""),
+        (format!("audit:\n  sink: stdout\n{HTTP}    audit: verbose\n"), "resources[0].audit"),
+    ];
+    for (yaml, want) in cases {
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.contains(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn http_allow_rules_parse_and_are_checked() {
+    let c = ok(&format!(
+        "{HTTP}    allow:\n      - methods: [get, HEAD]\n        paths: [\"/v1/reports/**\"]\n      - paths: [\"/health\"]\n"
+    ));
+    let rules = &c.resources[0].http.allow;
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        rules[0].methods,
+        vec![::http::Method::GET, ::http::Method::HEAD]
+    );
+    assert!(rules[0].admits(&::http::Method::GET, "/v1/reports/2026/q3"));
+    assert!(!rules[0].admits(&::http::Method::POST, "/v1/reports/2026/q3"));
+    assert!(rules[1].admits(&::http::Method::DELETE, "/health"));
+    for (yaml, want) in [
+        (
+            format!("{ONE}    allow:\n      - paths: [\"/x\"]\n"),
+            "resources[0].allow: allow applies to protocol http",
+        ),
+        (
+            format!("{HTTP}    allow: []\n"),
+            "an empty allow list would refuse every request",
+        ),
+        (
+            format!("{HTTP}    allow:\n      - paths: [\"v1/*\"]\n"),
+            "resources[0].allow[0].paths: \"v1/*\" must start with '/'",
+        ),
+        (
+            format!("{HTTP}    allow:\n      - methods: [\"GE T\"]\n"),
+            "is not an HTTP method",
+        ),
+        (
+            format!("{HTTP}    allow:\n      - methods: []\n"),
+            "an empty methods or paths list matches nothing",
+        ),
+        (
+            format!("{HTTP}    allow:\n      - verbs: [GET]\n"),
+            "unknown key `verbs`",
+        ),
+    ] {
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.contains(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn path_globs_match_segments() {
+    let cases = [
+        ("/v1/reports/**", "/v1/reports", true),
+        ("/v1/reports/**", "/v1/reports/", true),
+        ("/v1/reports/**", "/v1/reports/a/b/c", true),
+        ("/v1/reports/**", "/v1/reportsX", false),
+        ("/v1/reports/**", "/v1", false),
+        ("/v1/*/items", "/v1/7/items", true),
+        ("/v1/*/items", "/v1/7/8/items", false),
+        ("/v1/*/items", "/v1//items", true),
+        ("/v1/**/items", "/v1/items", true),
+        ("/v1/**/items", "/v1/a/b/items", true),
+        ("/v1/**/items", "/v1/a/b/items/x", false),
+        ("/files/*.csv", "/files/q3.csv", true),
+        ("/files/*.csv", "/files/q3.csv.exe", false),
+        ("/files/a*b*c", "/files/aXbYbZc", true),
+        ("/exact", "/exact", true),
+        ("/exact", "/exact/", false),
+        ("/**", "/", true),
+        ("/**", "/anything/at/all", true),
+    ];
+    for (glob, path, want) in cases {
+        assert_eq!(glob_path(glob, path), want, "{glob} vs {path}");
+    }
+    // No catastrophic backtracking: many stars against a long segment.
+    let long = format!("/{}", "a".repeat(20_000));
+    assert!(!glob_path("/*a*a*a*a*a*a*b", &long));
+    let deep = "/a".repeat(5_000);
+    assert!(!glob_path("/**/a/**/a/**/b", &deep));
 }

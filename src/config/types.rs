@@ -9,7 +9,10 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 
 use super::problems::Site;
-pub use super::raw::{AuthType, Http2, LogFormat, Negotiation, Protocol, TlsMode, TlsVersion};
+pub use super::raw::{
+    AuditLevel, AuthType, Http2, LogFormat, Negotiation, Protocol, ResourceAudit, TlsMode,
+    TlsVersion,
+};
 use crate::secret::SecretSource;
 
 /// A validated resource name: letters, digits, `-`, `_`, `.`; usable as a metric label.
@@ -47,8 +50,36 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long listeners keep accepting (not ready) after a shutdown signal.
     pub shutdown_delay: Duration,
+    /// Where audit events go; `None`: no audit events at all.
+    pub audit: Option<AuditSettings>,
     /// The resources, in file order.
     pub resources: Vec<ResourceConfig>,
+}
+
+/// `audit`: the sink every resource's audit events go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// Where the JSON lines are written.
+    pub sink: AuditSink,
+    /// Events held for a slow sink; beyond this many they are dropped and counted.
+    pub queue: usize,
+}
+
+/// `audit.sink`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// keyward's standard output.
+    Stdout,
+    /// A file, renamed to `<path>.1` (and older ones shifted, at most `max_files` kept) when
+    /// the next line would take it over `max_size` bytes.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Rotation threshold.
+        max_size: u64,
+        /// Rotated files kept.
+        max_files: u32,
+    },
 }
 
 /// `admin`.
@@ -105,6 +136,8 @@ pub struct ResourceConfig {
     pub db: DbOptions,
     /// TLS on keyward's own listener.
     pub listen_tls: Option<ListenTls>,
+    /// What this resource records (`Off` without a top-level `audit` block).
+    pub audit: ResourceAudit,
     /// Where the resource starts in the file.
     pub site: Site,
 }
@@ -127,6 +160,79 @@ pub struct HttpOptions {
     /// Methods refused by default that this resource forwards anyway (`TRACE` echoes the
     /// injected credential back to the app; `CONNECT` would tunnel with it).
     pub allow_methods: Vec<::http::Method>,
+    /// `allow`: a request is forwarded only when one rule matches it (empty: every request).
+    pub allow: Vec<HttpRule>,
+}
+
+/// One `allow` rule of an http resource: its methods (empty: any) and path globs (empty: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRule {
+    /// Methods, upper case.
+    pub methods: Vec<::http::Method>,
+    /// Path globs: `*` is any run of characters within one segment, `**` any number of whole
+    /// segments (`/v1/reports/**` is `/v1/reports` and everything under it).
+    pub paths: Vec<String>,
+}
+
+impl HttpRule {
+    /// Whether the rule admits `method` on `path` (a path already normalized: no dot
+    /// segments, unreserved characters decoded).
+    pub fn admits(&self, method: &::http::Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && (self.paths.is_empty() || self.paths.iter().any(|g| glob_path(g, path)))
+    }
+}
+
+/// Matches `path` against a path glob (see [`HttpRule::paths`]): dynamic programming over
+/// segments, linear wildcard matching within one, so no pattern/path pair backtracks
+/// exponentially.
+pub fn glob_path(glob: &str, path: &str) -> bool {
+    let globs: Vec<&str> = glob.split('/').collect();
+    let parts: Vec<&str> = path.split('/').collect();
+    // ok[j]: the globs matched so far match parts[..j].
+    let mut ok = vec![false; parts.len() + 1];
+    ok[0] = true;
+    for g in &globs {
+        let mut next = vec![false; parts.len() + 1];
+        if *g == "**" {
+            // Zero or more whole segments.
+            let mut any = false;
+            for j in 0..=parts.len() {
+                any |= ok[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 0..parts.len() {
+                if ok[j] && glob_segment(g.as_bytes(), parts[j].as_bytes()) {
+                    next[j + 1] = true;
+                }
+            }
+        }
+        ok = next;
+    }
+    ok[parts.len()]
+}
+
+/// `*` (any run of bytes) within one segment, in O(glob × text).
+fn glob_segment(glob: &[u8], text: &[u8]) -> bool {
+    let (mut g, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if glob.get(g) == Some(&b'*') {
+            star = Some((g, t));
+            g += 1;
+        } else if glob.get(g) == Some(&text[t]) {
+            g += 1;
+            t += 1;
+        } else if let Some((sg, st)) = star {
+            g = sg + 1;
+            t = st + 1;
+            star = Some((sg, st + 1));
+        } else {
+            return false;
+        }
+    }
+    glob[g..].iter().all(|&c| c == b'*')
 }
 
 impl Default for HttpOptions {
@@ -139,6 +245,7 @@ impl Default for HttpOptions {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             max_signed_body: DEFAULT_MAX_SIGNED_BODY,
             allow_methods: Vec::new(),
+            allow: Vec::new(),
         }
     }
 }
@@ -415,6 +522,9 @@ pub(super) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(super) const DEFAULT_MAX_SIGNED_BODY: u64 = 10 * 1024 * 1024;
+pub(super) const DEFAULT_AUDIT_MAX_SIZE: u64 = 100 * 1024 * 1024;
+pub(super) const DEFAULT_AUDIT_MAX_FILES: u32 = 5;
+pub(super) const DEFAULT_AUDIT_QUEUE: usize = 16 * 1024;
 
 /// The config spelling of a protocol.
 pub fn protocol_name(protocol: Protocol) -> &'static str {

@@ -366,6 +366,8 @@ impl Handler for Http {
     /// each later one (and a client that takes that long to send its headers).
     async fn serve(&self, app: &mut App, res: &Arc<Resource>, stats: &Arc<Stats>) -> Served {
         let admitted = Arc::new(app.admit().map_err(Failure::Open)?);
+        crate::audit::client_tls(app.wire.io.tls());
+        crate::audit::started();
         let deadline = app.deadline();
         // An app that opens with HTTP/2's preface (prior knowledge) is told keyward serves
         // apps HTTP/1.1 (a 505, and one log line when the end is recorded), instead of a
@@ -460,6 +462,47 @@ async fn proxy(
 ) -> Response<ProxyBody> {
     let method = req.method().clone();
     let started = tokio::time::Instant::now();
+    // Audited connections: the request's record, written when its response body ends.
+    let mut record = crate::audit::current().map(|session| {
+        session.request_begins();
+        Record {
+            session,
+            method: method.clone(),
+            path: audit_path(req.uri(), up),
+            request_bytes: req.body().size_hint().exact(),
+            started,
+        }
+    });
+    if !up.opts.allow.is_empty() && !allowed(&up.opts.allow, &method, req.uri().path()) {
+        let e = ConnError::new(
+            Side::Client,
+            Reason::Denied,
+            format!(
+                "{method} {} is not allowed by this resource's allow rules",
+                req.uri().path()
+            ),
+        );
+        if let Some(r) = &record {
+            r.session.denied(crate::audit::Denied::Http {
+                method: method.as_str(),
+                path: &r.path,
+            });
+        }
+        if let Some(left_out) = stats.may_warn() {
+            let left_out = (left_out > 0).then_some(left_out);
+            warn!(
+                side = "client",
+                reason = "denied",
+                left_out,
+                "app: {}",
+                e.detail
+            );
+        }
+        stats.count_request(StatusCode::FORBIDDEN, started.elapsed());
+        stats.failed(e.clone());
+        let response = error_response(&up.name, StatusCode::FORBIDDEN, &e);
+        return audited(response, record.take(), Some(e));
+    }
     let refused = [Method::TRACE, Method::CONNECT];
     if refused.contains(&method) && !up.opts.allow_methods.contains(&method) {
         // TRACE would echo the injected credential back to the app; CONNECT would tunnel
@@ -471,14 +514,15 @@ async fn proxy(
         );
         stats.count_request(StatusCode::METHOD_NOT_ALLOWED, started.elapsed());
         stats.failed(e.clone());
-        return error_response(&up.name, StatusCode::METHOD_NOT_ALLOWED, &e);
+        let response = error_response(&up.name, StatusCode::METHOD_NOT_ALLOWED, &e);
+        return audited(response, record.take(), Some(e));
     }
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     match forward(req, up, upgrade, stats, admitted).await {
         Ok(response) => {
             debug!(%method, status = response.status().as_u16(), "forwarded");
             stats.count_request(response.status(), started.elapsed());
-            response
+            audited(response, record.take(), None)
         }
         Err(e) => {
             let status = match e.reason {
@@ -499,8 +543,119 @@ async fn proxy(
             );
             stats.count_request(status, started.elapsed());
             stats.failed(e.clone());
-            error_response(&up.name, status, &e)
+            let response = error_response(&up.name, status, &e);
+            audited(response, record.take(), Some(e))
         }
+    }
+}
+
+/// Whether one of `rules` admits `method` on `path` (normalized first, as the upstream will
+/// read it: unreserved characters decoded, dot segments removed; a path climbing above the
+/// root is refused).
+fn allowed(rules: &[crate::config::HttpRule], method: &Method, path: &str) -> bool {
+    let decoded = decode_unreserved(path);
+    let Some(normalized) = without_dot_segments(&decoded) else {
+        return false;
+    };
+    rules.iter().any(|r| r.admits(method, &normalized))
+}
+
+/// `%XX` escapes of unreserved characters (letters, digits, `-._~`) decoded: they mean the
+/// same as the characters (RFC 3986 §6.2.2.2); other escapes (`%2F`) are kept.
+fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(c) = hex.filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c)) {
+                out.push(char::from(c));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(char::from(b[i]));
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The path and query of a request as audit events show it: the injected query parameter
+/// (an API key) taken out.
+fn audit_path(uri: &Uri, up: &HttpUpstream) -> String {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match &up.injector {
+        Injector::Query(name, _) => without_query_param(pq, name),
+        _ => pq.to_owned(),
+    }
+}
+
+/// A request being audited: written when its response body ends (or is dropped).
+struct Record {
+    session: Arc<crate::audit::Session>,
+    method: Method,
+    path: String,
+    request_bytes: Option<u64>,
+    started: tokio::time::Instant,
+}
+
+/// Counts the response body's bytes into `record` and writes the request event when the
+/// body is done with (sent, or dropped by a client gone away).
+fn audited(
+    response: Response<ProxyBody>,
+    record: Option<Record>,
+    error: Option<ConnError>,
+) -> Response<ProxyBody> {
+    let Some(record) = record else {
+        return response;
+    };
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let mut done = Done {
+        record,
+        status,
+        error,
+        bytes: 0,
+    };
+    let body = body
+        .map_frame(move |f| {
+            // The whole record moves into the closure (not just its counter): it is written
+            // when the body, and so the closure, is dropped.
+            let done = &mut done;
+            if let Some(d) = f.data_ref() {
+                done.bytes += d.len() as u64;
+            }
+            f
+        })
+        .boxed();
+    Response::from_parts(parts, body)
+}
+
+struct Done {
+    record: Record,
+    status: u16,
+    error: Option<ConnError>,
+    bytes: u64,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let r = &self.record;
+        r.session.request(&crate::audit::Request {
+            method: r.method.as_str(),
+            path: &r.path,
+            status: self.status,
+            request_bytes: r.request_bytes,
+            response_bytes: self.bytes,
+            took: r.started.elapsed(),
+            error: self.error.as_ref(),
+        });
     }
 }
 
@@ -518,9 +673,13 @@ pub fn error_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    let reason = match e.reason {
+        Reason::Denied => "denied by allow rule",
+        other => other.as_str(),
+    };
     headers.insert(
         HeaderName::from_static("x-keyward-error"),
-        HeaderValue::from_static(e.reason.as_str()),
+        HeaderValue::from_static(reason),
     );
     response
 }
@@ -875,6 +1034,7 @@ async fn forward(
             .and_then(|v| v.strip_prefix("Bearer "))
         {
             debug!("upstream answered 401: refreshing the token and retrying once");
+            crate::audit::retried();
             let fresh = source.replace(&Secret::new(stale)).await?;
             let mut retry = make(&parts);
             retry
@@ -1003,7 +1163,7 @@ async fn send(
                             ))),
                         }
                     };
-                    guarded(&stats, &authority, relayed, std::future::pending()).await;
+                    guarded(&stats, &authority, relayed, std::future::pending(), None).await;
                 }
                 .in_current_span(),
             );

@@ -154,6 +154,7 @@ impl TokenSource {
                 return Ok(token.value);
             }
         }
+        crate::audit::token_fetched();
         self.fetch_with_retries().await
     }
 

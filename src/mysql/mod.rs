@@ -235,6 +235,7 @@ impl Mysql {
             }),
         );
         let up_side = crate::wire::Prefixed::new(up_io, buf.freeze());
+        crate::audit::started();
         match relay(app_side, up_side, res.idle_timeout).await {
             // After the app's COM_QUIT the server closes as it likes (MariaDB: TLS without
             // close_notify, or a reset when the app's close crosses it): a normal end.
@@ -577,6 +578,7 @@ async fn login(
     seq += 1;
     up.send(&codec::frame(seq, &payload)).await?;
     let user_text = String::from_utf8_lossy(&username).into_owned();
+    crate::audit::identity(&user_text);
     let exchange = async {
         loop {
             let packet = up

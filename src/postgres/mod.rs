@@ -152,6 +152,7 @@ async fn session(
     let reused = pooled.is_some();
     let login = async {
         if let Some(idle) = pooled {
+            crate::audit::upstream_stream(&idle.up.io);
             // A reset server session: the app gets its login messages again.
             let mut messages = codec::auth_ok();
             messages.extend_from_slice(&idle.params);
@@ -227,6 +228,9 @@ async fn session(
         None => None,
     };
     debug!(user = %user, reused, "logged in upstream");
+    crate::audit::identity(&user);
+    crate::audit::client_tls(app.wire.io.tls());
+    crate::audit::started();
     // Whatever either side sent past the login goes first.
     greeting.messages.extend_from_slice(&up.buf);
     up.buf.clear();

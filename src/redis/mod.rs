@@ -126,6 +126,8 @@ impl Handler for Redis {
             user = username.as_deref().unwrap_or("default"),
             "authenticated upstream"
         );
+        crate::audit::identity(username.as_deref().unwrap_or("default"));
+        crate::audit::started();
         let Wire { io: up_io, buf, .. } = up;
         let up_io = crate::wire::Prefixed::new(up_io, buf.freeze());
         relay(app, up_io, res.idle_timeout)

@@ -3,6 +3,7 @@
 // Test support code panics on purpose: a failed setup step is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod audit;
 mod check;
 mod cli;
 mod deploy;

@@ -78,6 +78,8 @@ impl Drop for Proc {
 pub struct Keyward {
     pub proc: Proc,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Standard output's lines (audit events with `sink: stdout`).
+    pub stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Keyward {
@@ -97,21 +99,26 @@ impl Keyward {
             .args(args)
             .envs(env.iter().copied())
             .env("KEYWARD_LOG", "debug")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let collect = |from: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(from).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let log = collect(Box::new(child.stderr.take().unwrap()));
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
         Self {
             proc: Proc { child },
             log,
+            stdout,
         }
     }
 
@@ -163,6 +170,30 @@ impl Keyward {
             v["message"] == "admin endpoint listening"
         });
         line["addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// The audit events written to standard output so far (`sink: stdout`).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits until the audit events on standard output satisfy `pred`; returns them.
+    pub fn wait_audit(
+        &self,
+        what: &str,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        wait_until(what, || {
+            events = self.audit_events();
+            pred(&events)
+        });
+        events
     }
 
     pub fn log_text(&self) -> String {
@@ -240,6 +271,7 @@ pub const TEST_SECRETS: &[&str] = &[
     "pg-mem-two",
     "maria-mem-one",
     "maria-mem-two",
+    "audit-redis-pw",
 ];
 
 impl Drop for Keyward {
@@ -249,9 +281,15 @@ impl Drop for Keyward {
         // Let the reader thread drain what was written before the kill.
         std::thread::sleep(Duration::from_millis(20));
         let log = self.log_text();
+        let out = self.stdout.lock().unwrap().join("\n");
         if let Some(found) = TEST_SECRETS.iter().find(|s| log.contains(*s)) {
             if !std::thread::panicking() {
                 panic!("a test secret ({found}) reached keyward's log:\n{log}");
+            }
+        }
+        if let Some(found) = TEST_SECRETS.iter().find(|s| out.contains(*s)) {
+            if !std::thread::panicking() {
+                panic!("a test secret ({found}) reached keyward's standard output (audit events):\n{out}");
             }
         }
     }

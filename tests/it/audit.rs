@@ -1,0 +1,417 @@
+//! Audit events and allow rules, end to end: the built binary in front of real servers
+//! (nginx, Redis), driven by their real clients, its JSON lines parsed.
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::procs::{have, nginx_available, wait_until, Keyward, Nginx, Redis};
+use crate::support::{require, Pki};
+
+struct Files {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn files(pki: &Pki) -> Files {
+    let server = pki.server(&["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = pki.write_client("client", "keyward-audit");
+    Files {
+        ca: pki.write_ca(),
+        server_cert: pki.write("server.pem", &server.cert_pem),
+        server_key: pki.write("server.key", &server.key_pem),
+        client_cert,
+        client_key,
+    }
+}
+
+/// keyward with an `audit` block (`audit`) and one http resource in front of `nginx` with a
+/// bearer token and `extra` resource keys.
+fn http_keyward(pki: &Pki, f: &Files, port: u16, audit: &str, extra: &str) -> Keyward {
+    pki.write("token", "kw-e2e-token\n");
+    let cfg = pki.write(
+        "keyward.yaml",
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\naudit:\n{audit}resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{port}/v2\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n    auth:\n      type: bearer\n      token: ${{file:token}}\n{extra}",
+            f.ca.display(),
+            f.client_cert.display(),
+            f.client_key.display()
+        ),
+    );
+    Keyward::start(&cfg)
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\nstatus=%{http_code}\n"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+/// `n` GETs of `/items/<i>` on one keep-alive connection; each must answer 200.
+fn get_many(addr: SocketAddr, n: usize) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for i in 0..n {
+        // One write per request (write! would make several small ones: Nagle's algorithm
+        // and the server's delayed ACK would hold each request 40 ms).
+        s.write_all(format!("GET /items/{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "request {i}: {status}");
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+    }
+}
+
+#[test]
+fn http_sessions_requests_and_denials_are_audited_and_allow_rules_hold() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let keyward = http_keyward(
+        &pki,
+        &f,
+        nginx.port,
+        "  sink: stdout\n",
+        "    audit: requests\n    allow:\n      - methods: [GET, HEAD]\n        paths: [\"/items/**\"]\n      - methods: [POST]\n        paths: [\"/items/*/notes\"]\n",
+    );
+    let addr = keyward.addr("api");
+    let url = |p: &str| format!("http://{addr}{p}");
+
+    let ok = curl(&[&url("/items/7?x=1")]);
+    assert!(ok.contains("status=200"), "{ok}\n{}", keyward.log_text());
+    assert!(ok.contains("uri=/v2/items/7?x=1\n"), "{ok}");
+    let posted = curl(&["-d", "note", &url("/items/7/notes")]);
+    assert!(posted.contains("status=200"), "{posted}");
+    // Denied: a method no rule names, a path outside every rule, a path that only looks
+    // inside (dot segments, an escaped dot), and the root.
+    for (args, path) in [
+        (vec!["-X", "DELETE"], "/items/7"),
+        (vec![], "/admin/users"),
+        (vec!["--path-as-is"], "/items/../admin"),
+        (vec!["--path-as-is"], "/items/%2e%2e/admin"),
+        (vec!["-d", "x"], "/items/7/other"),
+        (vec![], "/"),
+    ] {
+        let u = url(path);
+        let mut a: Vec<&str> = args.clone();
+        a.extend(["-D", "-", u.as_str()]);
+        let denied = curl(&a);
+        assert!(denied.contains("status=403"), "{path}: {denied}");
+        assert!(
+            denied
+                .to_ascii_lowercase()
+                .contains("x-keyward-error: denied by allow rule"),
+            "{path}: {denied}"
+        );
+        assert!(
+            !denied.contains("client_dn="),
+            "{path} reached nginx: {denied}"
+        );
+    }
+
+    let events = keyward.wait_audit("8 session ends", |e| of(e, "session_end").len() >= 8);
+    let starts = of(&events, "session_start");
+    assert_eq!(starts.len(), 8, "{events:#?}");
+    for s in &starts {
+        assert_eq!(s["resource"], "api");
+        assert_eq!(s["protocol"], "http");
+        assert!(
+            s["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{s}"
+        );
+        assert_eq!(
+            s["upstream"],
+            format!("https://localhost:{}/v2", nginx.port),
+            "{s}"
+        );
+        assert!(s["time"].as_str().unwrap().ends_with('Z'), "{s}");
+    }
+    let requests = of(&events, "request");
+    assert_eq!(requests.len(), 8, "{requests:#?}");
+    let get = requests
+        .iter()
+        .find(|r| r["status"] == 200 && r["method"] == "GET")
+        .unwrap();
+    assert_eq!(get["path"], "/items/7?x=1");
+    assert_eq!(get["credential"], "bearer");
+    assert_eq!(get["token_refreshed"], false);
+    assert!(get["response_bytes"].as_u64().unwrap() > 100, "{get}");
+    assert!(get["duration_ms"].as_f64().unwrap() > 0.0, "{get}");
+    let post = requests
+        .iter()
+        .find(|r| r["method"] == "POST" && r["status"] == 200)
+        .unwrap();
+    assert_eq!(post["request_bytes"], 4);
+    let denials = of(&events, "denied");
+    assert_eq!(denials.len(), 6, "{denials:#?}");
+    for d in &denials {
+        assert_eq!(d["rule"], "no allow rule matched", "{d}");
+    }
+    assert!(denials
+        .iter()
+        .any(|d| d["method"] == "DELETE" && d["path"] == "/items/7"));
+    assert!(denials.iter().any(|d| d["path"] == "/items/%2e%2e/admin"));
+    assert_eq!(
+        requests.iter().filter(|r| r["status"] == 403).count(),
+        6,
+        "every denial is a request too"
+    );
+    // Each session's end: same id as a start, bytes each way, how it ended.
+    for end in of(&events, "session_end") {
+        assert!(
+            starts.iter().any(|s| s["session"] == end["session"]),
+            "{end}"
+        );
+        assert_eq!(end["outcome"], "closed", "{end}");
+        assert!(end["bytes_received"].as_u64().unwrap() > 0, "{end}");
+        assert!(end["duration_ms"].as_f64().is_some(), "{end}");
+    }
+    // The denials are counted as client errors with their reason.
+    let metrics = curl(&[&format!("http://{}/metrics", keyward.admin_addr())]);
+    assert!(
+        metrics.contains(
+            "keyward_connection_errors_total{reason=\"denied\",resource=\"api\",side=\"client\"} 6"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keyward_audit_dropped_total{resource=\"api\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_redis_session_is_audited_with_its_login_and_upstream_tls() {
+    if !require(
+        "redis-server and redis-cli",
+        have("redis-server") && have("redis-cli"),
+    ) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let redis = Redis::start_with(
+        pki.dir.path(),
+        &f.ca,
+        &f.server_cert,
+        &f.server_key,
+        &f.client_cert,
+        &f.client_key,
+        "tls-auth-clients yes\nrequirepass audit-redis-pw\n",
+        &["-a", "audit-redis-pw"],
+    );
+    pki.write("pw", "audit-redis-pw");
+    let cfg = pki.write(
+        "keyward.yaml",
+        &format!(
+            "admin: null\naudit:\n  sink: stdout\nresources:\n  - name: cache\n    protocol: redis\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n    auth:\n      type: password\n      password: ${{file:pw}}\n  - name: quiet\n    protocol: redis\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    audit: off\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n    auth:\n      type: password\n      password: ${{file:pw}}\n",
+            redis.port,
+            f.ca.display(),
+            f.client_cert.display(),
+            f.client_key.display(),
+            redis.port,
+            f.ca.display(),
+            f.client_cert.display(),
+            f.client_key.display(),
+        ),
+    );
+    let keyward = Keyward::start(&cfg);
+    for resource in ["cache", "quiet"] {
+        let out = Command::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &keyward.addr(resource).port().to_string(),
+            ])
+            .args(["SET", "audit:k", "v"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "OK",
+            "{}",
+            keyward.log_text()
+        );
+    }
+    let events = keyward.wait_audit("the session's end", |e| !of(e, "session_end").is_empty());
+    assert!(
+        events.iter().all(|e| e["resource"] == "cache"),
+        "audit: off records nothing: {events:#?}"
+    );
+    let start = of(&events, "session_start")[0];
+    assert_eq!(start["protocol"], "redis");
+    assert_eq!(start["identity"], "default");
+    assert_eq!(start["tls_version"], "TLSv1_3", "{start}");
+    assert!(
+        start["tls_cipher"].as_str().unwrap().starts_with("TLS13_"),
+        "{start}"
+    );
+    assert!(
+        start["upstream_cert"].as_str().unwrap().contains("CN="),
+        "{start}"
+    );
+    assert_eq!(
+        start["upstream_addr"],
+        format!("127.0.0.1:{}", redis.port),
+        "{start}"
+    );
+    let end = of(&events, "session_end")[0];
+    assert_eq!(end["session"], start["session"]);
+    assert_eq!(end["outcome"], "closed", "{end}");
+    assert!(end["bytes_sent"].as_u64().unwrap() > 10, "{end}");
+    assert!(end["bytes_received"].as_u64().unwrap() > 0, "{end}");
+}
+
+/// Every line of the audit file and its rotated siblings.
+fn audit_lines(dir: &Path) -> (Vec<Value>, usize) {
+    let mut lines = Vec::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("audit.jsonl") {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{name} ends mid-line"
+        );
+        for l in text.lines() {
+            lines.push(serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {l:?}: {e}")));
+        }
+    }
+    (lines, files)
+}
+
+#[test]
+fn the_audit_file_rotates_under_load_without_losing_a_line() {
+    if !require("nginx", nginx_available()) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let dir = pki.dir.path().join("audit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keyward = http_keyward(
+        &pki,
+        &f,
+        nginx.port,
+        &format!(
+            "  sink: file\n  path: {}\n  max_size: 8KiB\n  max_files: 1000\n",
+            dir.join("audit.jsonl").display()
+        ),
+        "    audit: requests\n",
+    );
+    let addr = keyward.addr("api");
+    let threads: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || get_many(addr, 150)))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    wait_until("600 request events and 4 session ends", || {
+        let (lines, _) = audit_lines(&dir);
+        of(&lines, "session_end").len() == 4
+    });
+    let (lines, files) = audit_lines(&dir);
+    assert_eq!(of(&lines, "request").len(), 600);
+    assert_eq!(of(&lines, "session_start").len(), 4);
+    assert_eq!(lines.len(), 608);
+    assert!(files > 10, "rotated into {files} files");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let len = entry.unwrap().metadata().unwrap().len();
+        assert!(len <= 8 * 1024, "a file of {len} bytes");
+    }
+}
+
+#[test]
+fn a_blocked_audit_sink_never_stalls_the_relay_and_counts_what_it_drops() {
+    if !require("nginx and mkfifo", nginx_available() && have("mkfifo")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let fifo = pki.dir.path().join("audit.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // A reader that holds the FIFO open and never reads: the pipe fills, the writer blocks.
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+            .unwrap()
+    };
+    let keyward = http_keyward(
+        &pki,
+        &f,
+        nginx.port,
+        &format!("  sink: file\n  path: {}\n  queue: 16\n", fifo.display()),
+        "    audit: requests\n",
+    );
+    let addr = keyward.addr("api");
+    // Each answer within get_many's read timeout: the relay never waits for the sink.
+    get_many(addr, 1500);
+    let metrics = curl(&[&format!("http://{}/metrics", keyward.admin_addr())]);
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keyward_audit_dropped_total{resource=\"api\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(dropped > 500, "dropped {dropped}");
+    keyward.wait_log("the drop warning", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("audit sink is behind"))
+    });
+    // What did go through is whole lines.
+    let mut text = Vec::new();
+    let _ = (&reader).read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text);
+    let whole = text.rsplit_once('\n').map_or("", |(w, _)| w);
+    for l in whole.lines() {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+    }
+}
