@@ -356,17 +356,6 @@ pub fn upstream_tls(tls: &rustls::ClientConnection) {
     });
 }
 
-/// An upstream connection taken from a pool (PostgreSQL): its address and TLS session.
-pub fn upstream_stream(up: &crate::connect::UpstreamStream) {
-    match up {
-        tokio_util::either::Either::Left(tcp) => upstream_tcp(tcp),
-        tokio_util::either::Either::Right(tls) => {
-            upstream_tcp(tls.get_ref().0);
-            upstream_tls(tls.get_ref().1);
-        }
-    }
-}
-
 /// The identity keyward logged in as, when only the login knows it (the app's own user
 /// name where the config names none).
 pub fn identity(name: &str) {

@@ -16,6 +16,18 @@ use crate::tls::TlsClient;
 /// A connection to the upstream: TLS, or plaintext for `mode: disable`.
 pub type UpstreamStream = Either<TcpStream, TlsStream<TcpStream>>;
 
+/// Tells the connection's audit session (if any) about an upstream connection taken from a
+/// pool (PostgreSQL): its address and TLS session.
+pub fn audit_upstream(up: &UpstreamStream) {
+    match up {
+        Either::Left(tcp) => crate::audit::upstream_tcp(tcp),
+        Either::Right(tls) => {
+            crate::audit::upstream_tcp(tls.get_ref().0);
+            crate::audit::upstream_tls(tls.get_ref().1);
+        }
+    }
+}
+
 /// TCP to the upstream, trying each resolved address in turn.
 pub async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream, ConnError> {
     let attempt = async {

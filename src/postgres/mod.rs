@@ -152,7 +152,7 @@ async fn session(
     let reused = pooled.is_some();
     let login = async {
         if let Some(idle) = pooled {
-            crate::audit::upstream_stream(&idle.up.io);
+            crate::connect::audit_upstream(&idle.up.io);
             // A reset server session: the app gets its login messages again.
             let mut messages = codec::auth_ok();
             messages.extend_from_slice(&idle.params);
