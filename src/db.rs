@@ -108,6 +108,8 @@ pub struct DbRuntime {
     pub negotiation: Negotiation,
     /// `postgres`: logged-in server connections kept for reuse.
     pub pool: crate::postgres::pool::Pool,
+    /// `postgres`: sessions are read-only (`read_only: true`).
+    pub read_only: bool,
 }
 
 impl DbRuntime {
@@ -132,6 +134,7 @@ impl DbRuntime {
             pass_client_auth,
             pool_max_idle,
             pool_idle_timeout,
+            read_only,
         } = &res.db;
         let client_password = client_password.as_ref().and_then(&mut credential);
         let (login, database) = match &res.auth {
@@ -182,6 +185,7 @@ impl DbRuntime {
             pass_client_auth: *pass_client_auth,
             negotiation: res.tls.negotiation,
             pool: crate::postgres::pool::Pool::new(*pool_max_idle, *pool_idle_timeout),
+            read_only: *read_only,
         })
     }
 

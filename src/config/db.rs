@@ -38,6 +38,16 @@ impl Ctx {
                 );
             }
         }
+        if let Some(v) = &res.read_only {
+            if protocol == Protocol::Postgres {
+                opts.read_only = v.value;
+            } else {
+                self.problem(
+                    site(v, format!("{at}.read_only")),
+                    "read_only applies to protocol postgres only",
+                );
+            }
+        }
         if protocol == Protocol::Postgres {
             if let Some(v) = &res.pool_idle_timeout {
                 opts.pool_idle_timeout = self

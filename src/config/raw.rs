@@ -268,6 +268,7 @@ pub struct Resource {
     pub pool_max_idle: Option<Spanned<u32>>,
     pub audit: Option<Spanned<ResourceAudit>>,
     pub allow: Option<Spanned<Vec<AllowRule>>>,
+    pub read_only: Option<Spanned<bool>>,
 }
 
 /// `resources[].listen_tls`: TLS on keyward's own listener.

@@ -373,7 +373,7 @@ fn syntax_messages_speak_the_users_language() {
         ),
         (
             format!("{r}    protocl: tcp\n").replace("    protocol: tcp\n", ""),
-            "k.yaml:5:5: resources[0].protocl: unknown key `protocl` (a typo?): expected one of name, protocol, listen, allow_remote, listen_mode, upstream, tls, auth, headers, connect_timeout, handshake_timeout, client_handshake_timeout, idle_timeout, max_connections, http2, preserve_host, pass_client_auth, response_timeout, pool_idle_timeout, max_signed_body, allow_methods, client_password, listen_tls, pool_max_idle, audit, allow",
+            "k.yaml:5:5: resources[0].protocl: unknown key `protocl` (a typo?): expected one of name, protocol, listen, allow_remote, listen_mode, upstream, tls, auth, headers, connect_timeout, handshake_timeout, client_handshake_timeout, idle_timeout, max_connections, http2, preserve_host, pass_client_auth, response_timeout, pool_idle_timeout, max_signed_body, allow_methods, client_password, listen_tls, pool_max_idle, audit, allow, read_only",
         ),
     ];
     for (yaml, want) in cases {

@@ -300,6 +300,10 @@ pub struct DbOptions {
     pub pool_max_idle: usize,
     /// `postgres`: how long an idle server connection is kept.
     pub pool_idle_timeout: Duration,
+    /// `postgres`: every session starts with `default_transaction_read_only=on`, and
+    /// statements that would change it are refused (defence in depth: the database's own
+    /// grants remain the real control).
+    pub read_only: bool,
 }
 
 impl Default for DbOptions {
@@ -311,6 +315,7 @@ impl Default for DbOptions {
             pass_client_auth: false,
             pool_max_idle: 0,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            read_only: false,
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod cancel;
 pub mod codec;
 pub mod dial;
+pub mod guard;
 pub mod pool;
 pub mod scram;
 
@@ -141,6 +142,19 @@ async fn session(
     if let Some(database) = &db.database {
         startup.set("database", database);
     }
+    if db.read_only {
+        if startup
+            .get("options")
+            .is_some_and(guard::options_touch_read_only)
+        {
+            return Err(Failure::Open(ConnError::new(
+                Side::Client,
+                Reason::Denied,
+                "this resource is read_only: startup options may not set transaction_read_only",
+            )));
+        }
+        startup.set("default_transaction_read_only", "on");
+    }
     let user = startup.get("user").unwrap_or_default().to_owned();
     let started = tokio::time::Instant::now();
     let pool_key = startup.encode();
@@ -235,16 +249,36 @@ async fn session(
     greeting.messages.extend_from_slice(&up.buf);
     up.buf.clear();
     let early = app.wire.buf.split();
+    // read_only and statement events watch the app's messages from here on (what it sent
+    // early too); other resources relay untouched.
+    let guard = guard::Guard {
+        read_only: db.read_only,
+        statements: crate::audit::statements(),
+    };
     let sent = async {
         app.wire.send(&greeting.messages).await?;
-        if !early.is_empty() {
+        if !early.is_empty() && !guard.active() {
             up.send(&early).await?;
         }
         Ok::<_, ConnError>(())
     };
     sent.await.map_err(Failure::Relay)?;
+    let app_io = app.relay();
+    let mut app_side = if guard.active() {
+        let mut filter = guard::AppFilter::new(guard);
+        tokio_util::either::Either::Right(crate::wire::Filtered::with_filter(
+            app_io,
+            &early,
+            Box::new(move |input, out, _reply| {
+                filter.feed(input, out);
+                Ok(())
+            }),
+        ))
+    } else {
+        tokio_util::either::Either::Left(app_io)
+    };
     let Some((pid, key)) = server_key.filter(|_| db.pool.enabled() && early.is_empty()) else {
-        return relay(app.relay(), up.io, res.idle_timeout)
+        return relay(app_side, up.io, res.idle_timeout)
             .await
             .map_err(Failure::Relay);
     };
@@ -252,7 +286,7 @@ async fn session(
     // connection reusable.
     let (mut from_app, mut from_server) = (pool::Frames::app(), pool::Frames::server());
     let (relayed, end) = relay_watched(
-        app.relay(),
+        &mut app_side,
         &mut up.io,
         res.idle_timeout,
         &mut from_app,
@@ -640,6 +674,7 @@ async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
             pass_client_auth: false,
             negotiation: Negotiation::Postgres,
             pool: pool::Pool::new(0, Duration::ZERO),
+            read_only: false,
         };
         for binding in [None, Some(None), Some(Some(vec![7u8; 32]))] {
             let mut up = Wire::new(
@@ -727,6 +762,7 @@ mod tests {
             pass_client_auth: false,
             negotiation: Negotiation::Postgres,
             pool: pool::Pool::new(0, Duration::ZERO),
+            read_only: false,
         }
     }
 

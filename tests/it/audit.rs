@@ -415,3 +415,243 @@ fn a_blocked_audit_sink_never_stalls_the_relay_and_counts_what_it_drops() {
         serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
     }
 }
+
+fn pg() -> Option<&'static crate::support::pg::Pg> {
+    require(
+        "PostgreSQL 15 server binaries",
+        crate::support::pg::available(),
+    )
+    .then(crate::support::pg::shared)
+}
+
+fn psycopg() -> bool {
+    require(
+        "psycopg 3 (pip install 'psycopg[binary]')",
+        Command::new("python3")
+            .args(["-c", "import psycopg"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+    )
+}
+
+/// keyward with `sink: stdout` and postgres resources (name, extra keys) logging in as
+/// md5user.
+fn pg_keyward(dir: &Path, pg: &crate::support::pg::Pg, resources: &[(&str, &str)]) -> Keyward {
+    let mut yaml = String::from("admin: null\naudit:\n  sink: stdout\nresources:\n");
+    for (name, extra) in resources {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    protocol: postgres\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: md5user\n      password: md5pw\n{extra}",
+            pg.port,
+            pg.ca_pem.display(),
+        ));
+    }
+    let path = dir.join("keyward.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Keyward::start(&path)
+}
+
+fn conninfo(kw: &Keyward, resource: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} dbname=app user=someapp sslmode=disable connect_timeout=10",
+        kw.addr(resource).port()
+    )
+}
+
+/// psql with verbose errors (`ERROR:  25006: ...`); (success, stdout, stderr).
+fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new(crate::support::pg::bin("psql"))
+        .arg(conninfo)
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-Atc",
+            sql,
+        ])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+/// A Python (psycopg 3: extended protocol, server-side parameters) script's output.
+fn python(script: &str, conninfo: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script, conninfo])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn postgres_statements_are_audited_without_bind_values_and_with_masked_literals() {
+    let Some(pg) = pg() else { return };
+    if !psycopg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kw = pg_keyward(
+        dir.path(),
+        pg,
+        &[
+            (
+                "masked",
+                "    audit: {level: statements, mask_literals: true}\n",
+            ),
+            ("plain", "    audit: statements\n"),
+            ("quiet", "    audit: sessions\n"),
+        ],
+    );
+    let (ok, out, err) = psql(
+        &conninfo(&kw, "masked"),
+        "SELECT 'lit-secret-1' AS a, 42 AS b",
+    );
+    assert!(ok, "{err}\n{}", kw.log_text());
+    assert_eq!(out, "lit-secret-1|42");
+    let script = "import sys, psycopg\nwith psycopg.connect(sys.argv[1], autocommit=True) as c:\n    print(c.execute('SELECT %s::text AS v, %s::int AS n', ('bind-value-xyz', 7)).fetchone())\n    print(c.execute('SELECT 1 AS one', prepare=True).fetchone())\n";
+    let printed = python(script, &conninfo(&kw, "plain"));
+    assert!(printed.contains("('bind-value-xyz', 7)"), "{printed}");
+    let (ok, _, err) = psql(&conninfo(&kw, "quiet"), "SELECT 'quiet-literal'");
+    assert!(ok, "{err}");
+    let events = kw.wait_audit("three session ends", |e| of(e, "session_end").len() >= 3);
+    let statements = of(&events, "statement");
+    let masked: Vec<_> = statements
+        .iter()
+        .filter(|e| e["resource"] == "masked")
+        .collect();
+    assert_eq!(masked.len(), 1, "{statements:#?}");
+    assert_eq!(masked[0]["kind"], "query");
+    assert_eq!(masked[0]["statement"], "SELECT ? AS a, ? AS b");
+    let plain: Vec<_> = statements
+        .iter()
+        .filter(|e| e["resource"] == "plain")
+        .collect();
+    assert!(
+        plain
+            .iter()
+            .any(|e| e["kind"] == "parse" && e["statement"] == "SELECT $1::text AS v, $2::int AS n"),
+        "{plain:#?}"
+    );
+    assert!(
+        plain.iter().any(|e| e["statement"] == "SELECT 1 AS one"),
+        "{plain:#?}"
+    );
+    assert!(
+        statements.iter().all(|e| e["resource"] != "quiet"),
+        "level sessions records no statement"
+    );
+    let all = kw.stdout.lock().unwrap().join("\n");
+    for never in ["lit-secret-1", "bind-value-xyz", "quiet-literal", "md5pw"] {
+        assert!(!all.contains(never), "{never} in the audit trail:\n{all}");
+    }
+    let start = of(&events, "session_start")
+        .into_iter()
+        .find(|e| e["resource"] == "masked")
+        .unwrap();
+    assert_eq!(start["identity"], "md5user", "{start}");
+    assert!(
+        start["tls_version"].as_str().unwrap().starts_with("TLSv1_"),
+        "{start}"
+    );
+    assert!(
+        start["upstream_cert"].as_str().unwrap().contains("CN="),
+        "{start}"
+    );
+}
+
+#[test]
+fn read_only_refuses_what_would_turn_it_off_in_simple_and_extended_queries() {
+    let Some(pg) = pg() else { return };
+    if !psycopg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kw = pg_keyward(
+        dir.path(),
+        pg,
+        &[("ro", "    read_only: true\n    pool_max_idle: 1\n")],
+    );
+    let ci = conninfo(&kw, "ro");
+    let (ok, out, err) = psql(&ci, "SHOW default_transaction_read_only");
+    assert!(ok, "{err}\n{}", kw.log_text());
+    assert_eq!(out, "on");
+    // The server's own refusal of a write.
+    let (ok, _, err) = psql(&ci, "CREATE TABLE ro_probe (x int)");
+    assert!(!ok);
+    assert!(
+        err.contains("25006") && err.contains("read-only transaction"),
+        "{err}"
+    );
+    // keyward's, for what would turn read-only off (each also in a multi-statement query).
+    for sql in [
+        "SET default_transaction_read_only = off",
+        "SELECT 1; SET SESSION transaction_read_only TO off",
+        "BEGIN READ WRITE",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        "SELECT set_config('default_transaction_' || 'read_only', 'off', false)",
+        "DO $$BEGIN EXECUTE 'SET default_transaction_read_only = off'; END$$",
+    ] {
+        let (ok, _, err) = psql(&ci, sql);
+        assert!(!ok, "{sql} ran");
+        assert!(
+            err.contains("25006") && err.contains("keyward: this resource is read_only"),
+            "{sql}: {err}"
+        );
+    }
+    let (ok, out, err) = psql(
+        &ci,
+        "BEGIN; SHOW transaction_read_only; COMMIT; RESET ALL; SHOW default_transaction_read_only",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "BEGIN\non\nCOMMIT\nRESET\non");
+    // Extended protocol (psycopg 3 sends every statement with Parse/Bind/Execute).
+    let script = r#"import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    for sql, params in [("SET transaction_read_only = %s", ("off",)),
+                        ("BEGIN READ WRITE", None),
+                        ("SELECT set_config(%s, 'off', false)", ("default_transaction_read_only",))]:
+        try:
+            c.execute(sql, params)
+            print("ran", sql)
+        except psycopg.Error as e:
+            print(e.sqlstate, str(e).splitlines()[0])
+    print(c.execute("SELECT %s::int + 1", (41,)).fetchone()[0])
+    print(c.execute("SHOW default_transaction_read_only").fetchone()[0])
+"#;
+    let printed = python(script, &ci);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 5, "{printed}");
+    for l in &lines[..3] {
+        assert!(
+            l.starts_with("25006 keyward: this resource is read_only"),
+            "{printed}"
+        );
+    }
+    assert_eq!(&lines[3..], ["42", "on"], "{printed}");
+    // Startup options may not set it either.
+    let (ok, _, err) = psql(
+        &format!("{ci} options='-c default_transaction_read_only=off'"),
+        "SELECT 1",
+    );
+    assert!(!ok);
+    assert!(err.contains("read_only"), "{err}");
+    let events = kw.wait_audit("the denials", |e| of(e, "denied").len() >= 9);
+    let denied = of(&events, "denied");
+    assert!(
+        denied.iter().all(|d| d["rule"] == "read_only"),
+        "{denied:#?}"
+    );
+    assert!(denied.iter().any(|d| d["statement"] == "BEGIN READ WRITE"));
+}
