@@ -86,7 +86,21 @@ pub struct CommandWatch {
     held: Vec<u8>,
     /// The app sent COM_QUIT: the server may now close as it likes.
     pub quit: bool,
+    /// Record statement events (audit level `statements`): COM_QUERY and COM_STMT_PREPARE
+    /// text.
+    pub statements: bool,
+    /// The statement being captured (its command byte and text so far).
+    statement: Option<(u8, Vec<u8>)>,
+    /// Statements captured whole: (`query` or `prepare`, text), for the caller to record.
+    pub captured: Vec<(&'static str, String)>,
 }
+
+/// COM_QUERY.
+const COM_QUERY: u8 = 0x03;
+/// COM_STMT_PREPARE.
+const COM_STMT_PREPARE: u8 = 0x16;
+/// Longest statement text kept for an event.
+const MAX_STATEMENT: usize = 64 * 1024;
 
 /// COM_QUIT.
 pub const COM_QUIT: u8 = 0x01;
@@ -128,6 +142,7 @@ impl CommandWatch {
                 }
                 continue;
             }
+            let mut skip = 0;
             if self.first {
                 self.first = false;
                 self.quit |= input[0] == COM_QUIT;
@@ -138,13 +153,33 @@ impl CommandWatch {
                 } else {
                     out.append(&mut self.held);
                 }
+                if self.statements && matches!(input[0], COM_QUERY | COM_STMT_PREPARE) {
+                    self.statement = Some((input[0], Vec::new()));
+                    skip = 1;
+                }
             }
             let take = self.left.min(input.len());
             if !self.dropping {
                 out.extend_from_slice(&input[..take]);
             }
+            if let Some((_, text)) = &mut self.statement {
+                let room = MAX_STATEMENT.saturating_sub(text.len());
+                let part = &input[skip.min(take)..take];
+                text.extend_from_slice(&part[..part.len().min(room)]);
+            }
             self.left -= take;
             input = &input[take..];
+            if self.left == 0 && !self.continued {
+                if let Some((command, text)) = self.statement.take() {
+                    let kind = if command == COM_QUERY {
+                        "query"
+                    } else {
+                        "prepare"
+                    };
+                    self.captured
+                        .push((kind, String::from_utf8_lossy(&text).into_owned()));
+                }
+            }
         }
         dropped
     }
@@ -199,6 +234,41 @@ mod tests {
             let n = w.feed(&stream[..cut], 0x11, &mut out) + w.feed(&stream[cut..], 0x11, &mut out);
             assert_eq!((n, &out), (1, &expected), "split at {cut}");
         }
+    }
+
+    #[test]
+    fn query_and_prepare_texts_are_captured_in_any_split_and_nothing_else() {
+        let long = format!("\x03SELECT '{}'", "x".repeat(MAX_PAYLOAD));
+        let stream = [
+            frame(0, b"\x03SELECT 1"),
+            frame(0, b"\x16INSERT INTO t VALUES (?)"),
+            frame(0, b"\x17\x01\0\0\0bind-value"),
+            frame(0, b"\x0e"),
+            frame(0, &long.as_bytes()[..MAX_PAYLOAD]),
+            frame(1, &long.as_bytes()[MAX_PAYLOAD..]),
+        ]
+        .concat();
+        for cut in [0, 1, 4, 5, 9, 12, 20, 40, 60, 1000, stream.len() - 3] {
+            let mut w = CommandWatch {
+                statements: true,
+                ..CommandWatch::default()
+            };
+            let mut out = Vec::new();
+            w.feed(&stream[..cut], 0x11, &mut out);
+            w.feed(&stream[cut..], 0x11, &mut out);
+            assert_eq!(out, stream, "passed on unchanged (split at {cut})");
+            assert_eq!(w.captured.len(), 3, "split at {cut}");
+            assert_eq!(w.captured[0], ("query", "SELECT 1".to_owned()));
+            assert_eq!(
+                w.captured[1],
+                ("prepare", "INSERT INTO t VALUES (?)".to_owned())
+            );
+            assert_eq!(w.captured[2].1.len(), MAX_STATEMENT, "cut short");
+        }
+        let mut off = CommandWatch::default();
+        let mut out = Vec::new();
+        off.feed(&stream, 0x11, &mut out);
+        assert!(off.captured.is_empty());
     }
 
     #[test]

@@ -215,6 +215,7 @@ impl Mysql {
         let Wire { io: up_io, buf, .. } = up;
         // COM_CHANGE_USER is answered with an ERR packet and dropped.
         let mut watch = codec::CommandWatch::default();
+        watch.statements = crate::audit::statements();
         let quit = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let saw_quit = quit.clone();
         let early = crate::driver::early(app);
@@ -227,6 +228,9 @@ impl Mysql {
                         1,
                         &codec::err(1105, "HY000", CHANGE_USER_REFUSED),
                     ));
+                }
+                for (kind, text) in watch.captured.drain(..) {
+                    crate::audit::statement(kind, Some(&text), None, None);
                 }
                 if watch.quit {
                     saw_quit.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -655,3 +655,52 @@ with psycopg.connect(sys.argv[1], autocommit=True) as c:
     );
     assert!(denied.iter().any(|d| d["statement"] == "BEGIN READ WRITE"));
 }
+
+#[test]
+fn mysql_statements_are_audited_with_masked_literals() {
+    let Some(m) = require(
+        "MariaDB server and client",
+        crate::support::maria::available(),
+    )
+    .then(crate::support::maria::shared) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "admin: null\naudit:\n  sink: stdout\nresources:\n  - name: maria\n    protocol: mysql\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    audit: {{level: statements, mask_literals: true}}\n    tls:\n      ca: {}\n    auth:\n      type: password\n      username: nativeu\n      password: nativepw\n",
+        m.port,
+        m.ca_pem.display()
+    );
+    let path = dir.path().join("keyward.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let kw = Keyward::start(&path);
+    let out = crate::support::maria::mariadb(
+        kw.addr("maria").port(),
+        &["app"],
+        "SELECT 'maria-literal', 7; PREPARE s FROM 'SELECT ?'; EXECUTE s USING 'maria-param'",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = kw.wait_audit("the session's end", |e| !of(e, "session_end").is_empty());
+    let statements: Vec<&str> = of(&events, "statement")
+        .iter()
+        .filter(|e| e["kind"] == "query")
+        .map(|e| e["statement"].as_str().unwrap())
+        .collect();
+    // The mariadb client sends each statement of its -e text on its own.
+    assert_eq!(
+        statements,
+        ["SELECT ?, ?", "PREPARE s FROM ?", "EXECUTE s USING ?"],
+        "{events:#?}"
+    );
+    let start = of(&events, "session_start")[0];
+    assert_eq!(start["identity"], "nativeu", "{start}");
+    assert_eq!(start["protocol"], "mysql");
+    let all = kw.stdout.lock().unwrap().join("\n");
+    for never in ["maria-literal", "maria-param", "nativepw"] {
+        assert!(!all.contains(never), "{never} in the audit trail:\n{all}");
+    }
+}
