@@ -535,7 +535,7 @@ pub enum Denied<'a> {
         /// Its name, upper case.
         name: &'a str,
         /// The rule that refused it.
-        rule: &'static str,
+        rule: &'a str,
     },
     /// A SQL statement (`read_only`).
     Statement {
@@ -643,7 +643,7 @@ struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     keys: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'static str>,
+    rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

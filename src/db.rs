@@ -110,6 +110,8 @@ pub struct DbRuntime {
     pub pool: crate::postgres::pool::Pool,
     /// `postgres`: sessions are read-only (`read_only: true`).
     pub read_only: bool,
+    /// `redis`: the command rules (`allow`/`deny`), if any.
+    pub commands: Option<crate::redis::acl::Policy>,
 }
 
 impl DbRuntime {
@@ -135,6 +137,7 @@ impl DbRuntime {
             pool_max_idle,
             pool_idle_timeout,
             read_only,
+            commands,
         } = &res.db;
         let client_password = client_password.as_ref().and_then(&mut credential);
         let (login, database) = match &res.auth {
@@ -186,6 +189,7 @@ impl DbRuntime {
             negotiation: res.tls.negotiation,
             pool: crate::postgres::pool::Pool::new(*pool_max_idle, *pool_idle_timeout),
             read_only: *read_only,
+            commands: crate::redis::acl::Policy::build(commands),
         })
     }
 

@@ -137,6 +137,69 @@ impl Ctx {
         audit
     }
 
+    /// `allow` and `deny` rules of a redis resource: command names and `@categories`.
+    pub(super) fn command_rules(&mut self, res: &raw::Resource, at: &str) -> CommandRules {
+        let mut rules = CommandRules::default();
+        for (key, list) in [("allow", &res.allow), ("deny", &res.deny)] {
+            let Some(list) = list else {
+                continue;
+            };
+            let mut names = Vec::new();
+            for (i, rule) in list.value.iter().enumerate() {
+                let at = format!("{at}.{key}[{i}]");
+                if rule.methods.is_some() || rule.paths.is_some() {
+                    self.problem(
+                        site(list, &at),
+                        "redis rules name commands: use commands: [GET, \"@read\"], not methods or paths",
+                    );
+                }
+                let Some(commands) = &rule.commands else {
+                    self.problem(site(list, &at), "a redis rule needs commands");
+                    continue;
+                };
+                for c in commands {
+                    match c.strip_prefix('@') {
+                        Some(cat)
+                            if REDIS_CATEGORIES.contains(&cat.to_ascii_lowercase().as_str()) =>
+                        {
+                            names.push(format!("@{}", cat.to_ascii_lowercase()));
+                        }
+                        Some(cat) => self.problem(
+                            site(list, format!("{at}.commands")),
+                            format!(
+                                "unknown category \"@{cat}\": Redis's are {}",
+                                REDIS_CATEGORIES.map(|c| format!("@{c}")).join(", ")
+                            ),
+                        ),
+                        None if !c.is_empty()
+                            && c.chars().all(|ch| {
+                                ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.')
+                            }) =>
+                        {
+                            names.push(c.to_ascii_uppercase());
+                        }
+                        None => self.problem(
+                            site(list, format!("{at}.commands")),
+                            format!("\"{c}\" is not a command name"),
+                        ),
+                    }
+                }
+            }
+            if key == "allow" {
+                if names.is_empty() {
+                    self.problem(
+                        site(list, format!("{at}.allow")),
+                        "an empty allow list would refuse every command: remove it, or list commands",
+                    );
+                }
+                rules.allow = Some(names);
+            } else {
+                rules.deny = names;
+            }
+        }
+        rules
+    }
+
     /// `allow` rules (http).
     pub(super) fn allow_rules(
         &mut self,
@@ -144,12 +207,24 @@ impl Ctx {
         protocol: Protocol,
         at: &str,
     ) -> Vec<HttpRule> {
+        if let (Some(deny), false) = (&res.deny, protocol == Protocol::Redis) {
+            self.problem(
+                site(deny, format!("{at}.deny")),
+                "deny applies to protocol redis",
+            );
+        }
         let Some(rules) = &res.allow else {
             return Vec::new();
         };
         let path = format!("{at}.allow");
+        if protocol == Protocol::Redis {
+            return Vec::new();
+        }
         if protocol != Protocol::Http {
-            self.problem(site(rules, &path), "allow applies to protocol http");
+            self.problem(
+                site(rules, &path),
+                "allow applies to protocols http and redis",
+            );
             return Vec::new();
         }
         if rules.value.is_empty() {
@@ -161,6 +236,12 @@ impl Ctx {
         let mut out = Vec::new();
         for (i, rule) in rules.value.iter().enumerate() {
             let at = format!("{path}[{i}]");
+            if rule.commands.is_some() {
+                self.problem(
+                    site(rules, format!("{at}.commands")),
+                    "commands applies to protocol redis: http rules take methods and paths",
+                );
+            }
             let mut methods = Vec::new();
             for m in rule.methods.iter().flatten() {
                 match ::http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {

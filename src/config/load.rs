@@ -394,7 +394,10 @@ impl Ctx {
         let mut http = self.http_options(res, protocol, at);
         http.allow = self.allow_rules(res, protocol, at);
         let audit = self.resource_audit(res, protocol, self.audited, at);
-        let db = self.db_options(res, protocol, at);
+        let mut db = self.db_options(res, protocol, at);
+        if protocol == Protocol::Redis {
+            db.commands = self.command_rules(res, at);
+        }
         let listen_tls = res
             .listen_tls
             .as_ref()

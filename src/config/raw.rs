@@ -186,12 +186,14 @@ impl<'de> Deserialize<'de> for ResourceAudit {
     }
 }
 
-/// `resources[].allow[]` (http): a request is forwarded when one rule matches it.
+/// `resources[].allow[]` and `deny[]`: http rules (`methods`, `paths`) or redis rules
+/// (`commands`: names and `@categories`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowRule {
     pub methods: Option<Vec<String>>,
     pub paths: Option<Vec<String>>,
+    pub commands: Option<Vec<String>>,
 }
 
 fn admin_on() -> Option<Admin> {
@@ -268,6 +270,7 @@ pub struct Resource {
     pub pool_max_idle: Option<Spanned<u32>>,
     pub audit: Option<Spanned<ResourceAudit>>,
     pub allow: Option<Spanned<Vec<AllowRule>>>,
+    pub deny: Option<Spanned<Vec<AllowRule>>>,
     pub read_only: Option<Spanned<bool>>,
 }
 

@@ -373,7 +373,7 @@ fn syntax_messages_speak_the_users_language() {
         ),
         (
             format!("{r}    protocl: tcp\n").replace("    protocol: tcp\n", ""),
-            "k.yaml:5:5: resources[0].protocl: unknown key `protocl` (a typo?): expected one of name, protocol, listen, allow_remote, listen_mode, upstream, tls, auth, headers, connect_timeout, handshake_timeout, client_handshake_timeout, idle_timeout, max_connections, http2, preserve_host, pass_client_auth, response_timeout, pool_idle_timeout, max_signed_body, allow_methods, client_password, listen_tls, pool_max_idle, audit, allow, read_only",
+            "k.yaml:5:5: resources[0].protocl: unknown key `protocl` (a typo?): expected one of name, protocol, listen, allow_remote, listen_mode, upstream, tls, auth, headers, connect_timeout, handshake_timeout, client_handshake_timeout, idle_timeout, max_connections, http2, preserve_host, pass_client_auth, response_timeout, pool_idle_timeout, max_signed_body, allow_methods, client_password, listen_tls, pool_max_idle, audit, allow, deny, read_only",
         ),
     ];
     for (yaml, want) in cases {
@@ -480,7 +480,7 @@ fn http_allow_rules_parse_and_are_checked() {
     for (yaml, want) in [
         (
             format!("{ONE}    allow:\n      - paths: [\"/x\"]\n"),
-            "resources[0].allow: allow applies to protocol http",
+            "resources[0].allow: allow applies to protocols http and redis",
         ),
         (
             format!("{HTTP}    allow: []\n"),
@@ -541,4 +541,51 @@ fn path_globs_match_segments() {
     assert!(!glob_path("/*a*a*a*a*a*a*b", &long));
     let deep = "/a".repeat(5_000);
     assert!(!glob_path("/**/a/**/a/**/b", &deep));
+}
+
+#[test]
+fn redis_command_rules_parse_and_are_checked() {
+    let redis = "resources:\n  - name: cache\n    protocol: redis\n    listen: 127.0.0.1:6380\n    upstream: cache:6379\n";
+    let c = ok(&format!(
+        "{redis}    allow:\n      - commands: [\"@Read\", ping, client]\n    deny:\n      - commands: [\"@dangerous\", KEYS]\n"
+    ));
+    assert_eq!(
+        c.resources[0].db.commands,
+        CommandRules {
+            allow: Some(vec!["@read".into(), "PING".into(), "CLIENT".into()]),
+            deny: vec!["@dangerous".into(), "KEYS".into()],
+        }
+    );
+    for (yaml, want) in [
+        (
+            format!("{redis}    deny:\n      - commands: [\"@nosuch\"]\n"),
+            "unknown category \"@nosuch\"",
+        ),
+        (
+            format!("{redis}    allow:\n      - commands: [\"GET KEY\"]\n"),
+            "\"GET KEY\" is not a command name",
+        ),
+        (
+            format!("{redis}    allow:\n      - methods: [GET]\n"),
+            "redis rules name commands",
+        ),
+        (
+            format!("{redis}    allow:\n      - commands: []\n"),
+            "an empty allow list would refuse every command",
+        ),
+        (
+            format!("{HTTP}    deny:\n      - commands: [GET]\n"),
+            "resources[0].deny: deny applies to protocol redis",
+        ),
+        (
+            format!("{HTTP}    allow:\n      - commands: [GET]\n"),
+            "commands applies to protocol redis",
+        ),
+    ] {
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.contains(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
 }

@@ -164,6 +164,49 @@ pub struct HttpOptions {
     pub allow: Vec<HttpRule>,
 }
 
+/// `redis` command rules: a command runs when an `allow` entry names it (or a category all of
+/// it is in), or there is no `allow`; and no `deny` entry names it (or a category any of it is
+/// in). Names upper case; categories `@lower`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandRules {
+    /// `None`: every command not denied.
+    pub allow: Option<Vec<String>>,
+    /// Refused whatever `allow` says.
+    pub deny: Vec<String>,
+}
+
+impl CommandRules {
+    /// Whether any rule is set.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_none() && self.deny.is_empty()
+    }
+}
+
+/// Redis's ACL categories (`ACL CAT`, Redis 7), in its order.
+pub const REDIS_CATEGORIES: [&str; 21] = [
+    "keyspace",
+    "read",
+    "write",
+    "set",
+    "sortedset",
+    "list",
+    "hash",
+    "string",
+    "bitmap",
+    "hyperloglog",
+    "geo",
+    "stream",
+    "pubsub",
+    "admin",
+    "fast",
+    "slow",
+    "blocking",
+    "dangerous",
+    "connection",
+    "transaction",
+    "scripting",
+];
+
 /// One `allow` rule of an http resource: its methods (empty: any) and path globs (empty: any).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRule {
@@ -300,6 +343,8 @@ pub struct DbOptions {
     pub pool_max_idle: usize,
     /// `postgres`: how long an idle server connection is kept.
     pub pool_idle_timeout: Duration,
+    /// `redis`: the commands an app may send (`allow`/`deny`).
+    pub commands: CommandRules,
     /// `postgres`: every session starts with `default_transaction_read_only=on`, and
     /// statements that would change it are refused (defence in depth: the database's own
     /// grants remain the real control).
@@ -316,6 +361,7 @@ impl Default for DbOptions {
             pool_max_idle: 0,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             read_only: false,
+            commands: CommandRules::default(),
         }
     }
 }

@@ -675,6 +675,7 @@ async fn fuzz_async(app_bytes: &[u8], server_bytes: &[u8]) {
             negotiation: Negotiation::Postgres,
             pool: pool::Pool::new(0, Duration::ZERO),
             read_only: false,
+            commands: None,
         };
         for binding in [None, Some(None), Some(Some(vec![7u8; 32]))] {
             let mut up = Wire::new(
@@ -763,6 +764,7 @@ mod tests {
             negotiation: Negotiation::Postgres,
             pool: pool::Pool::new(0, Duration::ZERO),
             read_only: false,
+            commands: None,
         }
     }
 

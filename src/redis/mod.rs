@@ -11,6 +11,7 @@
 //! Failures reach the app as `-ERR keyward: upstream "NAME": <reason>`, then the connection
 //! closes.
 
+pub mod acl;
 pub mod scan;
 
 use std::sync::Arc;
@@ -42,7 +43,7 @@ impl Handler for Redis {
     /// AUTH or HELLO, and anything it pipelines behind them). Larger is refused with `-ERR`.
     const MAX_PRE_AUTH: usize = 64 * 1024;
 
-    async fn serve(&self, app: &mut App, res: &Arc<Resource>, _stats: &Arc<Stats>) -> Served {
+    async fn serve(&self, app: &mut App, res: &Arc<Resource>, stats: &Arc<Stats>) -> Served {
         let name = res.name.as_str();
         let db = &self.0;
         if let Some(expected) = &db.client_password {
@@ -69,26 +70,37 @@ impl Handler for Redis {
             _ => None,
         };
         let early = crate::driver::early(app);
-        let mut app = match rewrite {
-            Some((user, password)) => {
-                let mut scanner = scan::Scanner::new();
-                crate::wire::Filtered::with_filter(
-                    app.relay(),
-                    &early,
-                    Box::new(move |input, out, reply| {
-                        let fed = scanner.feed(input, out, &mut |args| {
-                            rewrite_auth(args, user.as_deref(), &password)
-                        });
-                        // Refused: the app gets Redis's own kind of answer, then the close
-                        // Redis itself does after a protocol error.
-                        fed.map_err(|why| {
-                            reply.extend(format!("-ERR {why}\r\n").as_bytes());
-                            Violation(why.to_string()).into_io()
-                        })
-                    }),
-                )
-            }
-            None => crate::wire::Filtered::new(app.relay(), early),
+        // Command rules and statement events need every command's name; the AUTH rewrite
+        // only AUTH and HELLO. Without any of them the app's bytes pass untouched.
+        let policy = db.commands.clone();
+        let statements = crate::audit::statements();
+        let mut app = if rewrite.is_some() || policy.is_some() || statements {
+            let mut scanner = scan::Scanner::with(policy, statements);
+            let stats = stats.clone();
+            crate::wire::Filtered::with_filter(
+                app.relay(),
+                &early,
+                Box::new(move |input, out, reply| {
+                    let fed = scanner.feed(input, out, &mut |args| match &rewrite {
+                        Some((user, password)) => rewrite_auth(args, user.as_deref(), password),
+                        None => {
+                            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                            scan::command(&refs)
+                        }
+                    });
+                    for seen in scanner.seen.drain(..) {
+                        record_seen(&seen, &stats);
+                    }
+                    // Refused: the app gets Redis's own kind of answer, then the close
+                    // Redis itself does after a protocol error.
+                    fed.map_err(|why| {
+                        reply.extend(format!("-ERR {why}\r\n").as_bytes());
+                        Violation(why.to_string()).into_io()
+                    })
+                }),
+            )
+        } else {
+            crate::wire::Filtered::new(app.relay(), early)
         };
         // A first command Redis would refuse (an oversized bulk, a broken header) is answered
         // here, without an upstream session.
@@ -214,6 +226,35 @@ fn auth_command(username: Option<&str>, password: &Secret) -> Vec<u8> {
 }
 
 /// Rewrites an app's AUTH / HELLO AUTH to keyward's credentials.
+/// A command the scanner saw: a statement event, or a denial (event, metric, rate-limited
+/// warning).
+fn record_seen(seen: &scan::Seen, stats: &Stats) {
+    match seen {
+        scan::Seen::Command(name, keys) => {
+            crate::audit::statement("command", None, Some(name), *keys);
+        }
+        scan::Seen::Denied(name, rule) => {
+            crate::audit::denied(crate::audit::Denied::Command { name, rule });
+            let e = ConnError::new(
+                Side::Client,
+                Reason::Denied,
+                format!("command \"{name}\" refused ({rule})"),
+            );
+            if let Some(left_out) = stats.may_warn() {
+                let left_out = (left_out > 0).then_some(left_out);
+                tracing::warn!(
+                    side = "client",
+                    reason = "denied",
+                    left_out,
+                    "app: {}",
+                    e.detail
+                );
+            }
+            stats.failed(e);
+        }
+    }
+}
+
 fn rewrite_auth(args: Vec<Vec<u8>>, username: Option<&str>, password: &Secret) -> Vec<u8> {
     let user = username.unwrap_or("default").as_bytes();
     let pw = password.expose().as_bytes();

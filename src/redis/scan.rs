@@ -76,8 +76,58 @@ pub struct Scanner {
     held: Vec<u8>,
     /// The current command's name bytes so far.
     name: Vec<u8>,
-    /// Whether the current command is being captured (AUTH/HELLO); `None` until known.
-    capture: Option<bool>,
+    /// What happens to the current command.
+    mode: Mode,
+    /// The current command's argument count.
+    argc: u64,
+    /// Command rules (`allow`/`deny`): every command is held until its name is known.
+    policy: Option<super::acl::Policy>,
+    /// Record each command's name and key count (audit level `statements`).
+    statements: bool,
+    /// What the caller is to record: commands seen, commands denied.
+    pub seen: Vec<Seen>,
+}
+
+/// What happens to the current command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Its name is not known yet: held.
+    Unknown,
+    /// Passed on as it comes.
+    Pass,
+    /// Captured whole for the rewrite (AUTH/HELLO).
+    Capture,
+    /// Refused by the command rules: dropped, and answered by [`denial`] in its place.
+    Drop,
+}
+
+/// A command the scanner saw, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A command passed on: its name (upper case) and key count.
+    Command(String, Option<u64>),
+    /// A command refused: its name and the rule.
+    Denied(String, String),
+}
+
+/// The command sent in place of a refused one: the server answers it with
+/// `-NOPERM keyward: command "NAME" is not allowed`, in order with the replies to everything
+/// the app pipelined around it. (A name that is not plain letters, digits, `-`, `_`, `|` or
+/// `.` is not quoted back.)
+pub fn denial(name: &[u8]) -> Vec<u8> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'|' | b'.'));
+    let shown = if plain {
+        String::from_utf8_lossy(name).to_ascii_uppercase()
+    } else {
+        "(unprintable)".to_owned()
+    };
+    let script =
+        format!("return redis.error_reply('NOPERM keyward: command \"{shown}\" is not allowed')");
+    command(&[b"EVAL", script.as_bytes(), b"0"])
 }
 
 impl Default for Scanner {
@@ -350,7 +400,50 @@ impl Scanner {
             line: Vec::new(),
             held: Vec::new(),
             name: Vec::new(),
-            capture: None,
+            mode: Mode::Unknown,
+            argc: 0,
+            policy: None,
+            statements: false,
+            seen: Vec::new(),
+        }
+    }
+
+    /// A scanner that also applies command rules and records what it sees.
+    pub fn with(policy: Option<super::acl::Policy>, statements: bool) -> Self {
+        Self {
+            policy,
+            statements,
+            ..Self::new()
+        }
+    }
+
+    /// Whether every command's whole name is needed (rules, or statement events).
+    fn needs_name(&self) -> bool {
+        self.policy.is_some() || self.statements
+    }
+
+    /// The name of the current command is known: pass it, capture it, or drop it.
+    fn decide(&mut self, name: &[u8], out: &mut Vec<u8>) {
+        let denied = self.policy.as_ref().and_then(|p| p.check(name).err());
+        let upper = || String::from_utf8_lossy(name).to_ascii_uppercase();
+        match denied {
+            Some(rule) => {
+                self.mode = Mode::Drop;
+                self.held.clear();
+                self.seen.push(Seen::Denied(upper(), rule));
+            }
+            None => {
+                if self.statements {
+                    let keys = super::acl::keys(&String::from_utf8_lossy(name), self.argc);
+                    self.seen.push(Seen::Command(upper(), keys));
+                }
+                if intercepted(name) {
+                    self.mode = Mode::Capture;
+                } else {
+                    self.mode = Mode::Pass;
+                    out.append(&mut self.held);
+                }
+            }
         }
     }
 
@@ -370,7 +463,8 @@ impl Scanner {
                 State::Start => {
                     self.held.clear();
                     self.name.clear();
-                    self.capture = None;
+                    self.mode = Mode::Unknown;
+                    self.argc = 0;
                     self.line.clear();
                     self.state = if input[i] == b'*' {
                         i += 1;
@@ -413,12 +507,15 @@ impl Scanner {
                                 return self.refuse("invalid multibulk length")
                             }
                             Some(n) if n <= 0 => State::Skip { next: Next::Start },
-                            Some(n) => State::Skip {
-                                next: Next::Bulk {
-                                    index: 0,
-                                    args: n as u64,
-                                },
-                            },
+                            Some(n) => {
+                                self.argc = n as u64;
+                                State::Skip {
+                                    next: Next::Bulk {
+                                        index: 0,
+                                        args: n as u64,
+                                    },
+                                }
+                            }
                             None => return self.refuse("invalid multibulk length"),
                         },
                         State::BulkLen { index, args } => {
@@ -429,9 +526,9 @@ impl Scanner {
                                 Some(n) if (0..=MAX_BULK).contains(&n) => n as u64,
                                 _ => return self.refuse("invalid bulk length"),
                             };
-                            if index == 0 && !(4..=5).contains(&n) {
+                            if index == 0 && !(4..=5).contains(&n) && !self.needs_name() {
                                 // Neither AUTH nor HELLO: pass the command on as it comes.
-                                self.capture = Some(false);
+                                self.mode = Mode::Pass;
                                 out.append(&mut self.held);
                             }
                             State::Skip {
@@ -449,20 +546,18 @@ impl Scanner {
                     let take = (left as usize).min(input.len() - i);
                     let chunk = &input[i..i + take];
                     i += take;
-                    if index == 0 && self.capture.is_none() {
+                    if index == 0 && self.mode == Mode::Unknown {
                         self.name.extend_from_slice(chunk);
                     }
                     self.emit(chunk, out)?;
                     let left = left - take as u64;
-                    if index == 0 && self.capture.is_none() && left == 0 {
+                    if index == 0 && self.mode == Mode::Unknown && left == 0 {
                         // The name is the data without its two trailing bytes, which Redis
                         // skips whatever they are.
-                        let name = &self.name[..self.name.len() - 2];
-                        let capture = intercepted(name);
-                        self.capture = Some(capture);
-                        if !capture {
-                            out.append(&mut self.held);
-                        }
+                        let mut name = std::mem::take(&mut self.name);
+                        name.truncate(name.len() - 2);
+                        self.decide(&name, out);
+                        self.name = name;
                     }
                     if left > 0 {
                         self.state = State::BulkData { index, args, left };
@@ -490,11 +585,22 @@ impl Scanner {
                         let Some(words) = split_inline(body) else {
                             return self.refuse("unbalanced quotes in request");
                         };
+                        self.argc = words.len() as u64;
                         match words.first() {
-                            Some(name) if intercepted(name) => {
-                                out.extend_from_slice(&zeroize::Zeroizing::new(rewrite(words)))
+                            Some(name) => {
+                                self.held = line;
+                                let name = name.clone();
+                                self.decide(&name, out);
+                                match self.mode {
+                                    Mode::Drop => out.extend_from_slice(&denial(&name)),
+                                    Mode::Capture => out.extend_from_slice(
+                                        &zeroize::Zeroizing::new(rewrite(words)),
+                                    ),
+                                    _ => {}
+                                }
+                                self.held.clear();
                             }
-                            _ => out.extend_from_slice(&line),
+                            None => out.extend_from_slice(&line),
                         }
                         self.state = State::Start;
                     } else if self.held.len() > MAX_INLINE {
@@ -511,9 +617,10 @@ impl Scanner {
 
     /// Bytes of the current command: held (name unknown, or captured) or passed on.
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
-        match self.capture {
-            Some(false) => out.extend_from_slice(bytes),
-            _ => {
+        match self.mode {
+            Mode::Pass => out.extend_from_slice(bytes),
+            Mode::Drop => {}
+            Mode::Unknown | Mode::Capture => {
                 self.held.extend_from_slice(bytes);
                 if self.held.len() > MAX_CAPTURE {
                     // An AUTH/HELLO (or a command not yet named) this long is not passed on
@@ -531,9 +638,16 @@ impl Scanner {
         rewrite: &mut dyn FnMut(Vec<Vec<u8>>) -> Vec<u8>,
     ) -> Result<(), Refused> {
         let held = std::mem::take(&mut self.held);
-        if self.capture != Some(true) {
-            out.extend_from_slice(&held);
-            return Ok(());
+        match self.mode {
+            Mode::Drop => {
+                out.extend_from_slice(&denial(&self.name));
+                return Ok(());
+            }
+            Mode::Capture => {}
+            Mode::Unknown | Mode::Pass => {
+                out.extend_from_slice(&held);
+                return Ok(());
+            }
         }
         match args_of(&held) {
             Some(args) => {
@@ -578,6 +692,51 @@ mod tests {
         let (out, refused) = scan(chunks);
         assert_eq!(refused, None, "{out:?}");
         out
+    }
+
+    #[test]
+    fn denied_commands_are_replaced_in_place_and_every_command_is_seen() {
+        let policy = super::super::acl::Policy::build(&crate::config::CommandRules {
+            allow: None,
+            deny: vec!["@dangerous".into()],
+        });
+        let stream = [
+            command(&[b"SET", b"k", b"secret-value"]),
+            command(&[b"FLUSHALL"]),
+            b"flushdb async\r\n".to_vec(),
+            command(&[b"MSET", b"a", b"1", b"b", b"2"]),
+            command(&[b"AUTH", b"app-pw"]),
+        ]
+        .concat();
+        let want = [
+            command(&[b"SET", b"k", b"secret-value"]),
+            denial(b"FLUSHALL"),
+            denial(b"flushdb"),
+            command(&[b"MSET", b"a", b"1", b"b", b"2"]),
+            command(&[b"AUTH", b"REWRITTEN"]),
+        ]
+        .concat();
+        for cut in 0..stream.len() {
+            let mut s = Scanner::with(policy.clone(), true);
+            let mut out = Vec::new();
+            s.feed(&stream[..cut], &mut out, &mut replace_auth).unwrap();
+            s.feed(&stream[cut..], &mut out, &mut replace_auth).unwrap();
+            assert_eq!(out, want, "split at {cut}");
+            assert_eq!(
+                s.seen,
+                vec![
+                    Seen::Command("SET".into(), Some(1)),
+                    Seen::Denied("FLUSHALL".into(), "deny @dangerous".into()),
+                    Seen::Denied("FLUSHDB".into(), "deny @dangerous".into()),
+                    Seen::Command("MSET".into(), Some(2)),
+                    Seen::Command("AUTH".into(), Some(0)),
+                ],
+                "split at {cut}"
+            );
+        }
+        // A name that is not plain is not quoted back into the script.
+        let odd = denial(b"x') redis.call('FLUSHALL");
+        assert!(!String::from_utf8_lossy(&odd).contains("redis.call"));
     }
 
     #[test]

@@ -704,3 +704,151 @@ fn mysql_statements_are_audited_with_masked_literals() {
         assert!(!all.contains(never), "{never} in the audit trail:\n{all}");
     }
 }
+
+/// One RESP reply, as text: `+OK`, `-ERR ...`, `:1`, or a bulk string's content.
+fn resp_reply(r: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let line = line.trim_end().to_owned();
+    match line.strip_prefix('$') {
+        Some("-1") => "(nil)".to_owned(),
+        Some(n) => {
+            let mut body = vec![0; n.parse::<usize>().unwrap() + 2];
+            r.read_exact(&mut body).unwrap();
+            String::from_utf8_lossy(&body[..body.len() - 2]).into_owned()
+        }
+        None if line.starts_with('*') => {
+            let n: usize = line[1..].parse().unwrap();
+            (0..n).map(|_| resp_reply(r)).collect::<Vec<_>>().join(",")
+        }
+        None => line,
+    }
+}
+
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+#[test]
+fn redis_command_rules_answer_noperm_in_order_and_commands_are_audited() {
+    if !require(
+        "redis-server and redis-cli",
+        have("redis-server") && have("redis-cli"),
+    ) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let redis = Redis::start_with(
+        pki.dir.path(),
+        &f.ca,
+        &f.server_cert,
+        &f.server_key,
+        &f.client_cert,
+        &f.client_key,
+        "tls-auth-clients yes\nrequirepass audit-redis-pw\n",
+        &["-a", "audit-redis-pw"],
+    );
+    pki.write("pw", "audit-redis-pw");
+    let cfg = pki.write(
+        "keyward.yaml",
+        &format!(
+            "admin: null\naudit:\n  sink: stdout\nresources:\n  - name: cache\n    protocol: redis\n    listen: 127.0.0.1:0\n    upstream: localhost:{}\n    audit: statements\n    allow:\n      - commands: [\"@read\", \"@connection\", SET, MSET, FLUSHALL]\n    deny:\n      - commands: [\"@dangerous\"]\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n    auth:\n      type: password\n      password: ${{file:pw}}\n",
+            redis.port,
+            f.ca.display(),
+            f.client_cert.display(),
+            f.client_key.display(),
+        ),
+    );
+    let keyward = Keyward::start(&cfg);
+    let addr = keyward.addr("cache");
+    // One pipelined write: each reply in the order of its command.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let pipeline = [
+        resp(&["SET", "audit:k", "audit-secret-value"]),
+        resp(&["FLUSHALL"]),
+        resp(&["GET", "audit:k"]),
+        resp(&["DEL", "audit:k"]),
+        resp(&["CONFIG", "GET", "maxmemory"]),
+        b"keys *\r\n".to_vec(),
+        resp(&["MSET", "audit:a", "1", "audit:b", "2"]),
+        resp(&["PING"]),
+    ]
+    .concat();
+    s.write_all(&pipeline).unwrap();
+    let replies: Vec<String> = (0..8).map(|_| resp_reply(&mut r)).collect();
+    assert_eq!(
+        replies,
+        [
+            "+OK",
+            "-NOPERM keyward: command \"FLUSHALL\" is not allowed",
+            "audit-secret-value",
+            "-NOPERM keyward: command \"DEL\" is not allowed",
+            "-NOPERM keyward: command \"CONFIG\" is not allowed",
+            "-NOPERM keyward: command \"KEYS\" is not allowed",
+            "+OK",
+            "+PONG",
+        ],
+        "{}",
+        keyward.log_text()
+    );
+    // redis-cli shows the refusal as Redis's own error.
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "FLUSHDB"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("NOPERM keyward: command \"FLUSHDB\" is not allowed"),
+        "{shown}"
+    );
+    drop(r);
+    drop(s);
+    let events = keyward.wait_audit("two session ends", |e| of(e, "session_end").len() >= 2);
+    let commands: Vec<(String, Value)> = of(&events, "statement")
+        .iter()
+        .map(|e| (e["command"].as_str().unwrap().to_owned(), e["keys"].clone()))
+        .collect();
+    assert!(commands.contains(&("SET".into(), 1.into())), "{commands:?}");
+    assert!(commands.contains(&("GET".into(), 1.into())), "{commands:?}");
+    assert!(
+        commands.contains(&("MSET".into(), 2.into())),
+        "{commands:?}"
+    );
+    assert!(
+        commands.contains(&("PING".into(), 0.into())),
+        "{commands:?}"
+    );
+    let denied: Vec<(String, String)> = of(&events, "denied")
+        .iter()
+        .map(|e| {
+            (
+                e["command"].as_str().unwrap().to_owned(),
+                e["rule"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("FLUSHALL", "deny @dangerous"),
+        ("DEL", "no allow rule matched"),
+        ("CONFIG", "deny @dangerous"),
+        ("KEYS", "deny @dangerous"),
+        ("FLUSHDB", "deny @dangerous"),
+    ] {
+        assert!(
+            denied.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{want:?} not in {denied:?}"
+        );
+    }
+    let all = keyward.stdout.lock().unwrap().join("\n");
+    assert!(
+        !all.contains("audit-secret-value"),
+        "an argument in the trail:\n{all}"
+    );
+}
