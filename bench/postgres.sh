@@ -8,6 +8,8 @@
 #
 #   bash bench/postgres.sh                  # needs postgresql-15, pgbouncer, openssl, time; run as root
 #   REPS=3 DURATION=20 bash bench/postgres.sh
+#   AUDIT_B=1 bash bench/postgres.sh        # keyward B = the same binary with audit level
+#                                           # statements (file sink): the cost of statement events
 #
 # It asserts nothing; the numbers go in README.md.
 set -euo pipefail
@@ -74,9 +76,16 @@ KW_PID=$!; pids+=($!)
 # KEYWARD_BIN_B=path: a second keyward build beside the first, same config on other ports,
 # measured in the same interleaved run (e.g. before/after a change); its numbers are printed
 # in the repetition lines as "keyward B".
+# AUDIT_B=1: keyward B is this binary with every statement recorded (audit: statements, a
+# rotated file sink in the bench's directory).
+if [ -n "${AUDIT_B:-}" ]; then KEYWARD_BIN_B=${KEYWARD_BIN_B:-${KEYWARD_BIN:-./target/release/keyward}}; fi
 if [ -n "${KEYWARD_BIN_B:-}" ]; then
   KPORT_B=$(free_port)
   sed -e "s/127.0.0.1:$KPORT/127.0.0.1:$KPORT_B/" -e "s/127.0.0.1:$FPORT/127.0.0.1:$(free_port)/" "$T/keyward.yaml" > "$T/keyward-b.yaml"
+  if [ -n "${AUDIT_B:-}" ]; then
+    sed -i -e "s|^log: .*|&\naudit: { sink: file, path: $T/audit.jsonl, max_size: 64MiB, max_files: 2 }|" \
+      -e "s|^    pool_max_idle: .*|&\n    audit: statements|" "$T/keyward-b.yaml"
+  fi
   "$KEYWARD_BIN_B" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" &
   KWB_PID=$!; pids+=($!)
 fi
@@ -134,14 +143,15 @@ for mode in open reconnect; do
   for r in $(seq "$REPS"); do
     d=$(run - "$DIRECT" "${extra[@]}"); k=$(run "$KW_PID" "$KEYWARD" "${extra[@]}"); b=$(run "$PB_PID" "$BOUNCER" "${extra[@]}")
     line="  $mode rep $r  direct TLS: $d   keyward: $k   pgbouncer: $b"
-    if [ -n "${KEYWARD_BIN_B:-}" ]; then line="$line   keyward B: $(run "$KWB_PID" "$KEYWARD_B" "${extra[@]}")"; fi
+    kb=""
+    if [ -n "${KEYWARD_BIN_B:-}" ]; then kb=$(run "$KWB_PID" "$KEYWARD_B" "${extra[@]}"); line="$line   keyward B: $kb"; fi
     if [ "$mode" = open ]; then
       p=$(run - "$PLAIN"); f=$(run "$KW_PID" "$FLOOR")
       line="$line   plaintext: $p   plaintext via keyward tcp: $f"
       floors+=("$p $f")
     fi
     echo "$line"
-    results+=("$mode $d $k $b")
+    results+=("$mode $d $k $b $kb")
   done
 done
 printf '%s\n' "${results[@]}" | python3 -c '
@@ -156,6 +166,9 @@ for mode in ("open", "reconnect"):
     print(f"{label:6} direct TLS {d:9,.0f} tps {dl:6.3f} ms | keyward {k:9,.0f} tps {kl:6.3f} ms | pgbouncer {b:9,.0f} tps {bl:6.3f} ms | keyward/direct {k/d:.2f}  keyward/pgbouncer {k/b:.2f}")
     print(f"       CPU µs/transaction (pgbench/postgres/proxy): direct {cpu(3)} | keyward {cpu(8)} | pgbouncer {cpu(13)}"
           f" | proxy CPU keyward/pgbouncer {med(10) / med(15):.2f}x")
+    if len(r[0]) > 16:
+        print(f"       keyward B {med(16):9,.0f} tps {med(17):6.3f} ms, proxy CPU {med(20):.1f} µs/transaction"
+              f" | B/keyward: {med(16) / k:.2f}x tps, {med(20) / med(10):.2f}x proxy CPU")
 '''
 printf '%s\n' "${floors[@]}" | python3 -c '
 import statistics, sys
@@ -163,6 +176,9 @@ r = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
 p, f = (statistics.median(x[i] for x in r) for i in (0, 5))
 print(f"floor: plaintext {p:,.0f} tps, through a keyward tcp hop (no TLS, no login) {f:,.0f} tps: one loopback hop alone keeps {f/p:.2f}")
 '
+if [ -n "${AUDIT_B:-}" ]; then
+  echo "keyward B wrote $(cat "$T"/audit.jsonl* | grep -c '"event":"statement"') statement events"
+fi
 if [ -n "${KEYWARD_LOG:-}" ]; then
   echo "keyward: $(grep -c 'reused=false' "$T/keyward.log") server logins, $(grep -c 'reused=true' "$T/keyward.log") reuses, $(grep -c 'dropping a pooled' "$T/keyward.log") dead pooled connections dropped"
 fi

@@ -852,3 +852,130 @@ fn redis_command_rules_answer_noperm_in_order_and_commands_are_audited() {
         "an argument in the trail:\n{all}"
     );
 }
+
+/// A `tcp` resource behind `listen_tls` with required client certificates: the session
+/// names the app's certificate; a connection without one ends refused, with no start.
+#[test]
+fn a_tcp_session_under_listen_tls_names_the_apps_certificate() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let listen = pki.server(&["localhost"]);
+    let lcert = pki.write("listen.pem", &listen.cert_pem);
+    let lkey = pki.write("listen.key", &listen.key_pem);
+    let cfg = pki.write(
+        "keyward.yaml",
+        &format!(
+            "admin: null\naudit:\n  sink: stdout\nresources:\n  - name: tunnel\n    protocol: tcp\n    listen: 127.0.0.1:0\n    listen_tls:\n      cert: {}\n      key: {}\n      client_ca: {}\n      require_client_cert: true\n    upstream: localhost:{}\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n",
+            lcert.display(),
+            lkey.display(),
+            f.ca.display(),
+            nginx.port,
+            f.ca.display(),
+            f.client_cert.display(),
+            f.client_key.display()
+        ),
+    );
+    let keyward = Keyward::start(&cfg);
+    let url = format!("https://localhost:{}/t", keyward.addr("tunnel").port());
+    let (app_cert, app_key) = pki.write_client("app", "billing-app");
+    let cacert = f.ca.display().to_string();
+    let (ac, ak) = (
+        app_cert.display().to_string(),
+        app_key.display().to_string(),
+    );
+    let ok = curl(&["--cacert", &cacert, "--cert", &ac, "--key", &ak, &url]);
+    assert!(
+        ok.contains("status=200") && ok.contains("client_dn=CN=keyward-audit"),
+        "{ok}"
+    );
+    let refused = curl(&["--cacert", &cacert, &url]);
+    assert!(!refused.contains("status=200"), "{refused}");
+    let events = keyward.wait_audit("two session ends", |e| of(e, "session_end").len() >= 2);
+    let starts = of(&events, "session_start");
+    assert_eq!(starts.len(), 1, "{events:#?}");
+    let start = starts[0];
+    assert_eq!(start["protocol"], "tcp");
+    assert!(
+        start["client_cert"]
+            .as_str()
+            .unwrap()
+            .contains("CN=billing-app"),
+        "{start}"
+    );
+    let ends = of(&events, "session_end");
+    let ok_end = ends
+        .iter()
+        .find(|e| e["session"] == start["session"])
+        .unwrap();
+    assert_eq!(ok_end["outcome"], "closed", "{ok_end}");
+    assert_eq!(ok_end["client_cert"], start["client_cert"]);
+    let refused_end = ends
+        .iter()
+        .find(|e| e["session"] != start["session"])
+        .unwrap();
+    assert_eq!(refused_end["outcome"], "error", "{refused_end}");
+    assert_eq!(refused_end["side"], "client", "{refused_end}");
+}
+
+/// The audit block reloads: a sink that cannot be opened is refused with its key named and
+/// the running one kept; a good one replaces it.
+#[test]
+fn the_audit_sink_reloads_and_a_bad_one_is_refused_keeping_the_old() {
+    if !require("nginx and curl", nginx_available() && have("curl")) {
+        return;
+    }
+    let pki = Pki::new();
+    let f = files(&pki);
+    let nginx = Nginx::start(pki.dir.path(), &f.ca, &f.server_cert, &f.server_key);
+    let write = |audit: &str| {
+        pki.write("token", "kw-e2e-token\n");
+        pki.write(
+            "keyward.yaml",
+            &format!(
+                "admin: null\naudit:\n{audit}resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: {}\n      client_cert: {}\n      client_key: {}\n    auth:\n      type: bearer\n      token: ${{file:token}}\n",
+                nginx.port,
+                f.ca.display(),
+                f.client_cert.display(),
+                f.client_key.display()
+            ),
+        )
+    };
+    let cfg = write("  sink: stdout\n");
+    let keyward = Keyward::start(&cfg);
+    let url = format!("http://{}/r", keyward.addr("api"));
+    assert!(curl(&[&url]).contains("status=200"));
+    keyward.wait_audit("a session end on stdout", |e| {
+        of(e, "session_end").len() == 1
+    });
+    let missing = pki.dir.path().join("no-such-dir").join("audit.jsonl");
+    write(&format!("  sink: file\n  path: {}\n", missing.display()));
+    let refused = keyward.wait_log("the refused reload", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload failed") && m.contains("audit.path"))
+    });
+    assert!(
+        refused["message"].as_str().unwrap().contains("no-such-dir"),
+        "{refused}"
+    );
+    assert!(curl(&[&url]).contains("status=200"));
+    keyward.wait_audit("the old sink still writes", |e| {
+        of(e, "session_end").len() == 2
+    });
+    let file = pki.dir.path().join("audit.jsonl");
+    write(&format!("  sink: file\n  path: {}\n", file.display()));
+    keyward.wait_log("the reload", |v| v["message"] == "configuration reloaded");
+    assert!(curl(&[&url]).contains("status=200"));
+    wait_until("a session end in the file", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.contains("\"event\":\"session_end\""))
+    });
+    assert_eq!(
+        of(&keyward.audit_events(), "session_end").len(),
+        2,
+        "stdout gets nothing after the switch"
+    );
+}
