@@ -408,3 +408,83 @@ async fn probe_fetches_the_token_and_sends_one_request() {
     assert_eq!(seen[0].method, "HEAD");
     assert_eq!(token_of(&seen[0]), "tok-1");
 }
+
+/// Request events say when a token was fetched for a request and when a 401 was retried
+/// with a fresh one (the sink is this test process's; other in-process resources record
+/// nothing without an audit block of their own).
+#[tokio::test]
+async fn request_events_record_token_fetches_and_401_retries() {
+    let issuer = Issuer::default();
+    let api: Handler = Arc::new(|r: &Recorded| {
+        if token_of(r) == "tok-1" {
+            Reply::status(StatusCode::UNAUTHORIZED, "revoked")
+        } else {
+            Reply::ok(format!("ok with {}", token_of(r)))
+        }
+    });
+    let pki = Pki::new();
+    let token_ep = httpd(
+        &pki.server(&["localhost"]),
+        None,
+        &[b"http/1.1"],
+        issuer.handler(3600, Duration::ZERO),
+    )
+    .await;
+    let api = httpd(&pki.server(&["localhost"]), None, BOTH, api).await;
+    let file = pki.dir.path().join("audit.jsonl");
+    let audit = keyward::config::AuditSettings {
+        sink: keyward::config::AuditSink::File {
+            path: file.clone(),
+            max_size: 1 << 20,
+            max_files: 1,
+        },
+        queue: 1024,
+    };
+    keyward::audit::configure(Some(&audit)).unwrap();
+    let yaml = format!(
+        "audit:\n  sink: file\n  path: {}\n{}    audit: requests\n",
+        file.display(),
+        config(&pki, token_ep.port(), api.port(), "")
+    );
+    let proxy = Proxy::start(pki.dir.path(), &yaml).await;
+    let (status, body, _) = call(&proxy, "POST", b"{\"order\":1}").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok with tok-2"));
+    let (status, _, _) = call(&proxy, "GET", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut requests = Vec::new();
+    for _ in 0..200 {
+        requests = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == "request")
+            .collect();
+        if requests.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    let first = requests.iter().find(|e| e["method"] == "POST").unwrap();
+    assert_eq!(first["credential"], "oauth2");
+    assert_eq!(first["token_refreshed"], true, "{first}");
+    assert_eq!(first["retried_401"], true, "{first}");
+    assert_eq!(first["status"], 200);
+    let second = requests.iter().find(|e| e["method"] == "GET").unwrap();
+    assert_eq!(second["token_refreshed"], false, "cached: {second}");
+    assert_eq!(second["retried_401"], false, "{second}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains("tok-") && !text.contains("s3cr:et"),
+        "{text}"
+    );
+    let start = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "session_start")
+        .unwrap();
+    assert_eq!(
+        start["identity"], "keyward",
+        "the OAuth2 client id: {start}"
+    );
+}
