@@ -525,14 +525,34 @@ fn postgres_statements_are_audited_without_bind_values_and_with_masked_literals(
     assert!(printed.contains("('bind-value-xyz', 7)"), "{printed}");
     let (ok, _, err) = psql(&conninfo(&kw, "quiet"), "SELECT 'quiet-literal'");
     assert!(ok, "{err}");
-    let events = kw.wait_audit("three session ends", |e| of(e, "session_end").len() >= 3);
+    // pgbench, extended protocol: one Parse per transaction, two clients.
+    let script = dir.path().join("one.sql");
+    std::fs::write(&script, "SELECT 'bench-literal' AS x;\n").unwrap();
+    let bench = Command::new(crate::support::pg::bin("pgbench"))
+        .args(["-n", "-M", "extended", "-c", "2", "-t", "20", "-f"])
+        .arg(&script)
+        .arg(conninfo(&kw, "masked"))
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let events = kw.wait_audit("five session ends", |e| of(e, "session_end").len() >= 5);
+    let parsed = of(&events, "statement")
+        .iter()
+        .filter(|e| e["resource"] == "masked" && e["kind"] == "parse")
+        .filter(|e| e["statement"] == "SELECT ? AS x;")
+        .count();
+    assert_eq!(parsed, 40, "one Parse per pgbench transaction");
     let statements = of(&events, "statement");
     let masked: Vec<_> = statements
         .iter()
-        .filter(|e| e["resource"] == "masked")
+        .filter(|e| e["resource"] == "masked" && e["kind"] == "query")
         .collect();
     assert_eq!(masked.len(), 1, "{statements:#?}");
-    assert_eq!(masked[0]["kind"], "query");
     assert_eq!(masked[0]["statement"], "SELECT ? AS a, ? AS b");
     let plain: Vec<_> = statements
         .iter()
@@ -553,7 +573,13 @@ fn postgres_statements_are_audited_without_bind_values_and_with_masked_literals(
         "level sessions records no statement"
     );
     let all = kw.stdout.lock().unwrap().join("\n");
-    for never in ["lit-secret-1", "bind-value-xyz", "quiet-literal", "md5pw"] {
+    for never in [
+        "lit-secret-1",
+        "bind-value-xyz",
+        "quiet-literal",
+        "bench-literal",
+        "md5pw",
+    ] {
         assert!(!all.contains(never), "{never} in the audit trail:\n{all}");
     }
     let start = of(&events, "session_start")
