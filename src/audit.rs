@@ -150,6 +150,9 @@ impl Rotating {
     }
 }
 
+/// How long the writer waits after a drain for more events to gather.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(2);
+
 fn write_loop(rx: &Receiver<Vec<u8>>, mut out: Out) {
     let mut failing = false;
     while let Ok(first) = rx.recv() {
@@ -170,6 +173,10 @@ fn write_loop(rx: &Receiver<Vec<u8>>, mut out: Out) {
                 Out::File(f) => f.file.flush(),
             };
         }
+        // Let events gather before the next drain: a sender wakes this thread only when it is
+        // blocked in `recv`, so under load one wakeup (and one write) serves many events
+        // instead of one each.
+        std::thread::sleep(BATCH);
         match result {
             Err(e) if !failing => {
                 tracing::error!(
@@ -248,9 +255,29 @@ pub struct Policy {
     pub credential: &'static str,
     /// Where the resource forwards (as configured).
     pub upstream: Arc<str>,
+    /// The last upstream leaf certificate seen and its subject: parsed once, not per
+    /// connection.
+    pub leaf: Arc<Mutex<Option<(Vec<u8>, String)>>>,
 }
 
 impl Policy {
+    /// The subject of an upstream leaf certificate, parsed only when it differs from the last
+    /// one this resource saw.
+    fn subject(&self, leaf: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+        let mut last = self
+            .leaf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((der, subject)) = last.as_ref() {
+            if der.as_slice() == leaf.as_ref() {
+                return Some(subject.clone());
+            }
+        }
+        let subject = crate::tls::CertInfo::parse(leaf).ok()?.subject;
+        *last = Some((leaf.to_vec(), subject.clone()));
+        Some(subject)
+    }
+
     /// A session for one accepted connection, or `None` when the resource records nothing
     /// (no `audit` block, or level `off`).
     pub fn session(
@@ -345,8 +372,7 @@ pub fn upstream_tls(tls: &rustls::ClientConnection) {
         let subject = tls
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|leaf| crate::tls::CertInfo::parse(leaf).ok())
-            .map(|info| info.subject);
+            .and_then(|leaf| s.policy.subject(leaf));
         let mut f = facts(s);
         f.tls_version = tls.protocol_version().and_then(|v| v.as_str());
         f.tls_cipher = tls

@@ -255,6 +255,7 @@ impl Runtime {
                     identity: identity(&res.auth),
                     credential: credential(&res.auth),
                     upstream: res.upstream.to_string().into(),
+                    leaf: Default::default(),
                 },
             });
             resources.push(Arc::new(ResourceRuntime {
