@@ -257,8 +257,11 @@ pub struct Policy {
     pub upstream: Arc<str>,
     /// The last upstream leaf certificate seen and its subject: parsed once, not per
     /// connection.
-    pub leaf: Arc<Mutex<Option<(Vec<u8>, String)>>>,
+    pub leaf: LeafCache,
 }
+
+/// A resource's last upstream leaf certificate (DER) and its subject.
+pub type LeafCache = Arc<Mutex<Option<(Vec<u8>, String)>>>;
 
 impl Policy {
     /// The subject of an upstream leaf certificate, parsed only when it differs from the last
