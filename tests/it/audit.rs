@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,24 +12,26 @@ use serde_json::Value;
 use crate::support::procs::{have, nginx_available, wait_until, Keyward, Nginx, Redis};
 use crate::support::{require, Pki};
 
-struct Files {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
+type Files = crate::support::TlsFiles;
 
 fn files(pki: &Pki) -> Files {
-    let server = pki.server(&["localhost", "127.0.0.1"]);
-    let (client_cert, client_key) = pki.write_client("client", "keyward-audit");
-    Files {
-        ca: pki.write_ca(),
-        server_cert: pki.write("server.pem", &server.cert_pem),
-        server_key: pki.write("server.key", &server.key_pem),
-        client_cert,
-        client_key,
-    }
+    Files::new(pki, "keyward-audit")
+}
+
+/// A private Redis that requires a client certificate and the password `audit-redis-pw`,
+/// with that password written to `pw` in the PKI directory.
+fn redis_with_password(pki: &Pki, f: &Files) -> Redis {
+    pki.write("pw", "audit-redis-pw");
+    Redis::start_with(
+        pki.dir.path(),
+        &f.ca,
+        &f.server_cert,
+        &f.server_key,
+        &f.client_cert,
+        &f.client_key,
+        "tls-auth-clients yes\nrequirepass audit-redis-pw\n",
+        &["-a", "audit-redis-pw"],
+    )
 }
 
 /// keyward with an `audit` block (`audit`) and one http resource in front of `nginx` with a
@@ -221,17 +223,7 @@ fn a_redis_session_is_audited_with_its_login_and_upstream_tls() {
     }
     let pki = Pki::new();
     let f = files(&pki);
-    let redis = Redis::start_with(
-        pki.dir.path(),
-        &f.ca,
-        &f.server_cert,
-        &f.server_key,
-        &f.client_cert,
-        &f.client_key,
-        "tls-auth-clients yes\nrequirepass audit-redis-pw\n",
-        &["-a", "audit-redis-pw"],
-    );
-    pki.write("pw", "audit-redis-pw");
+    let redis = redis_with_password(&pki, &f);
     let cfg = pki.write(
         "keyward.yaml",
         &format!(
@@ -769,17 +761,7 @@ fn redis_command_rules_answer_noperm_in_order_and_commands_are_audited() {
     }
     let pki = Pki::new();
     let f = files(&pki);
-    let redis = Redis::start_with(
-        pki.dir.path(),
-        &f.ca,
-        &f.server_cert,
-        &f.server_key,
-        &f.client_cert,
-        &f.client_key,
-        "tls-auth-clients yes\nrequirepass audit-redis-pw\n",
-        &["-a", "audit-redis-pw"],
-    );
-    pki.write("pw", "audit-redis-pw");
+    let redis = redis_with_password(&pki, &f);
     let cfg = pki.write(
         "keyward.yaml",
         &format!(

@@ -11,24 +11,10 @@ use keyward::pki::Ca;
 use crate::support::procs::{have, nginx_available, wait_until, Keyward, Nginx, Redis};
 use crate::support::{require, Pki};
 
-struct Files {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
+type Files = crate::support::TlsFiles;
 
 fn files(pki: &Pki) -> Files {
-    let server = pki.server(&["localhost", "127.0.0.1"]);
-    let (client_cert, client_key) = pki.write_client("client", "keyward-e2e");
-    Files {
-        ca: pki.write_ca(),
-        server_cert: pki.write("server.pem", &server.cert_pem),
-        server_key: pki.write("server.key", &server.key_pem),
-        client_cert,
-        client_key,
-    }
+    Files::new(pki, "keyward-e2e")
 }
 
 fn config(pki: &Pki, name: &str, port: u16, ca: &Path, f: &Files) -> PathBuf {

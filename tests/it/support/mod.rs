@@ -25,6 +25,31 @@ use tokio_rustls::TlsAcceptor;
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// A CA, a server certificate for localhost and 127.0.0.1, and a client certificate, written
+/// as PEM files in a [`Pki`]'s directory.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files, the client certificate's CN being `client_cn`.
+    pub fn new(pki: &Pki, client_cn: &str) -> Self {
+        let server = pki.server(&["localhost", "127.0.0.1"]);
+        let (client_cert, client_key) = pki.write_client("client", client_cn);
+        Self {
+            ca: pki.write_ca(),
+            server_cert: pki.write("server.pem", &server.cert_pem),
+            server_key: pki.write("server.key", &server.key_pem),
+            client_cert,
+            client_key,
+        }
+    }
+}
+
 /// A temp dir with a CA; writes PEM files on request.
 pub struct Pki {
     pub dir: tempfile::TempDir,
