@@ -761,6 +761,14 @@ fn no_copy_of_a_rotated_mysql_password_is_left_in_keyward_memory() {
     }
     m.admin("ALTER USER 'memu'@'127.0.0.1' IDENTIFIED WITH mysql_native_password USING PASSWORD('maria-mem-two');");
     std::fs::write(&file, "maria-mem-two\n").unwrap();
+    // The rotation reloads the resource (its snapshot then holds the new secret): scanned
+    // before that, the current secret may be nowhere but the file.
+    kw.wait_log("the reload of the rotated password", |v| {
+        v["resource"] == "mem"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("resource updated"))
+    });
     whoami();
     kw.assert_clean_ends(21);
     crate::support::procs::assert_only_the_new_secret_in_memory(

@@ -959,6 +959,14 @@ fn no_copy_of_a_rotated_postgres_password_is_left_in_keyward_memory() {
     }
     pg.admin("ALTER ROLE memrole PASSWORD 'pg-mem-two'");
     std::fs::write(&file, "pg-mem-two\n").unwrap();
+    // The rotation reloads the resource (its snapshot then holds the new secret): scanned
+    // before that, the current secret may be nowhere but the file.
+    kw.wait_log("the reload of the rotated password", |v| {
+        v["resource"] == "mem"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("resource updated"))
+    });
     let out = psql(&local(port, "postgres"), "SELECT current_user");
     assert_eq!(stdout(&out), "memrole", "{}", stderr(&out));
     kw.assert_clean_ends(21);

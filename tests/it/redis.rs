@@ -620,6 +620,14 @@ fn no_copy_of_a_rotated_password_is_left_in_keyward_memory() {
         assert_eq!(cli(&kw, "mem", args), "memuser");
     }
     s.pki.write("mem-pw", "mem-pw-two\n");
+    // The rotation reloads the resource (its snapshot then holds the new secret): scanned
+    // before that, the current secret may be nowhere but the file.
+    kw.wait_log("the reload of the rotated password", |v| {
+        v["resource"] == "mem"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("resource updated"))
+    });
     assert_eq!(cli(&kw, "mem", &["ACL", "WHOAMI"]), "memuser");
     kw.assert_clean_ends(41);
     crate::support::procs::assert_only_the_new_secret_in_memory(
