@@ -201,7 +201,8 @@ static WARNED: AtomicU64 = AtomicU64::new(0);
 
 /// Queues one event; a full queue drops it (counted, warned about at most every 10 s).
 fn emit(resource: &str, event: &Event<'_>) {
-    let Some(sink) = SINK.load_full() else {
+    let sink = SINK.load();
+    let Some(sink) = sink.as_ref() else {
         return;
     };
     let mut line = match serde_json::to_vec(event) {

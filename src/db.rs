@@ -111,7 +111,7 @@ pub struct DbRuntime {
     /// `postgres`: sessions are read-only (`read_only: true`).
     pub read_only: bool,
     /// `redis`: the command rules (`allow`/`deny`), if any.
-    pub commands: Option<crate::redis::acl::Policy>,
+    pub commands: Option<std::sync::Arc<crate::redis::acl::Policy>>,
 }
 
 impl DbRuntime {
@@ -189,7 +189,7 @@ impl DbRuntime {
             negotiation: res.tls.negotiation,
             pool: crate::postgres::pool::Pool::new(*pool_max_idle, *pool_idle_timeout),
             read_only: *read_only,
-            commands: crate::redis::acl::Policy::build(commands),
+            commands: crate::redis::acl::Policy::build(commands).map(std::sync::Arc::new),
         })
     }
 

@@ -81,7 +81,7 @@ pub struct Scanner {
     /// The current command's argument count.
     argc: u64,
     /// Command rules (`allow`/`deny`): every command is held until its name is known.
-    policy: Option<super::acl::Policy>,
+    policy: Option<std::sync::Arc<super::acl::Policy>>,
     /// Record each command's name and key count (audit level `statements`).
     statements: bool,
     /// What the caller is to record: commands seen, commands denied.
@@ -409,7 +409,7 @@ impl Scanner {
     }
 
     /// A scanner that also applies command rules and records what it sees.
-    pub fn with(policy: Option<super::acl::Policy>, statements: bool) -> Self {
+    pub fn with(policy: Option<std::sync::Arc<super::acl::Policy>>, statements: bool) -> Self {
         Self {
             policy,
             statements,
@@ -699,7 +699,8 @@ mod tests {
         let policy = super::super::acl::Policy::build(&crate::config::CommandRules {
             allow: None,
             deny: vec!["@dangerous".into()],
-        });
+        })
+        .map(std::sync::Arc::new);
         let stream = [
             command(&[b"SET", b"k", b"secret-value"]),
             command(&[b"FLUSHALL"]),
