@@ -158,6 +158,7 @@ impl DbRuntime {
                 database,
                 credentials,
             } => match crate::rds::RdsIam::build(
+                res.name.as_str(),
                 username,
                 region,
                 &res.upstream,
@@ -204,7 +205,7 @@ impl DbRuntime {
 
     /// The password for a new upstream connection: read now (a rotated file takes effect),
     /// or a fresh RDS token. `None` when keyward has no password to give.
-    pub fn password(
+    pub async fn password(
         &self,
         resource: &str,
         _admitted: &crate::connect::Admitted,
@@ -214,10 +215,7 @@ impl DbRuntime {
             Login::Password { password, .. } => {
                 password.as_ref().map(|c| c.current(resource)).transpose()
             }
-            Login::RdsIam(rds) => rds
-                .token()
-                .map(Some)
-                .map_err(|message| ConnError::new(Side::Internal, Reason::Signing, message)),
+            Login::RdsIam(rds) => rds.token().await.map(Some),
         }
     }
 

@@ -75,6 +75,8 @@ pub enum Reason {
     TokenEndpoint,
     /// Request signing failed.
     Signing,
+    /// Temporary credentials could not be obtained (AWS default chain, assume_role).
+    Credentials,
     /// A body too large to buffer for signing.
     BodyTooLarge,
     /// Authentication failed: the upstream refused keyward's login, keyward could not answer
@@ -122,6 +124,7 @@ impl Reason {
             Self::Protocol => "protocol",
             Self::TokenEndpoint => "token_endpoint",
             Self::Signing => "signing",
+            Self::Credentials => "credentials",
             Self::BodyTooLarge => "body_too_large",
             Self::AuthFailed => "auth_failed",
             Self::ClientHandshakeTimeout => "client_handshake_timeout",

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub oauth2_refreshes: IntCounterVec,
     /// Secret and credential reads, by result.
     pub credential_reads: IntCounterVec,
+    /// Temporary AWS credential fetches, by source and result.
+    pub credential_refreshes: IntCounterVec,
+    /// Expiry (Unix time) of the temporary AWS credentials in use.
+    pub credential_expiration: GaugeVec,
     /// Audit events dropped because the sink fell behind (its queue was full).
     pub audit_dropped: IntCounterVec,
     /// The last upstream leaf seen per resource, so it is parsed only when it changes.
@@ -104,6 +108,8 @@ impl Metrics {
             cert_expiration: reg!(GaugeVec::new(Opts::new("keyward_cert_expiration_timestamp_seconds", "Expiry (Unix time) of certificates in use: client_cert, ca, upstream_leaf (the last one the upstream presented)."), &["resource", "role"])),
             oauth2_refreshes: reg!(counter("keyward_oauth2_token_refreshes_total", "OAuth2 token fetches, by result.", &["resource", "result"])),
             credential_reads: reg!(counter("keyward_credential_reads_total", "Secret and credential reads, by result.", &["resource", "result"])),
+            credential_refreshes: reg!(counter("keyward_credential_refreshes_total", "Temporary AWS credential fetches (default chain, assume_role), by source and result.", &["resource", "source", "result"])),
+            credential_expiration: reg!(GaugeVec::new(Opts::new("keyward_credential_expiration_timestamp_seconds", "Expiry (Unix time) of the temporary AWS credentials in use."), &["resource"])),
             audit_dropped: reg!(counter("keyward_audit_dropped_total", "Audit events dropped because the audit sink fell behind (its queue was full) or failed.", &["resource"])),
             registry: registry.clone(),
             leaves: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -183,6 +189,7 @@ impl Metrics {
         let _ = self
             .oauth2_token_expiration
             .remove_label_values(&[resource]);
+        let _ = self.credential_expiration.remove_label_values(&[resource]);
         for role in ["client_cert", "ca", "upstream_leaf"] {
             let _ = self.cert_expiration.remove_label_values(&[resource, role]);
         }

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::config::{AwsCredentials, BuildError, BuildProblem, Site, Upstream};
-use crate::http::sigv4::{resolve_credentials, Signer};
+use crate::http::sigv4::Signer;
 
 use crate::secret::{Env, Secret};
 
@@ -24,6 +24,7 @@ pub struct RdsIam {
 impl RdsIam {
     /// Resolves the AWS credentials (config, environment, shared file).
     pub fn build(
+        resource: &str,
         username: &str,
         region: &str,
         upstream: &Upstream,
@@ -31,18 +32,19 @@ impl RdsIam {
         env: &dyn Env,
         site: &Site,
     ) -> Result<Self, Vec<BuildProblem>> {
-        let resolved = resolve_credentials(credentials, env).map_err(|reason| {
-            let site = credentials.access_key_id.as_ref().map_or(site, |s| &s.site);
-            let error = BuildError::AwsCredentials {
-                auth: "rds_iam",
-                reason,
-            };
-            vec![BuildProblem::new(site, error)]
-        })?;
+        let source =
+            crate::aws::Source::build(resource, region, credentials, env).map_err(|reason| {
+                let site = credentials.access_key_id.as_ref().map_or(site, |s| &s.site);
+                let error = BuildError::AwsCredentials {
+                    auth: "rds_iam",
+                    reason,
+                };
+                vec![BuildProblem::new(site, error)]
+            })?;
         Ok(Self {
             username: username.to_owned(),
             endpoint: format!("{}:{}", upstream.host, upstream.port),
-            signer: Signer::new("rds-db", region, resolved, false, 0),
+            signer: Signer::new("rds-db", region, std::sync::Arc::new(source), false, 0),
         })
     }
 
@@ -51,18 +53,30 @@ impl RdsIam {
         &self.username
     }
 
-    /// A token signed now.
-    pub fn token(&self) -> Result<Secret, String> {
-        self.token_at(SystemTime::now())
+    /// A token signed now with the current credentials (fetched first when none are valid).
+    pub async fn token(&self) -> Result<Secret, crate::error::ConnError> {
+        let credentials = self.signer.credentials.credentials().await?;
+        self.token_at(&credentials, SystemTime::now())
+            .map_err(|message| {
+                crate::error::ConnError::new(
+                    crate::error::Side::Internal,
+                    crate::error::Reason::Signing,
+                    message,
+                )
+            })
     }
 
-    /// A token signed at `time`.
-    pub fn token_at(&self, time: SystemTime) -> Result<Secret, String> {
+    /// A token signed at `time` with `credentials`.
+    pub fn token_at(
+        &self,
+        credentials: &aws_credential_types::Credentials,
+        time: SystemTime,
+    ) -> Result<Secret, String> {
         let user = crate::http::sigv4::uri_encode(&self.username);
         let url = format!("https://{}/?Action=connect&DBUser={user}", self.endpoint);
         let signed = self
             .signer
-            .presign(&url, TOKEN_LIFETIME, time)
+            .presign(credentials, &url, TOKEN_LIFETIME, time)
             .map_err(|e| format!("cannot sign the RDS auth token: {e}"))?;
         Ok(Secret::new(signed.trim_start_matches("https://")))
     }

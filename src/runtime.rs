@@ -135,7 +135,12 @@ fn identity(auth: &crate::config::Auth) -> Option<Arc<str>> {
         Auth::RdsIam { username, .. } | Auth::Basic { username, .. } => {
             Some(username.as_str().into())
         }
-        Auth::OAuth2(o) => Some(o.client_id.as_str().into()),
+        Auth::OAuth2(o) if !o.client_id.is_empty() => Some(o.client_id.as_str().into()),
+        Auth::OAuth2(o) => o
+            .assertion
+            .as_ref()
+            .and_then(|a| a.issuer.as_deref())
+            .map(Into::into),
         _ => None,
     }
 }

@@ -245,6 +245,21 @@ async fn auth_report(
     if res.protocol == Protocol::Tcp {
         return true;
     }
+    if let config::Auth::AwsSigV4 {
+        region,
+        credentials,
+        ..
+    }
+    | config::Auth::RdsIam {
+        region,
+        credentials,
+        ..
+    } = &res.auth
+    {
+        if !aws_report(res.name.as_str(), region, credentials, out).await {
+            return false;
+        }
+    }
     let one = config::Config {
         resources: vec![res.clone()],
         ..config.clone()
@@ -275,6 +290,47 @@ async fn auth_report(
         Err(e) => {
             let _ = writeln!(out, "auth: FAILED: {e}");
             false
+        }
+    }
+}
+
+/// Which source of the AWS chain answered (and, with `assume_role`, on top of what), and who
+/// the credentials are: STS `GetCallerIdentity`.
+async fn aws_report(
+    resource: &str,
+    region: &str,
+    credentials: &config::AwsCredentials,
+    out: &mut String,
+) -> bool {
+    let source = match crate::aws::Source::build(
+        resource,
+        region,
+        credentials,
+        &crate::secret::ProcessEnv,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(out, "aws credentials: FAILED: {e}");
+            return false;
+        }
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(60),
+        crate::aws::caller_identity(&source),
+    )
+    .await
+    {
+        Err(_) => {
+            let _ = writeln!(out, "aws credentials: FAILED: no answer within 60 s");
+            false
+        }
+        Ok(Err(e)) => {
+            let _ = writeln!(out, "aws credentials: FAILED: {e}");
+            false
+        }
+        Ok(Ok((from, arn))) => {
+            let _ = writeln!(out, "aws credentials: ok, source {from}, caller {arn}");
+            true
         }
     }
 }

@@ -225,6 +225,9 @@ pub enum BuildError {
         /// Why.
         reason: String,
     },
+    /// An OAuth2 assertion key or Google service-account file that cannot be used.
+    #[error("auth (oauth2): {0}")]
+    Assertion(String),
     /// A header value (a resolved secret) that HTTP cannot carry.
     #[error("not a valid HTTP header value")]
     HeaderValue,

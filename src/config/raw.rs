@@ -455,12 +455,41 @@ pub struct RdsIamAuth {
     pub aws: AwsKeys,
 }
 
-/// Static AWS credentials (`rds_iam`, `aws_sigv4`); absent, the default chain is used.
+/// AWS credentials (`rds_iam`, `aws_sigv4`): static keys (absent, the default chain is
+/// used), a shared-config profile, and a role to assume on top of either.
 #[derive(Debug)]
 pub struct AwsKeys {
     pub access_key_id: Option<Spanned<String>>,
     pub secret_access_key: Option<Spanned<String>>,
     pub session_token: Option<Spanned<String>>,
+    pub profile: Option<Spanned<String>>,
+    pub assume_role: Option<AssumeRole>,
+}
+
+/// `auth.assertion`: the JWT keyward signs (RFC 7523).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assertion {
+    pub key: Option<Spanned<String>>,
+    pub algorithm: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
+    pub subject: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+    pub key_id: Option<Spanned<String>>,
+    pub lifetime: Option<Spanned<String>>,
+}
+
+/// Google's token endpoint: the default `token_url` with a service-account key file.
+pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// `auth.assume_role`: STS `AssumeRole` on top of the base credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumeRole {
+    pub role_arn: Spanned<String>,
+    pub session_name: Option<Spanned<String>>,
+    pub external_id: Option<Spanned<String>>,
+    pub duration: Option<Spanned<String>>,
 }
 
 /// `type: api_key`: exactly one of `header` and `query`.
@@ -490,12 +519,17 @@ pub struct BearerAuth {
     pub token: Spanned<String>,
 }
 
-/// `type: oauth2`: `client_secret` (client credentials grant), `refresh_token`, or both.
+/// `type: oauth2`: `client_secret` (client credentials grant), `refresh_token`, a signed
+/// `assertion` (`grant: jwt_bearer` or `client_auth: private_key_jwt`), or a
+/// `google_service_account` key file.
 #[derive(Debug)]
 pub struct OAuth2Auth {
     pub token_url: Spanned<String>,
     pub allow_plaintext_token_url: bool,
-    pub client_id: Spanned<String>,
+    pub client_id: Option<Spanned<String>>,
+    pub grant: Option<Spanned<String>>,
+    pub assertion: Option<Assertion>,
+    pub google_service_account: Option<Spanned<String>>,
     pub client_secret: Option<Spanned<String>>,
     pub refresh_token: Option<Spanned<String>>,
     pub scopes: Vec<String>,
@@ -570,6 +604,11 @@ struct AuthKeys {
     unsigned_payload: Option<Spanned<bool>>,
     allow_cleartext_password: Option<Spanned<bool>>,
     allow_rsa_key_exchange: Option<Spanned<bool>>,
+    profile: Option<Spanned<String>>,
+    assume_role: Option<AssumeRole>,
+    grant: Option<Spanned<String>>,
+    assertion: Option<Assertion>,
+    google_service_account: Option<Spanned<String>>,
     tls: Option<Tls>,
 }
 
@@ -580,8 +619,14 @@ macro_rules! present {
         $(if let Some(v) = &$keys.$field {
             found.push((stringify!($field), v.referenced.line()));
         })*
-        if $keys.tls.is_some() {
-            found.push(("tls", 0));
+        for (key, set) in [
+            ("tls", $keys.tls.is_some()),
+            ("assume_role", $keys.assume_role.is_some()),
+            ("assertion", $keys.assertion.is_some()),
+        ] {
+            if set {
+                found.push((key, 0));
+            }
         }
         found
     }};
@@ -617,7 +662,10 @@ impl AuthKeys {
             session_token,
             unsigned_payload,
             allow_cleartext_password,
-            allow_rsa_key_exchange
+            allow_rsa_key_exchange,
+            profile,
+            grant,
+            google_service_account
         );
         for (key, line) in present {
             if !takes.contains(&key) {
@@ -643,6 +691,8 @@ impl AuthKeys {
             access_key_id: self.access_key_id,
             secret_access_key: self.secret_access_key,
             session_token: self.session_token,
+            profile: self.profile,
+            assume_role: self.assume_role,
         };
         if aws.access_key_id.is_some() != aws.secret_access_key.is_some() {
             return Err(format!(
@@ -685,15 +735,36 @@ impl AuthKeys {
                 token: need(self.token, "token")?,
             }),
             AuthType::Oauth2 => {
-                if self.client_secret.is_none() && self.refresh_token.is_none() {
-                    return Err("auth type \"oauth2\" needs \"client_secret\" (client credentials grant) or \"refresh_token\"".to_owned());
+                let signed = self.assertion.is_some()
+                    || self.google_service_account.is_some()
+                    || self.grant.is_some();
+                if self.client_secret.is_none() && self.refresh_token.is_none() && !signed {
+                    return Err("auth type \"oauth2\" needs \"client_secret\" (client credentials grant), \"refresh_token\", \"assertion\" (grant: jwt_bearer or client_auth: private_key_jwt) or \"google_service_account\"".to_owned());
                 }
+                let token_url = match (self.token_url, &self.google_service_account) {
+                    (Some(url), _) => url,
+                    (None, Some(sa)) => {
+                        Spanned::new(GOOGLE_TOKEN_URL.to_owned(), sa.referenced, sa.defined)
+                    }
+                    (None, None) => {
+                        return Err(format!("auth type \"{name}\" needs \"token_url\""))
+                    }
+                };
+                let jwt_bearer = self.grant.as_ref().is_some_and(|g| g.value == "jwt_bearer");
+                let client_id = match self.client_id {
+                    Some(id) => Some(id),
+                    None if self.google_service_account.is_some() || jwt_bearer => None,
+                    None => return Err(format!("auth type \"{name}\" needs \"client_id\"")),
+                };
                 Auth::Oauth2(Box::new(OAuth2Auth {
-                    token_url: need(self.token_url, "token_url")?,
+                    token_url,
                     allow_plaintext_token_url: self
                         .allow_plaintext_token_url
                         .is_some_and(|v| v.value),
-                    client_id: need(self.client_id, "client_id")?,
+                    client_id,
+                    grant: self.grant,
+                    assertion: self.assertion,
+                    google_service_account: self.google_service_account,
                     client_secret: self.client_secret,
                     refresh_token: self.refresh_token,
                     scopes: self.scopes.map(|s| s.value).unwrap_or_default(),
@@ -752,7 +823,13 @@ impl AuthType {
 
     /// The keys it takes besides `type`.
     fn keys(self) -> &'static [&'static str] {
-        const AWS: [&str; 3] = ["access_key_id", "secret_access_key", "session_token"];
+        const AWS: [&str; 5] = [
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+            "profile",
+            "assume_role",
+        ];
         match self {
             Self::None => &[],
             Self::Password => &[
@@ -762,11 +839,16 @@ impl AuthType {
                 "allow_cleartext_password",
                 "allow_rsa_key_exchange",
             ],
-            Self::RdsIam => &["username", "region", "database", AWS[0], AWS[1], AWS[2]],
+            Self::RdsIam => &[
+                "username", "region", "database", AWS[0], AWS[1], AWS[2], AWS[3], AWS[4],
+            ],
             Self::ApiKey => &["header", "query", "value"],
             Self::Basic => &["username", "password"],
             Self::Bearer => &["token"],
             Self::Oauth2 => &[
+                "grant",
+                "assertion",
+                "google_service_account",
                 "token_url",
                 "allow_plaintext_token_url",
                 "client_id",
@@ -785,6 +867,8 @@ impl AuthType {
                 AWS[0],
                 AWS[1],
                 AWS[2],
+                AWS[3],
+                AWS[4],
             ],
         }
     }

@@ -185,7 +185,7 @@ fn auth_keys_are_checked_against_the_auth_type() {
         ("http", "https://x", "      type: aws_sigv4\n      service: s3\n      region: r\n      access_key_id: k\n",
          "k.yaml:7:7: resources[0].auth: auth type \"aws_sigv4\": access_key_id and secret_access_key must be set together"),
         ("http", "https://x", "      type: oauth2\n      token_url: https://t\n      client_id: c\n",
-         "k.yaml:7:7: resources[0].auth: auth type \"oauth2\" needs \"client_secret\" (client credentials grant) or \"refresh_token\""),
+         "k.yaml:7:7: resources[0].auth: auth type \"oauth2\" needs \"client_secret\" (client credentials grant), \"refresh_token\", \"assertion\" (grant: jwt_bearer or client_auth: private_key_jwt) or \"google_service_account\""),
         ("http", "https://x", "      type: bogus\n",
          "k.yaml:7:13: resources[0].auth.type: unknown value \"bogus\": expected one of none, password, rds_iam, api_key, basic, bearer, oauth2, aws_sigv4"),
         // What needs the protocol or the value is checked after, at the key itself.
@@ -582,6 +582,144 @@ fn redis_command_rules_parse_and_are_checked() {
             "commands applies to protocol redis",
         ),
     ] {
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.contains(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn assume_role_and_profile_parse_with_defaults() {
+    let sigv4 = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:8080\n    upstream: https://sts.amazonaws.com\n    auth:\n      type: aws_sigv4\n      service: sts\n      region: eu-west-1\n";
+    let c = ok(&format!(
+        "{sigv4}      profile: analytics\n      assume_role:\n        role_arn: arn:aws:iam::123456789012:role/reader\n        external_id: ext-123\n        duration: 15m\n"
+    ));
+    let Auth::AwsSigV4 { credentials, .. } = &c.resources[0].auth else {
+        panic!("{:?}", c.resources[0].auth)
+    };
+    assert_eq!(credentials.profile.as_deref(), Some("analytics"));
+    assert_eq!(
+        credentials.assume_role,
+        Some(AssumeRole {
+            role_arn: "arn:aws:iam::123456789012:role/reader".into(),
+            session_name: None,
+            external_id: Some("ext-123".into()),
+            duration: Duration::from_secs(900),
+        })
+    );
+    let c = ok(&format!(
+        "{sigv4}      assume_role:\n        role_arn: arn:aws-cn:iam::123456789012:role/path/reader\n"
+    ));
+    let Auth::AwsSigV4 { credentials, .. } = &c.resources[0].auth else {
+        panic!()
+    };
+    assert_eq!(
+        credentials.assume_role.as_ref().map(|r| r.duration),
+        Some(Duration::from_secs(3600))
+    );
+    let rds = "resources:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    upstream: db.example:5432\n    auth:\n      type: rds_iam\n      username: app\n      region: eu-west-1\n      assume_role:\n        role_arn: arn:aws:iam::1:role/db\n        session_name: kw-db\n";
+    let c = ok(rds);
+    let Auth::RdsIam { credentials, .. } = &c.resources[0].auth else {
+        panic!()
+    };
+    assert_eq!(
+        credentials
+            .assume_role
+            .as_ref()
+            .and_then(|r| r.session_name.as_deref()),
+        Some("kw-db")
+    );
+}
+
+#[test]
+fn assume_role_is_checked_offline_with_its_key_named() {
+    let sigv4 = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:8080\n    upstream: https://sts.amazonaws.com\n    auth:\n      type: aws_sigv4\n      service: sts\n      region: eu-west-1\n";
+    let role = |extra: &str| {
+        format!("{sigv4}      assume_role:\n        role_arn: arn:aws:iam::1:role/r\n{extra}")
+    };
+    let cases = [
+        (
+            format!("{sigv4}      assume_role:\n        role_arn: arn:aws:iam::1:user/bob\n"),
+            "k.yaml:11:19: resources[0].auth.assume_role.role_arn: \"arn:aws:iam::1:user/bob\" is not an IAM role ARN",
+        ),
+        (role("        session_name: a b\n"), "k.yaml:12:23: resources[0].auth.assume_role.session_name: \"a b\" is not a role session name"),
+        (role("        external_id: x\n"), "resources[0].auth.assume_role.external_id: an external id is 2 to 1224"),
+        (role("        duration: 13h\n"), "resources[0].auth.assume_role.duration: STS issues role sessions of at most 12h"),
+        (role("        duration: soon\n"), "resources[0].auth.assume_role.duration: \"soon\" is not a duration"),
+        (role("        role: x\n"), "resources[0].auth.assume_role.role: unknown key `role` (a typo?): expected one of role_arn, session_name, external_id, duration"),
+        (format!("{sigv4}      assume_role:\n        session_name: s1\n"), "role_arn"),
+        (format!("{sigv4}      profile: p\n      access_key_id: a\n      secret_access_key: b\n"), "resources[0].auth.profile: a profile picks credentials from the shared config files, but access_key_id is set"),
+        (format!("{sigv4}      profile: \"\"\n"), "resources[0].auth.profile: must not be empty"),
+        (
+            "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:8080\n    upstream: https://x\n    auth:\n      type: bearer\n      token: t\n      profile: p\n".to_owned(),
+            "\"profile\" (line 9) does not apply to auth type \"bearer\"",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.contains(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn oauth2_assertions_parse_and_are_checked() {
+    let head = "resources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:8080\n    upstream: https://api.example.com\n    auth:\n      type: oauth2\n";
+    let c = ok(&format!(
+        "{head}      token_url: https://login.example/token\n      grant: jwt_bearer\n      assertion:\n        key: \"-----BEGIN PRIVATE KEY-----\"\n        algorithm: ES256\n        issuer: svc@proj\n        subject: user@example.com\n        key_id: k1\n        lifetime: 30m\n      scopes: [read]\n"
+    ));
+    let Auth::OAuth2(o) = &c.resources[0].auth else {
+        panic!()
+    };
+    assert!(o.jwt_bearer && !o.private_key_jwt);
+    let a = o.assertion.as_ref().unwrap();
+    assert_eq!(
+        (
+            a.algorithm.as_str(),
+            a.issuer.as_deref(),
+            a.subject.as_deref(),
+            a.key_id.as_deref(),
+            a.lifetime
+        ),
+        (
+            "ES256",
+            Some("svc@proj"),
+            Some("user@example.com"),
+            Some("k1"),
+            Duration::from_secs(1800)
+        )
+    );
+    let c = ok(&format!("{head}      google_service_account: ${{file:/run/sa.json}}\n      scopes: [https://www.googleapis.com/auth/cloud-platform]\n"));
+    let Auth::OAuth2(o) = &c.resources[0].auth else {
+        panic!()
+    };
+    assert!(o.jwt_bearer);
+    assert_eq!(
+        o.token_url.to_string(),
+        "https://oauth2.googleapis.com/token"
+    );
+    let c = ok(&format!("{head}      token_url: https://login.example/token\n      client_id: app\n      client_auth: private_key_jwt\n      assertion:\n        key: k\n        algorithm: RS256\n"));
+    let Auth::OAuth2(o) = &c.resources[0].auth else {
+        panic!()
+    };
+    assert!(o.private_key_jwt && !o.jwt_bearer && !o.client_auth_basic);
+
+    let cases = [
+        (format!("{head}      token_url: https://t\n      grant: jwt_bearer\n"), "resources[0].auth.assertion: grant: jwt_bearer needs an assertion block"),
+        (format!("{head}      token_url: https://t\n      client_id: c\n      grant: password\n"), "resources[0].auth.grant: \"password\" is not client_credentials or jwt_bearer"),
+        (format!("{head}      token_url: https://t\n      grant: jwt_bearer\n      assertion:\n        key: k\n        algorithm: HS256\n        issuer: i\n"), "resources[0].auth.assertion.algorithm: \"HS256\" is not RS256 or ES256"),
+        (format!("{head}      token_url: https://t\n      grant: jwt_bearer\n      assertion:\n        key: k\n        algorithm: RS256\n"), "resources[0].auth.assertion.issuer: grant: jwt_bearer needs assertion.issuer"),
+        (format!("{head}      token_url: https://t\n      grant: jwt_bearer\n      assertion:\n        key: k\n        algorithm: RS256\n        issuer: i\n        lifetime: 2h\n"), "resources[0].auth.assertion.lifetime: an assertion lives at most 1h"),
+        (format!("{head}      token_url: https://t\n      client_id: c\n      client_secret: s\n      client_auth: private_key_jwt\n      assertion:\n        key: k\n        algorithm: RS256\n"), "resources[0].auth.client_secret: client_auth: private_key_jwt authenticates with a signed assertion"),
+        (format!("{head}      google_service_account: x\n      assertion:\n        issuer: me\n"), "resources[0].auth.assertion.issuer: the google_service_account file sets the issuer"),
+        (format!("{head}      token_url: https://t\n      client_id: c\n      client_secret: s\n      assertion:\n        key: k\n        algorithm: RS256\n"), "resources[0].auth.assertion: an assertion is signed for grant: jwt_bearer or client_auth: private_key_jwt"),
+        (format!("{head}      token_url: https://t\n      grant: jwt_bearer\n      assertion:\n        key: k\n        algorithm: RS256\n        issuer: i\n        kid: x\n"), "unknown key `kid`"),
+    ];
+    for (yaml, want) in cases {
         let found = problems(&yaml);
         assert!(
             found.iter().any(|p| p.contains(want)),

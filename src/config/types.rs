@@ -476,6 +476,42 @@ pub struct AwsCredentials {
     pub secret_access_key: Option<SecretRef>,
     /// Session token.
     pub session_token: Option<SecretRef>,
+    /// Shared-config profile for the default chain (else `AWS_PROFILE`, else `default`).
+    pub profile: Option<String>,
+    /// A role assumed with the base credentials.
+    pub assume_role: Option<AssumeRole>,
+}
+
+/// `auth.assertion`: a JWT signed with `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assertion {
+    /// PKCS#8 PEM private key (absent with a Google service-account file).
+    pub key: Option<SecretRef>,
+    /// `RS256` or `ES256`.
+    pub algorithm: String,
+    /// `iss` (jwt_bearer; private_key_jwt uses the client id).
+    pub issuer: Option<String>,
+    /// `sub`.
+    pub subject: Option<String>,
+    /// `aud` (default: the token URL).
+    pub audience: Option<String>,
+    /// JWT header `kid`.
+    pub key_id: Option<String>,
+    /// `exp - iat`, at most 1 h.
+    pub lifetime: Duration,
+}
+
+/// `auth.assume_role`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRole {
+    /// The role's ARN.
+    pub role_arn: String,
+    /// `RoleSessionName` (`None`: `keyward-<resource>`).
+    pub session_name: Option<String>,
+    /// `ExternalId`, when the role's trust policy asks for one.
+    pub external_id: Option<String>,
+    /// `DurationSeconds` (default 1 h).
+    pub duration: Duration,
 }
 
 /// `auth`: what keyward injects.
@@ -556,6 +592,14 @@ pub struct OAuth2 {
     pub params: Vec<(String, String)>,
     /// Client authentication: HTTP Basic (true) or in the body.
     pub client_auth_basic: bool,
+    /// `grant: jwt_bearer` (RFC 7523 §2.1) instead of client_credentials.
+    pub jwt_bearer: bool,
+    /// `client_auth: private_key_jwt` (RFC 7523 §2.2): a signed client assertion.
+    pub private_key_jwt: bool,
+    /// The JWT keyward signs (jwt_bearer, private_key_jwt).
+    pub assertion: Option<Assertion>,
+    /// A Google service-account JSON key file: key, `kid`, issuer (its values win).
+    pub google_service_account: Option<SecretRef>,
     /// TLS to the token endpoint (its own rules; default verify-full).
     pub tls: TlsSettings,
     /// `allow_plaintext_token_url: true`: an `http://` token endpoint is accepted (warned at

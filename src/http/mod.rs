@@ -8,6 +8,7 @@
 //! (`x-keyward-error: <reason>`, a body naming the resource and the reason).
 
 pub mod connector;
+pub mod jwt;
 pub mod oauth2;
 pub mod sigv4;
 
@@ -199,6 +200,32 @@ impl HttpUpstream {
             Auth::OAuth2(o) => {
                 let client_secret = o.client_secret.as_ref().and_then(secret);
                 let refresh_token = o.refresh_token.as_ref().and_then(secret);
+                let key_pem = o
+                    .assertion
+                    .as_ref()
+                    .and_then(|a| a.key.as_ref())
+                    .and_then(secret);
+                let google = o.google_service_account.as_ref().and_then(secret);
+                let unread = (o.google_service_account.is_some() && google.is_none())
+                    || (o.google_service_account.is_none()
+                        && o.assertion.as_ref().is_some_and(|a| a.key.is_some())
+                        && key_pem.is_none());
+                let assertion = match oauth2::Assertion::build(o, key_pem.as_ref(), google.as_ref())
+                {
+                    _ if unread => None,
+                    Ok(a) => a,
+                    Err(reason) => {
+                        let site = o
+                            .google_service_account
+                            .as_ref()
+                            .or(o.assertion.as_ref().and_then(|a| a.key.as_ref()))
+                            .map_or(&res.site, |s| &s.site);
+                        problems
+                            .borrow_mut()
+                            .push(BuildProblem::new(site, BuildError::Assertion(reason)));
+                        None
+                    }
+                };
                 let token_tls = match crate::tls::build_client(&o.tls, &[b"http/1.1"], env) {
                     Ok(tls) => tls,
                     Err(mut p) => {
@@ -243,6 +270,7 @@ impl HttpUpstream {
                     audience: o.audience.clone(),
                     params: o.params.clone(),
                     client_auth_basic: o.client_auth_basic,
+                    assertion,
                 };
                 Injector::OAuth2(Arc::new(oauth2::TokenSource::new(settings, connector)))
             }
@@ -251,11 +279,11 @@ impl HttpUpstream {
                 region,
                 credentials,
                 unsigned_payload,
-            } => match sigv4::resolve_credentials(credentials, env) {
-                Ok(resolved) => Injector::SigV4(sigv4::Signer::new(
+            } => match crate::aws::Source::build(res.name.as_str(), region, credentials, env) {
+                Ok(source) => Injector::SigV4(sigv4::Signer::new(
                     service,
                     region,
-                    resolved,
+                    Arc::new(source),
                     *unsigned_payload,
                     res.http.max_signed_body,
                 )),
@@ -1097,7 +1125,8 @@ async fn finish(
             } else {
                 Some(body.map(|b| b.as_ref()).unwrap_or_default())
             };
-            signer.sign(&mut request, payload, SystemTime::now())?;
+            let credentials = signer.credentials.credentials().await?;
+            signer.sign(&credentials, &mut request, payload, SystemTime::now())?;
         }
         _ => {}
     }

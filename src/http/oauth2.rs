@@ -48,6 +48,141 @@ pub struct Settings {
     pub params: Vec<(String, String)>,
     /// HTTP Basic client authentication (RFC 6749 §2.3.1) instead of body fields.
     pub client_auth_basic: bool,
+    /// A signed JWT: the jwt_bearer grant's assertion, or the private_key_jwt client assertion.
+    pub assertion: Option<Assertion>,
+}
+
+/// What a signed assertion needs (RFC 7523).
+#[derive(Debug)]
+pub struct Assertion {
+    /// The signing key (and `kid`).
+    pub key: crate::http::jwt::SigningKey,
+    /// `grant_type=…jwt-bearer` (§2.1) rather than a client assertion (§2.2).
+    pub grant: bool,
+    /// `iss` (the client id for a client assertion).
+    pub issuer: String,
+    /// `sub`.
+    pub subject: Option<String>,
+    /// `aud`.
+    pub audience: String,
+    /// `exp - iat`.
+    pub lifetime: Duration,
+    /// Scopes go in a `scope` claim (Google) instead of the form.
+    pub scope_claim: bool,
+}
+
+/// RFC 7523's grant type and client assertion type.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const JWT_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// A client assertion lives at most this long: it authenticates one request.
+const CLIENT_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
+
+impl Assertion {
+    /// The assertion `o` describes, with its key's PEM or the Google service-account file
+    /// (already read). `None` when `o` signs nothing.
+    pub fn build(
+        o: &crate::config::OAuth2,
+        key_pem: Option<&Secret>,
+        google: Option<&Secret>,
+    ) -> Result<Option<Self>, String> {
+        use crate::http::jwt::{Algorithm, SigningKey};
+        if !o.jwt_bearer && !o.private_key_jwt {
+            return Ok(None);
+        }
+        let a = o.assertion.as_ref();
+        let token_url = o.token_url.to_string();
+        let lifetime = a.map_or(DEFAULT_LIFETIME, |a| a.lifetime);
+        let subject = a.and_then(|a| a.subject.clone());
+        let audience = a.and_then(|a| a.audience.clone());
+        if let Some(file) = google {
+            let sa: serde_json::Value = serde_json::from_str(file.expose()).map_err(|e| {
+                format!("google_service_account: not a service-account JSON key file ({e})")
+            })?;
+            let field = |name: &str| {
+                sa[name].as_str().map(str::to_owned).ok_or_else(|| {
+                    format!("google_service_account: the key file has no \"{name}\"")
+                })
+            };
+            if sa["type"].as_str().is_some_and(|t| t != "service_account") {
+                return Err(format!(
+                    "google_service_account: the key file is of type \"{}\", not service_account",
+                    sa["type"].as_str().unwrap_or_default()
+                ));
+            }
+            let token_uri = field("token_uri")?;
+            if token_uri.trim_end_matches('/') != token_url.trim_end_matches('/') {
+                return Err(format!("google_service_account: the key file's token_uri is {token_uri} but the token URL is {token_url}: set token_url: {token_uri}"));
+            }
+            let key = SigningKey::from_pem(
+                field("private_key")?.as_bytes(),
+                Algorithm::Rs256,
+                Some(field("private_key_id")?),
+            )
+            .map_err(|e| format!("google_service_account private_key: {e}"))?;
+            return Ok(Some(Self {
+                key,
+                grant: true,
+                issuer: field("client_email")?,
+                subject,
+                audience: audience.unwrap_or(token_uri),
+                lifetime,
+                scope_claim: true,
+            }));
+        }
+        let (Some(a), Some(pem)) = (a, key_pem) else {
+            return Err("the assertion key is missing".to_owned());
+        };
+        let algorithm = Algorithm::parse(&a.algorithm)
+            .ok_or_else(|| format!("\"{}\" is not RS256 or ES256", a.algorithm))?;
+        let key = SigningKey::from_pem(pem.expose().as_bytes(), algorithm, a.key_id.clone())
+            .map_err(|e| format!("assertion.key: {e}"))?;
+        let issuer = if o.private_key_jwt {
+            o.client_id.clone()
+        } else {
+            a.issuer.clone().unwrap_or_default()
+        };
+        Ok(Some(Self {
+            key,
+            grant: o.jwt_bearer,
+            issuer,
+            subject,
+            audience: audience.unwrap_or(token_url),
+            lifetime,
+            scope_claim: false,
+        }))
+    }
+
+    /// The JWT, signed now with a fresh `jti`.
+    fn sign(&self, scopes: &[String]) -> Result<zeroize::Zeroizing<String>, String> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_err(|_| "the clock is before 1970".to_owned())?
+            .as_secs();
+        let lifetime = if self.grant {
+            self.lifetime
+        } else {
+            self.lifetime.min(CLIENT_ASSERTION_LIFETIME)
+        };
+        let mut claims = serde_json::json!({
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + lifetime.as_secs().max(1),
+            "jti": self.key.jti()?,
+        });
+        match (&self.subject, self.grant) {
+            (Some(sub), _) => claims["sub"] = sub.clone().into(),
+            (None, false) => claims["sub"] = self.issuer.clone().into(),
+            (None, true) => {}
+        }
+        if self.scope_claim && !scopes.is_empty() {
+            claims["scope"] = scopes.join(" ").into();
+        }
+        self.key
+            .sign(&claims)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| format!("signing the assertion: {e}"))
+    }
 }
 
 #[derive(Clone)]
@@ -280,16 +415,22 @@ fn token_request_body(
     refresh: Option<&Secret>,
 ) -> Result<(zeroize::Zeroizing<String>, Option<http::HeaderValue>), String> {
     let mut form = form_urlencoded::Serializer::new(String::new());
-    match refresh {
-        Some(token) => {
+    let grant = s.assertion.as_ref().filter(|a| a.grant);
+    match (refresh, grant) {
+        (Some(token), _) => {
             form.append_pair("grant_type", "refresh_token");
             form.append_pair("refresh_token", token.expose());
         }
-        None => {
+        (None, Some(assertion)) => {
+            form.append_pair("grant_type", JWT_BEARER_GRANT);
+            form.append_pair("assertion", &assertion.sign(&s.scopes)?);
+        }
+        (None, None) => {
             form.append_pair("grant_type", "client_credentials");
         }
     }
-    if !s.scopes.is_empty() {
+    let scope_claim = grant.is_some_and(|a| a.scope_claim);
+    if !s.scopes.is_empty() && !scope_claim {
         form.append_pair("scope", &s.scopes.join(" "));
     }
     if let Some(audience) = &s.audience {
@@ -297,6 +438,20 @@ fn token_request_body(
     }
     for (k, v) in &s.params {
         form.append_pair(k, v);
+    }
+    if let Some(client) = s.assertion.as_ref().filter(|a| !a.grant) {
+        // private_key_jwt (RFC 7523 §2.2): the client authenticates with a signed JWT.
+        form.append_pair("client_id", &s.client_id);
+        form.append_pair("client_assertion_type", JWT_CLIENT_ASSERTION);
+        form.append_pair("client_assertion", &client.sign(&s.scopes)?);
+        return Ok((zeroize::Zeroizing::new(form.finish()), None));
+    }
+    if grant.is_some() && s.client_secret.is_none() {
+        // jwt_bearer without a client secret: the assertion is the whole authentication.
+        if !s.client_id.is_empty() {
+            form.append_pair("client_id", &s.client_id);
+        }
+        return Ok((zeroize::Zeroizing::new(form.finish()), None));
     }
     let mut basic = None;
     if s.client_auth_basic {

@@ -531,7 +531,7 @@ async fn login(
     };
     let on_tls = matches!(stream, Either::Right(_));
     let mut up = Wire::new(stream, Side::Upstream);
-    let password = db.password(name, admitted)?;
+    let password = db.password(name, admitted).await?;
     let username = db
         .username()
         .map(|u| u.as_bytes().to_vec())

@@ -183,7 +183,7 @@ async fn session(
         let binding = channel_binding(&upstream);
         let mut up = Wire::new(upstream, Side::Upstream);
         up.send(&pool_key).await?;
-        let password = db.password(name, admitted)?;
+        let password = db.password(name, admitted).await?;
         let timeout = res.dialer.handshake_timeout;
         let greeting =
             tokio::time::timeout(timeout, login(&mut up, db, &user, password, binding, name))
@@ -715,7 +715,7 @@ pub async fn probe_login(res: &Resource, db: &DbRuntime) -> Result<String, ConnE
     let binding = channel_binding(&upstream);
     let mut up = Wire::new(upstream, Side::Upstream);
     up.send(&startup.encode()).await?;
-    let password = db.password(res.name.as_str(), &admitted)?;
+    let password = db.password(res.name.as_str(), &admitted).await?;
     let result = tokio::time::timeout(
         res.dialer.handshake_timeout,
         login(&mut up, db, &user, password, binding, res.name.as_str()),

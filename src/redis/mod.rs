@@ -62,7 +62,7 @@ impl Handler for Redis {
             return Ok(Relayed::default());
         }
         let username = db.username().map(str::to_owned);
-        let password = db.password(name, &admitted).map_err(Failure::Open)?;
+        let password = db.password(name, &admitted).await.map_err(Failure::Open)?;
         // With client_password the app's AUTH was checked above and is not forwarded;
         // otherwise its AUTH/HELLO AUTH become keyward's (unless pass_client_auth).
         let rewrite = match (&password, db.pass_client_auth) {
@@ -350,7 +350,7 @@ pub async fn probe_login(res: &Resource, db: &DbRuntime) -> Result<String, ConnE
     let upstream = res.dialer.open(&admitted).await?;
     let mut up = Wire::new(upstream, Side::Upstream);
     let username = db.username().map(str::to_owned);
-    match db.password(res.name.as_str(), &admitted)? {
+    match db.password(res.name.as_str(), &admitted).await? {
         Some(password) => {
             login(
                 &mut up,

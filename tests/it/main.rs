@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit;
+mod aws;
 mod check;
 mod cli;
 mod deploy;
@@ -18,6 +19,6 @@ mod oauth2;
 mod postgres;
 mod redis;
 mod reload;
-mod sigv4;
+pub mod sigv4;
 mod support;
 mod tcp;

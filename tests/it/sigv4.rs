@@ -261,6 +261,12 @@ fn sha256_hex(data: &[u8]) -> String {
 /// credentials, host, port, user, region and signing time.
 #[test]
 fn rds_iam_tokens_match_botocore() {
+    assert_rds_tokens_match_botocore("AKIDEXAMPLE", "", None);
+}
+
+/// Tokens for key `id` (and `secret`, `token` where given, else the cases' own) match
+/// botocore's for the same credentials.
+pub fn assert_rds_tokens_match_botocore(id: &str, secret: &str, token: Option<&str>) {
     use keyward::config::{AwsCredentials, SecretRef, Upstream};
     use keyward::secret::{Secret, SecretSource};
     if !require(
@@ -297,11 +303,17 @@ fn rds_iam_tokens_match_botocore() {
     ];
     let mut input = Vec::new();
     let mut ours = Vec::new();
-    for (region, secret, token, host, port, user, amz_date, epoch) in cases {
+    for (region, case_secret, case_token, host, port, user, amz_date, epoch) in cases {
+        let (secret, token) = if secret.is_empty() {
+            (case_secret, case_token)
+        } else {
+            (secret, token)
+        };
         let creds = AwsCredentials {
-            access_key_id: Some(lit("AKIDEXAMPLE")),
+            access_key_id: Some(lit(id)),
             secret_access_key: Some(lit(secret)),
             session_token: token.map(lit),
+            ..Default::default()
         };
         let upstream = Upstream {
             host: host.to_owned(),
@@ -309,13 +321,27 @@ fn rds_iam_tokens_match_botocore() {
             url: None,
         };
         let env = |_: &str| None;
-        let rds =
-            keyward::rds::RdsIam::build(user, region, &upstream, &creds, &env, &Default::default())
-                .unwrap();
+        let rds = keyward::rds::RdsIam::build(
+            "db",
+            user,
+            region,
+            &upstream,
+            &creds,
+            &env,
+            &Default::default(),
+        )
+        .unwrap();
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
-        ours.push(rds.token_at(at).unwrap().expose().to_owned());
+        let fixed = aws_credential_types::Credentials::new(
+            id,
+            secret,
+            token.map(str::to_owned),
+            None,
+            "test",
+        );
+        ours.push(rds.token_at(&fixed, at).unwrap().expose().to_owned());
         input.push(serde_json::json!({
-            "region": region, "access_key": "AKIDEXAMPLE", "secret_key": secret, "token": token,
+            "region": region, "access_key": id, "secret_key": secret, "token": token,
             "amz_date": amz_date, "host": host, "port": port, "user": user,
         }));
     }
