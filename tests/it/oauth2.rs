@@ -488,3 +488,218 @@ async fn request_events_record_token_fetches_and_401_retries() {
         "the OAuth2 client id: {start}"
     );
 }
+
+/// The assertion world: `tests/oauth2_jwt.py`, a TLS token endpoint and API that verify each
+/// JWT keyward signs with PyJWT + cryptography (not ours), started once; its keys and Google
+/// service-account file are in `pki`'s directory.
+struct JwtWorld {
+    pki: Pki,
+    port: u16,
+    _child: std::process::Child,
+}
+
+fn jwt_world() -> Option<&'static JwtWorld> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    static WORLD: std::sync::OnceLock<Option<JwtWorld>> = std::sync::OnceLock::new();
+    WORLD
+        .get_or_init(|| {
+            let available = Command::new("python3")
+                .args(["-c", "import jwt, cryptography"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !crate::support::require(
+                "python3 with PyJWT and cryptography (pip install PyJWT cryptography)",
+                available,
+            ) {
+                return None;
+            }
+            let pki = Pki::new();
+            let server = pki.server(&["localhost"]);
+            let cert = pki.write("jwt-server.pem", &server.cert_pem);
+            let key = pki.write("jwt-server.key", &server.key_pem);
+            pki.write_ca();
+            let mut child = Command::new("python3")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oauth2_jwt.py"))
+                .arg(pki.dir.path())
+                .arg(&cert)
+                .arg(&key)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Held open for the life of the test binary: the script exits when it closes.
+            std::mem::forget(child.stdin.take());
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("oauth2_jwt.py did not start ({e}): {line:?}"));
+            Some(JwtWorld {
+                pki,
+                port: v["port"].as_u64().unwrap() as u16,
+                _child: child,
+            })
+        })
+        .as_ref()
+}
+
+impl JwtWorld {
+    /// keyward with an `api` resource in front of the script's API and `auth` (after `type`).
+    async fn proxy(&self, dir: &std::path::Path, auth: &str) -> Proxy {
+        let yaml = format!(
+            "admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{port}/api\n    tls:\n      ca: {ca}\n    auth:\n      type: oauth2\n      tls:\n        ca: {ca}\n{auth}",
+            port = self.port,
+            ca = self.pki.path("ca.pem").display(),
+        )
+        .replace("{dir}", &self.pki.dir.path().display().to_string())
+        .replace("{token_url}", &format!("https://localhost:{}/token", self.port));
+        Proxy::start(dir, &yaml).await
+    }
+
+    fn log(&self) -> Vec<serde_json::Value> {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--cacert"])
+            .arg(self.pki.path("ca.pem"))
+            .arg(format!("https://localhost:{}/log", self.port))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The log entry whose assertion (or client assertion) has `iss`.
+    fn entry(&self, iss: &str) -> serde_json::Value {
+        self.log()
+            .into_iter()
+            .rev()
+            .find(|e| e["claims"]["iss"] == iss)
+            .unwrap_or_else(|| panic!("no verified assertion from {iss}"))
+    }
+}
+
+/// Two requests through keyward: both reach the API with a token the endpoint issued for
+/// `via`; one token request.
+async fn assert_served(proxy: &Proxy, via: &str) {
+    for _ in 0..2 {
+        let (status, body, reason) = call(proxy, "GET", b"").await;
+        assert_eq!((status, reason), (StatusCode::OK, None), "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["via"], via, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn jwt_bearer_rs256_assertions_are_verified_by_pyjwt() {
+    let Some(w) = jwt_world() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = w
+        .proxy(
+            dir.path(),
+            "      token_url: \"{token_url}\"\n      grant: jwt_bearer\n      assertion:\n        key: ${file:{dir}/rsa.pem}\n        algorithm: RS256\n        issuer: rs-issuer\n        subject: user@example.com\n        key_id: rs-k1\n        lifetime: 1h\n      scopes: [read, write]\n",
+        )
+        .await;
+    assert_served(&proxy, "RS256").await;
+    let e = w.entry("rs-issuer");
+    assert_eq!(
+        e["header"],
+        serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "rs-k1"})
+    );
+    assert_eq!(e["claims"]["sub"], "user@example.com");
+    assert_eq!(e["scope"], "read write");
+    let life = e["claims"]["exp"].as_u64().unwrap() - e["claims"]["iat"].as_u64().unwrap();
+    assert_eq!(life, 3600);
+    assert_eq!(
+        e["form_keys"],
+        serde_json::json!(["assertion", "grant_type", "scope"])
+    );
+}
+
+#[tokio::test]
+async fn jwt_bearer_es256_assertions_are_verified_by_pyjwt() {
+    let Some(w) = jwt_world() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = w
+        .proxy(
+            dir.path(),
+            "      token_url: \"{token_url}\"\n      grant: jwt_bearer\n      assertion:\n        key: ${file:{dir}/ec.pem}\n        algorithm: ES256\n        issuer: es-issuer\n        lifetime: 10m\n",
+        )
+        .await;
+    assert_served(&proxy, "ES256").await;
+    let e = w.entry("es-issuer");
+    assert_eq!(
+        e["header"],
+        serde_json::json!({"alg": "ES256", "typ": "JWT"})
+    );
+    assert!(e["claims"].get("sub").is_none(), "{e}");
+    let life = e["claims"]["exp"].as_u64().unwrap() - e["claims"]["iat"].as_u64().unwrap();
+    assert_eq!(life, 600);
+}
+
+#[tokio::test]
+async fn a_google_service_account_key_file_sets_key_kid_issuer_and_scope_claim() {
+    let Some(w) = jwt_world() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = w
+        .proxy(
+            dir.path(),
+            "      token_url: \"{token_url}\"\n      google_service_account: ${file:{dir}/sa.json}\n      scopes: [https://www.googleapis.com/auth/cloud-platform, https://www.googleapis.com/auth/devstorage.read_only]\n",
+        )
+        .await;
+    assert_served(&proxy, "google").await;
+    let e = w.entry("svc@proj.iam.gserviceaccount.com");
+    assert_eq!(e["header"]["kid"], "sa-kid-1");
+    assert_eq!(
+        e["form_keys"],
+        serde_json::json!(["assertion", "grant_type"]),
+        "Google takes the scopes in the claim"
+    );
+}
+
+#[tokio::test]
+async fn private_key_jwt_authenticates_the_client_credentials_grant() {
+    let Some(w) = jwt_world() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = w
+        .proxy(
+            dir.path(),
+            "      token_url: \"{token_url}\"\n      client_id: kw-client\n      client_auth: private_key_jwt\n      assertion:\n        key: ${file:{dir}/client.pem}\n        algorithm: RS256\n      scopes: [read]\n",
+        )
+        .await;
+    assert_served(&proxy, "private_key_jwt").await;
+    let e = w.entry("kw-client");
+    assert_eq!(e["claims"]["sub"], "kw-client");
+    let life = e["claims"]["exp"].as_u64().unwrap() - e["claims"]["iat"].as_u64().unwrap();
+    assert!(life <= 300, "a client assertion is short-lived: {life} s");
+    assert_eq!(
+        e["form_keys"],
+        serde_json::json!([
+            "client_assertion",
+            "client_assertion_type",
+            "client_id",
+            "grant_type",
+            "scope"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_key_the_endpoint_does_not_know_is_a_502_naming_invalid_grant() {
+    let Some(w) = jwt_world() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = w
+        .proxy(
+            dir.path(),
+            "      token_url: \"{token_url}\"\n      grant: jwt_bearer\n      assertion:\n        key: ${file:{dir}/unknown.pem}\n        algorithm: RS256\n        issuer: rs-issuer\n        subject: user@example.com\n        key_id: rs-k1\n",
+        )
+        .await;
+    let (status, body, reason) = call(&proxy, "GET", b"").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(reason.as_deref(), Some("token_endpoint"));
+    assert!(
+        body.contains("HTTP 400 Bad Request: invalid_grant: Signature verification failed"),
+        "{body}"
+    );
+    assert!(!body.contains("PRIVATE KEY"), "{body}");
+}
