@@ -9,13 +9,13 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use aws_config::meta::credentials::CredentialsProviderChain;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::credential_feature::AwsCredentialFeature;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use tracing::{info, warn};
 
 use crate::config::{AssumeRole, AwsCredentials};
@@ -91,8 +91,8 @@ impl std::fmt::Debug for Source {
 pub struct Resolved {
     /// The credentials.
     pub credentials: Credentials,
-    /// `config`, `environment`, `profile`, `web_identity`, `container`, `imds`,
-    /// `credential_process`, `sso`, or `assume_role`.
+    /// `config`, `environment`, `profile`, `web_identity`, `container`, `imds`, or
+    /// `assume_role`.
     pub source: &'static str,
 }
 
@@ -299,16 +299,16 @@ impl Source {
         let config = sdk_config(s).await;
         let base: SharedCredentialsProvider = match &s.fixed {
             Some(fixed) => SharedCredentialsProvider::new(fixed.clone()),
-            None => config
-                .credentials_provider()
-                .ok_or(("default chain", "no credentials provider".to_owned()))?,
+            None => SharedCredentialsProvider::new(default_chain(s, config.region().cloned())),
         };
         let Some(role) = &s.assume_role else {
             let credentials = base
                 .provide_credentials()
                 .await
-                .map_err(|e| ("default chain", DisplayErrorContext(&e).to_string()))?;
-            let source = source_of(&credentials);
+                .map_err(|e| ("default chain", describe(&e)))?;
+            let source = credentials
+                .get_property::<SourceTag>()
+                .map_or("default chain", |t| t.0);
             return Ok(Resolved {
                 credentials,
                 source,
@@ -330,7 +330,7 @@ impl Source {
         let credentials = provider
             .provide_credentials()
             .await
-            .map_err(|e| ("assume_role", DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| ("assume_role", describe(&e)))?;
         Ok(Resolved {
             credentials,
             source: "assume_role",
@@ -350,7 +350,7 @@ pub async fn caller_identity(source: &Source) -> Result<(&'static str, String), 
         .get_caller_identity()
         .send()
         .await
-        .map_err(|e| format!("STS GetCallerIdentity: {}", DisplayErrorContext(&e)))?;
+        .map_err(|e| format!("STS GetCallerIdentity: {}", describe(&e)))?;
     Ok((resolved.source, who.arn().unwrap_or("(no ARN)").to_owned()))
 }
 
@@ -363,13 +363,9 @@ pub async fn sdk_config(s: &Settings) -> SdkConfig {
     )
     .or_else(region_from_profile(s.profile.as_deref()))
     .or_else(Region::new(s.region.clone()));
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .operation_timeout(Duration::from_secs(30))
-        .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client())
-        .timeout_config(timeouts)
+        .timeout_config(timeouts())
         .region(region);
     if let Some(profile) = &s.profile {
         loader = loader.profile_name(profile);
@@ -401,36 +397,94 @@ fn http_client() -> SharedHttpClient {
         .clone()
 }
 
-/// Which provider of the chain answered, from the features the SDK records on credentials.
-fn source_of(credentials: &Credentials) -> &'static str {
-    use AwsCredentialFeature as F;
-    let Some(features) = credentials.get_property::<Vec<AwsCredentialFeature>>() else {
-        return "default chain";
-    };
-    let has = |f: F| features.contains(&f);
-    if has(F::CredentialsEnvVarsStsWebIdToken)
-        || has(F::CredentialsProfileStsWebIdToken)
-        || has(F::CredentialsStsAssumeRoleWebId)
-    {
-        "web_identity"
-    } else if has(F::CredentialsProcess) || has(F::CredentialsProfileProcess) {
-        "credential_process"
-    } else if has(F::CredentialsSso) || has(F::CredentialsProfileSso) {
-        "sso"
-    } else if has(F::CredentialsProfile)
-        || has(F::CredentialsProfileSourceProfile)
-        || has(F::CredentialsProfileNamedProvider)
-    {
-        "profile"
-    } else if has(F::CredentialsEnvVars) {
-        "environment"
-    } else if has(F::CredentialsHttp) {
-        "container"
-    } else if has(F::CredentialsImds) {
-        "imds"
-    } else {
-        "default chain"
+/// The AWS SDKs' default credential chain, built from aws-config's own providers in the SDKs'
+/// order (as `DefaultCredentialsChain` builds it), each named: credentials carry the name of
+/// the provider that gave them, and an error the name of the one that failed.
+fn default_chain(s: &Settings, region: Option<Region>) -> CredentialsProviderChain {
+    use aws_config::provider_config::ProviderConfig;
+    let conf = ProviderConfig::default()
+        .with_http_client(http_client())
+        .with_region(region)
+        .with_timeout_config(timeouts());
+    let mut profile =
+        aws_config::profile::ProfileFileCredentialsProvider::builder().configure(&conf);
+    if let Some(name) = &s.profile {
+        profile = profile.profile_name(name);
     }
+    let env = aws_config::environment::EnvironmentVariableCredentialsProvider::new();
+    let web = aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+        .configure(&conf)
+        .build();
+    let container = aws_config::ecs::EcsCredentialsProvider::builder()
+        .configure(&conf)
+        .build();
+    let imds = aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+        .configure(&conf)
+        .build();
+    CredentialsProviderChain::first_try("Environment", Named("environment", env))
+        .or_else("Profile", Named("profile", profile.build()))
+        .or_else("WebIdentityToken", Named("web_identity", web))
+        .or_else("EcsContainer", Named("container", container))
+        .or_else("Ec2InstanceMetadata", Named("imds", imds))
+}
+
+/// The name of the chain's provider that gave a set of credentials.
+#[derive(Debug, Clone)]
+struct SourceTag(&'static str);
+
+/// A provider of the chain, named.
+#[derive(Debug)]
+struct Named<P>(&'static str, P);
+
+impl<P: ProvideCredentials> ProvideCredentials for Named<P> {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            match self.1.provide_credentials().await {
+                Ok(mut credentials) => {
+                    credentials.set_property(SourceTag(self.0));
+                    Ok(credentials)
+                }
+                // Not configured: the chain goes on to the next source.
+                Err(e @ CredentialsError::CredentialsNotLoaded(_)) => Err(e),
+                Err(e) => Err(CredentialsError::provider_error(format!(
+                    "{}: {}",
+                    self.0.replace('_', " "),
+                    describe(&e)
+                ))),
+            }
+        })
+    }
+}
+
+/// An error and its sources, each said once: `service error: InvalidIdentityToken…`.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let text = err.to_string();
+        let text = text
+            .strip_prefix("an error occurred while loading credentials")
+            .map(|rest| rest.trim_start_matches(": ").to_owned())
+            .unwrap_or(text);
+        let generic = text.is_empty() || text == "service error";
+        if !generic && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = err.source();
+    }
+    parts.join(": ")
+}
+
+fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(30))
+        .build()
 }
 
 #[cfg(test)]
@@ -495,12 +549,34 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_source_is_read_from_the_sdk_features() {
-        let mut c = Credentials::new("a", "b", None, None, "t");
-        assert_eq!(source_of(&c), "default chain");
-        c.get_property_mut_or_default::<Vec<AwsCredentialFeature>>()
-            .push(AwsCredentialFeature::CredentialsHttp);
-        assert_eq!(source_of(&c), "container");
+    #[tokio::test]
+    async fn errors_name_the_source_and_say_each_cause_once() {
+        #[derive(Debug)]
+        struct Failing;
+        impl ProvideCredentials for Failing {
+            fn provide_credentials<'a>(
+                &'a self,
+            ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                    CredentialsError::provider_error("AccessDenied: not allowed"),
+                ))
+            }
+        }
+        let e = Named("web_identity", Failing)
+            .provide_credentials()
+            .await
+            .unwrap_err();
+        assert_eq!(describe(&e), "web identity: AccessDenied: not allowed");
+        let ok = Named("container", Credentials::new("a", "b", None, None, "t"))
+            .provide_credentials()
+            .await
+            .unwrap();
+        assert_eq!(
+            ok.get_property::<SourceTag>().map(|t| t.0),
+            Some("container")
+        );
     }
 }

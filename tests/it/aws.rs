@@ -293,7 +293,10 @@ async fn web_identity_from_a_token_file() {
     let (status, error, body) = caller(kw.addr("sts")).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(error.as_deref(), Some("credentials"));
-    assert!(body.contains("InvalidIdentityToken"), "{body}");
+    assert!(
+        body.contains("AWS credentials: default chain: web identity: InvalidIdentityTokenException: the web identity token is not the one issued"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -363,6 +366,48 @@ async fn a_profile_with_role_arn_and_source_profile() {
     assert_eq!(
         arn_in(&body),
         "arn:aws:sts::123456789012:assumed-role/profiled/kw-profile"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_process_in_a_profile() {
+    let Some(sts) = sts() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("creds.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+echo '{{\"Version\": 1, \"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"{}\"}}'
+",
+            sts.key, sts.secret
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config_file = dir.path().join("aws-config");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[profile tool]\ncredential_process = {}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let c = config_file.display().to_string();
+    let kw = keyward(
+        &config(dir.path(), sts, "      profile: tool\n"),
+        sts,
+        &[("AWS_CONFIG_FILE", c.as_str())],
+    );
+    let (status, error, body) = caller(kw.addr("sts")).await;
+    assert_eq!((status, error), (200, None), "{body}");
+    assert_eq!(arn_in(&body), "arn:aws:iam::123456789012:user/app");
+    let metrics = metrics(&kw);
+    assert!(
+        metrics.contains("keyward_credential_refreshes_total{resource=\"sts\",result=\"success\",source=\"profile\"} 1"),
+        "{metrics}"
     );
 }
 
