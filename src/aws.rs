@@ -66,6 +66,8 @@ impl Held {
 struct Backoff {
     failures: u32,
     not_before: Option<SystemTime>,
+    /// The last failure, answered at once while waiting (STS is not asked per request).
+    last_error: Option<String>,
 }
 
 /// A resource's AWS credentials, cached.
@@ -210,12 +212,23 @@ impl Source {
 
     async fn refresh_now(&self) -> Result<Resolved, ConnError> {
         let _guard = self.in_flight.lock().await;
+        let now = SystemTime::now();
         if let Some(held) = self.cached() {
-            if held.valid_at(SystemTime::now()) {
+            if held.valid_at(now) {
                 return Ok(Resolved {
                     credentials: held.credentials,
                     source: held.source,
                 });
+            }
+        }
+        // After a failure, requests get that failure until the backoff has passed.
+        if let Ok(b) = self.backoff.lock() {
+            if let (Some(until), Some(last)) = (b.not_before, &b.last_error) {
+                if let Ok(left) = until.duration_since(now) {
+                    return Err(
+                        self.error(format!("{last} (next attempt in {} s)", left.as_secs() + 1))
+                    );
+                }
             }
         }
         self.fetch().await.map_err(|e| self.error(e))
@@ -282,13 +295,16 @@ impl Source {
                     .credential_refreshes
                     .with_label_values(&[resource, source, "error"])
                     .inc();
+                let message = format!("{source}: {detail}");
                 if let Ok(mut b) = self.backoff.lock() {
-                    b.failures = b.failures.saturating_add(1);
+                    // 1 s, 2 s, 4 s, … 60 s.
                     let wait = Duration::from_secs(1u64 << b.failures.min(6)).min(MAX_BACKOFF);
+                    b.failures = b.failures.saturating_add(1);
                     let jitter = wait.mul_f64(fastrand::f64() * 0.2);
                     b.not_before = Some(SystemTime::now() + wait + jitter);
+                    b.last_error = Some(message.clone());
                 }
-                Err(format!("{source}: {detail}"))
+                Err(message)
             }
         }
     }
@@ -471,13 +487,42 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
             .strip_prefix("an error occurred while loading credentials")
             .map(|rest| rest.trim_start_matches(": ").to_owned())
             .unwrap_or(text);
-        let generic = text.is_empty() || text == "service error";
+        // An unmodeled service error: `unhandled error (Code)`, then its metadata
+        // `Error { code: "Code", message: "…" }`: said as `Code: …`.
+        let text = match (quoted(&text, "code: \""), quoted(&text, "message: \"")) {
+            (Some(code), Some(message)) if text.starts_with("Error {") => {
+                format!("{code}: {message}")
+            }
+            _ => text,
+        };
+        let generic = text.is_empty()
+            || text == "service error"
+            || (text.starts_with("unhandled error (") && err.source().is_some());
         if !generic && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         current = err.source();
     }
     parts.join(": ")
+}
+
+/// The text after `key` up to the next unescaped `"`.
+fn quoted<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let start = text.find(key)? + key.len();
+    let rest = &text[start..];
+    let mut end = None;
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => {
+                end = Some(i);
+                break;
+            }
+            _ => escaped = false,
+        }
+    }
+    end.map(|e| &rest[..e])
 }
 
 fn timeouts() -> aws_config::timeout::TimeoutConfig {
@@ -542,6 +587,7 @@ mod tests {
         *source.backoff.lock().unwrap() = Backoff {
             failures: 1,
             not_before: Some(now + Duration::from_secs(60)),
+            last_error: Some("earlier failure".into()),
         };
         assert_eq!(
             source.credentials().await.unwrap().access_key_id(),

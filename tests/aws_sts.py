@@ -5,6 +5,7 @@ so it refuses unknown keys and bad signatures, behind a small front that
 - lets the always-unsigned AssumeRoleWithWebIdentity through: it checks the web identity token
   against the expected one, then signs the call with the admin key (moto answers an unsigned
   call with a 500 when authentication is on);
+- refuses AssumeRole for the session names a test asks it to (GET /fail/NAME/on|off);
 - serves container credentials (ECS / EKS Pod Identity) at /container, in AWS's documented
   response shape, after checking the Authorization token: a session of the role made by
   AssumeRole.
@@ -71,6 +72,8 @@ except bad.exceptions.ClientError as e:
 
 calls = []
 lock = threading.Lock()
+# Role session names whose AssumeRole the front refuses (AccessDenied), set by GET /fail/NAME/on.
+failing = set()
 
 
 def signed_post(body: bytes, headers=None):
@@ -109,6 +112,11 @@ class Front(BaseHTTPRequestHandler):
             with lock:
                 body = json.dumps(calls).encode()
             return self.reply(200, "application/json", body)
+        if self.path.startswith("/fail/"):
+            _, _, name, state = self.path.split("/")
+            with lock:
+                (failing.add if state == "on" else failing.discard)(name)
+            return self.reply(200, "text/plain", b"ok")
         if self.path.startswith("/container"):
             if self.headers.get("Authorization") != CONTAINER_TOKEN:
                 return self.reply(401, "application/json", b'{"message":"bad token"}')
@@ -147,6 +155,11 @@ class Front(BaseHTTPRequestHandler):
             return self.reply(status, ctype, out)
         with lock:
             calls.append(entry)
+            refused = form.get("Action") == "AssumeRole" and form.get("RoleSessionName") in failing
+        if refused:
+            err = (b"<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>"
+                   b"<Message>the front refuses this session now</Message></Error></ErrorResponse>")
+            return self.reply(403, "text/xml", err)
         # The Host header stays the front's: it is what the caller signed.
         headers = {k: v for k, v in self.headers.items() if k.lower() != "content-length"}
         status, ctype, out = send(urllib.request.Request(MOTO + self.path, data=body, method="POST", headers=headers))

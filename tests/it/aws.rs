@@ -469,6 +469,83 @@ async fn short_role_sessions_are_refreshed_ahead_under_load_without_a_failed_req
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failing_sts_keeps_valid_credentials_then_names_the_failure_then_recovers() {
+    let Some(sts) = sts() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "      access_key_id: {}\n      secret_access_key: {}\n      assume_role:\n        role_arn: {}\n        session_name: kw-flaky\n        duration: 6s\n",
+        sts.key, sts.secret, sts.roles["reader"]
+    );
+    let kw = keyward(&config(dir.path(), sts, &extra), sts, &[]);
+    let addr = kw.addr("sts");
+    let toggle = |state: &str| {
+        let ok = Command::new("curl")
+            .args([
+                "-sf",
+                &format!("http://127.0.0.1:{}/fail/kw-flaky/{state}", sts.front),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let (status, _, body) = caller(addr).await;
+    assert_eq!(status, 200, "{body}");
+    let got = Instant::now();
+    toggle("on");
+    // Refreshes fail from the half-life on; the session's credentials still serve until it ends.
+    let mut served_after_failures = 0;
+    let failed = loop {
+        let (status, error, body) = caller(addr).await;
+        if status != 200 {
+            break (status, error, body);
+        }
+        served_after_failures += 1;
+        assert!(
+            got.elapsed() < Duration::from_secs(8),
+            "still served after the session ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        got.elapsed() >= Duration::from_secs(5),
+        "failed at {:?}, before the session ended",
+        got.elapsed()
+    );
+    assert!(served_after_failures > 10);
+    assert_eq!(failed.0, 502, "{}", failed.2);
+    assert_eq!(failed.1.as_deref(), Some("credentials"));
+    assert!(
+        failed.2.contains(
+            "AWS credentials: assume_role: AccessDenied: the front refuses this session now"
+        ),
+        "{}",
+        failed.2
+    );
+    let refused = metrics(&kw);
+    assert!(
+        refused.contains("keyward_credential_refreshes_total{resource=\"sts\",result=\"error\",source=\"assume_role\"}"),
+        "{refused}"
+    );
+    // Meanwhile STS is asked once per backoff step (1 s, 2 s, 4 s…), not once per request.
+    let (_, _, body) = caller(addr).await;
+    assert!(body.contains("next attempt in"), "{body}");
+    toggle("off");
+    let back = Instant::now();
+    loop {
+        let (status, _, body) = caller(addr).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "not recovered: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn probe_names_the_source_and_the_caller() {
     let Some(sts) = sts() else { return };
     let dir = tempfile::tempdir().unwrap();
