@@ -16,6 +16,17 @@ fn problems(yaml: &str) -> Vec<String> {
     }
 }
 
+/// Each YAML has a problem containing its text.
+fn expect_problems(cases: &[(String, &str)]) {
+    for (yaml, want) in cases {
+        let found = problems(yaml);
+        assert!(
+            found.iter().any(|p| p.contains(want)),
+            "{want}\nnot in {found:#?}"
+        );
+    }
+}
+
 const ONE: &str = "resources:\n  - name: r\n    protocol: tcp\n    listen: 127.0.0.1:6432\n    upstream: db.internal:5432\n";
 
 #[test]
@@ -454,13 +465,7 @@ fn audit_settings_are_checked_with_their_key_named() {
         (format!("audit:\n  sink: kafka\n{HTTP}"), "unknown value \"kafka\""),
         (format!("audit:\n  sink: stdout\n{HTTP}    audit: verbose\n"), "resources[0].audit"),
     ];
-    for (yaml, want) in cases {
-        let found = problems(&yaml);
-        assert!(
-            found.iter().any(|p| p.contains(want)),
-            "{want}\nnot in {found:#?}"
-        );
-    }
+    expect_problems(&cases);
 }
 
 #[test]
@@ -657,13 +662,7 @@ fn assume_role_is_checked_offline_with_its_key_named() {
             "\"profile\" (line 9) does not apply to auth type \"bearer\"",
         ),
     ];
-    for (yaml, want) in cases {
-        let found = problems(&yaml);
-        assert!(
-            found.iter().any(|p| p.contains(want)),
-            "{want}\nnot in {found:#?}"
-        );
-    }
+    expect_problems(&cases);
 }
 
 #[test]
@@ -719,11 +718,5 @@ fn oauth2_assertions_parse_and_are_checked() {
         (format!("{head}      token_url: https://t\n      client_id: c\n      client_secret: s\n      assertion:\n        key: k\n        algorithm: RS256\n"), "resources[0].auth.assertion: an assertion is signed for grant: jwt_bearer or client_auth: private_key_jwt"),
         (format!("{head}      token_url: https://t\n      grant: jwt_bearer\n      assertion:\n        key: k\n        algorithm: RS256\n        issuer: i\n        kid: x\n"), "unknown key `kid`"),
     ];
-    for (yaml, want) in cases {
-        let found = problems(&yaml);
-        assert!(
-            found.iter().any(|p| p.contains(want)),
-            "{want}\nnot in {found:#?}"
-        );
-    }
+    expect_problems(&cases);
 }
