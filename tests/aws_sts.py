@@ -69,6 +69,13 @@ try:
     sys.exit("moto accepted a bad signature: its authentication is off")
 except bad.exceptions.ClientError as e:
     assert e.response["Error"]["Code"] == "SignatureDoesNotMatch", e.response
+unknown = boto3.client("sts", endpoint_url=MOTO, region_name="us-east-1",
+                       aws_access_key_id="AKIAUNKNOWNKEY000000", aws_secret_access_key="x")
+try:
+    unknown.get_caller_identity()
+    sys.exit("moto accepted an unknown key: its authentication is off")
+except unknown.exceptions.ClientError as e:
+    assert e.response["Error"]["Code"] == "InvalidClientTokenId", e.response
 
 calls = []
 lock = threading.Lock()

@@ -41,16 +41,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, Problems> {
 /// Like [`parse`], but when the YAML is well-formed returns the resources that did validate
 /// together with the problems of the others, so `check` can go on and build them too.
 pub fn parse_partial(text: &str, file: &Path) -> Result<(Config, Vec<Problem>), Problems> {
-    let mut key_path = String::new();
-    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize::<_, raw::File>(de).map_err(|e| {
-            key_path = e.path().to_string();
-            e.into_inner()
-        })
-    });
-    let raw = match parsed {
+    let raw = match raw::parse(text) {
         Ok(raw) => raw,
-        Err(err) => return Err(Problems(vec![syntax_problem(file, &key_path, &err, text)])),
+        Err((err, key_path)) => {
+            return Err(Problems(vec![syntax_problem(file, &key_path, &err, text)]))
+        }
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut ctx = Ctx {

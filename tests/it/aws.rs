@@ -178,7 +178,7 @@ fn last_call<'a>(calls: &'a [serde_json::Value], action: &str) -> &'a serde_json
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn moto_refuses_what_keyward_signs_with_a_wrong_secret() {
+async fn moto_refuses_a_wrong_secret_and_an_unknown_key() {
     let Some(sts) = sts() else { return };
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
@@ -189,6 +189,11 @@ async fn moto_refuses_what_keyward_signs_with_a_wrong_secret() {
     let (status, _, body) = caller(kw.addr("sts")).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+    let extra = "      access_key_id: AKIAUNKNOWNKEY000000\n      secret_access_key: x\n";
+    let kw = keyward(&config(dir.path(), sts, extra), sts, &[]);
+    let (status, _, body) = caller(kw.addr("sts")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("InvalidClientTokenId"), "{body}");
     let extra = format!(
         "      access_key_id: {}\n      secret_access_key: {}\n",
         sts.key, sts.secret
