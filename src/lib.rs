@@ -32,6 +32,7 @@ pub mod server;
 pub mod tcp;
 pub mod tls;
 pub mod wire;
+pub mod workers;
 
 use std::future::Future;
 

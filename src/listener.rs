@@ -15,6 +15,29 @@ use crate::config::{ListenAddr, ResourceName};
 /// A connection from an application, as accepted.
 pub type RawStream = Either<TcpStream, UnixStream>;
 
+/// An accepted connection on its way to a worker (see [`crate::workers`]): not registered
+/// with any runtime.
+#[derive(Debug)]
+pub struct Detached(Either<std::net::TcpStream, std::os::unix::net::UnixStream>);
+
+impl Detached {
+    /// Takes `stream` off the runtime that accepted it.
+    pub fn new(stream: RawStream) -> io::Result<Self> {
+        Ok(Self(match stream {
+            Either::Left(tcp) => Either::Left(tcp.into_std()?),
+            Either::Right(unix) => Either::Right(unix.into_std()?),
+        }))
+    }
+
+    /// Registers the connection with the current runtime (the worker's).
+    pub fn attach(self) -> io::Result<RawStream> {
+        Ok(match self.0 {
+            Either::Left(tcp) => Either::Left(TcpStream::from_std(tcp)?),
+            Either::Right(unix) => Either::Right(UnixStream::from_std(unix)?),
+        })
+    }
+}
+
 /// keyward's TLS with an app, over the accepted stream and any bytes read before the
 /// handshake (a MySQL client starts TLS right after its SSLRequest, without waiting).
 pub type InboundStream = tokio_rustls::server::TlsStream<crate::wire::Prefixed<RawStream>>;

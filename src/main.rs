@@ -16,7 +16,7 @@ const AFTER_HELP: &str = "\
 Environment:
   KEYWARD_CONFIG          the config file, for -c/--config
   KEYWARD_LOG             log filter (error, warn, info, debug, trace, or per target), over log.level
-  KEYWARD_WORKER_THREADS  runtime worker threads (default: one per core)
+  KEYWARD_WORKER_THREADS  connection worker threads (default: one per core)
   NO_COLOR                no colour in plain logs (colour is used only on a terminal anyway)
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_SHARED_CREDENTIALS_FILE,
   AWS_PROFILE             credentials for aws_sigv4 / rds_iam resources without keys of their own
@@ -418,17 +418,10 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// The runtime: one worker per core, or `KEYWARD_WORKER_THREADS` (a sidecar may want 1).
+/// The main runtime: listeners, the admin endpoint, reloads. Connections run on the workers
+/// (`keyward::workers`: one thread per core, or `KEYWARD_WORKER_THREADS`).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("KEYWARD_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
-        builder.worker_threads(n);
-    }
-    builder
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")

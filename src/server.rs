@@ -20,7 +20,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::{protocol_name, ResourceName};
 use crate::error::{ConnError, Reason, Side};
-use crate::listener::{bind_one, BindError, BoundAddr, Listener, Listeners};
+use crate::listener::{bind_one, BindError, BoundAddr, Detached, Listener, Listeners};
 use crate::metrics::metrics;
 pub use crate::record::LastError;
 use crate::record::{guarded, Stats};
@@ -465,23 +465,40 @@ async fn accept_loop(
         let kill = kill.clone();
         let audit = runtime.resource.audit.session(&state.name, conn, &peer);
         let span = info_span!("conn", resource = %state.name, client = %peer, conn);
-        inner.connections.spawn(
-            async move {
-                // Released by drop, whatever ends this task (the slot; `guarded` does the
-                // gauges, catches a panic and records the end once).
-                let _permit = permit;
-                debug!("accepted");
-                guarded(
-                    &stats,
-                    &runtime.upstream,
-                    runtime.serve(client, &stats),
-                    kill.cancelled(),
-                    audit,
-                )
-                .await;
+        // The connection lives on one worker from here on (see `crate::workers`).
+        let detached = match Detached::new(client) {
+            Ok(d) => d,
+            Err(e) => {
+                state.stats.failed(ConnError::from_io(Side::Client, &e));
+                continue;
             }
-            .instrument(span),
-        );
+        };
+        let serving = async move {
+            // Released by drop, whatever ends this task (the slot; `guarded` does the
+            // gauges, catches a panic and records the end once).
+            let _permit = permit;
+            debug!("accepted");
+            let client = match detached.attach() {
+                Ok(client) => client,
+                Err(e) => {
+                    stats.failed(ConnError::from_io(Side::Internal, &e));
+                    return;
+                }
+            };
+            guarded(
+                &stats,
+                &runtime.upstream,
+                runtime.serve(client, &stats),
+                kill.cancelled(),
+                audit,
+            )
+            .await;
+        }
+        .instrument(span);
+        match crate::workers::workers().next() {
+            Some(worker) => inner.connections.spawn_on(serving, worker),
+            None => inner.connections.spawn(serving),
+        };
     }
     if let BoundAddr::Unix(path) = &state.addr {
         let _ = std::fs::remove_file(path);

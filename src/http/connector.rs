@@ -42,19 +42,30 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 }
 
-/// A connection made by [`Connector`]; reports ALPN `h2` to the pool.
+/// A connection made by [`Connector`] (or by an `http` resource's own pool); reports ALPN
+/// `h2` to the pool.
 #[derive(Debug)]
 pub struct Conn(UpstreamStream);
 
+impl Conn {
+    /// Wraps an upstream connection keyward opened.
+    pub(crate) fn new(stream: UpstreamStream) -> Self {
+        Self(stream)
+    }
+
+    /// Whether TLS negotiated HTTP/2 (ALPN `h2`).
+    pub(crate) fn negotiated_h2(&self) -> bool {
+        matches!(&self.0, tokio_util::either::Either::Right(tls)
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2"))
+    }
+}
+
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        match &self.0 {
-            tokio_util::either::Either::Right(tls)
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") =>
-            {
-                Connected::new().negotiated_h2()
-            }
-            _ => Connected::new(),
+        if self.negotiated_h2() {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
         }
     }
 }
@@ -99,8 +110,9 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// Classifies a hyper-util client error: keyward's own connect/TLS error where there is one.
-pub fn describe_client_error(err: &hyper_util::client::legacy::Error) -> ConnError {
+/// Classifies an HTTP client error (hyper's, hyper-util's): keyward's own connect/TLS error
+/// where there is one.
+pub fn describe_client_error(err: &(dyn std::error::Error + 'static)) -> ConnError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(conn) = e.downcast_ref::<ConnError>() {
@@ -111,7 +123,7 @@ pub fn describe_client_error(err: &hyper_util::client::legacy::Error) -> ConnErr
         }
         source = e.source();
     }
-    let detail = match std::error::Error::source(err) {
+    let detail = match err.source() {
         Some(inner) => format!("upstream HTTP error: {inner}"),
         None => format!("upstream HTTP error: {err}"),
     };

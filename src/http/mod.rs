@@ -9,6 +9,7 @@
 
 pub mod connector;
 pub mod jwt;
+pub mod lanes;
 pub mod oauth2;
 pub mod sigv4;
 
@@ -21,7 +22,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
@@ -42,10 +42,7 @@ use crate::relay::Relayed;
 use crate::secret::{Env, Secret};
 use connector::Connector;
 
-/// Boxed error of proxied bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type keyward sends both ways.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub use lanes::{BoxError, ProxyBody};
 
 /// OAuth2: bodies up to this size are buffered so a 401 can be retried with a fresh token.
 const RETRY_BUFFER: u64 = 64 * 1024;
@@ -73,7 +70,8 @@ enum Injector {
 #[derive(Debug)]
 pub struct HttpUpstream {
     name: ResourceName,
-    client: Client<Connector, ProxyBody>,
+    /// HTTP/1.1 connections driven in the app connections' tasks; HTTP/2 shared.
+    pool: Arc<lanes::Pool>,
     upgrade_client: Client<Connector, ProxyBody>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
@@ -102,9 +100,6 @@ impl HttpUpstream {
             .url
             .clone()
             .ok_or_else(|| vec![BuildProblem::new(&res.site, BuildError::NoUrl)])?;
-        let connector = Connector {
-            dialer: dialer.clone(),
-        };
         let mut upgrade_dialer = (**dialer).clone();
         if let Some(tls) = &mut upgrade_dialer.tls {
             // Upgrades (WebSocket) exist in HTTP/1.1 only.
@@ -115,10 +110,11 @@ impl HttpUpstream {
         let upgrade_connector = Connector {
             dialer: Arc::new(upgrade_dialer),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(res.http.pool_idle_timeout)
-            .http2_only(res.http.http2 == Http2::Always)
-            .build(connector);
+        let pool = lanes::Pool::new(
+            dialer.clone(),
+            res.http.http2 == Http2::Always,
+            res.http.pool_idle_timeout,
+        );
         let upgrade_client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(upgrade_connector);
@@ -315,7 +311,7 @@ impl HttpUpstream {
             sent: bytes.with_label_values(&[res.name.as_str(), "client_to_upstream"]),
             received: bytes.with_label_values(&[res.name.as_str(), "upstream_to_client"]),
             name: res.name.clone(),
-            client,
+            pool,
             upgrade_client,
             scheme,
             authority,
@@ -393,7 +389,10 @@ impl Handler for Http {
     /// The client deadline covers the first request's head; `idle_timeout` bounds the wait for
     /// each later one (and a client that takes that long to send its headers).
     async fn serve(&self, app: &mut App, res: &Arc<Resource>, stats: &Arc<Stats>) -> Served {
-        let admitted = Arc::new(app.admit().map_err(Failure::Open)?);
+        let conn = Arc::new(AppConn {
+            admitted: app.admit().map_err(Failure::Open)?,
+            lane: lanes::Lane::default(),
+        });
         crate::audit::client_tls(app.wire.io.tls());
         crate::audit::started();
         let deadline = app.deadline();
@@ -430,6 +429,7 @@ impl Handler for Http {
         let (stream, release) = app.take();
         let stream = crate::wire::Prefixed::new(stream, early);
         let first = release.clone();
+        let lane = conn.lane.clone();
         let upstream = self.0.clone();
         let stats = stats.clone();
         let service = service_fn(move |req| {
@@ -437,8 +437,8 @@ impl Handler for Http {
             // The newest snapshot's upstream for every request (see `Http::carry_over`).
             let upstream = upstream.load_full();
             let stats = stats.clone();
-            let admitted = admitted.clone();
-            async move { Ok::<_, Infallible>(proxy(req, &upstream, &stats, &admitted).await) }
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(proxy(req, &upstream, &stats, &conn).await) }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -447,9 +447,10 @@ impl Handler for Http {
             .half_close(true)
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(res.idle_timeout);
-        builder
+        let serving = builder
             .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades()
+            .with_upgrades();
+        lane.drive(serving)
             .await
             .map_err(|e| Failure::Relay(describe_server_error(&e)))?;
         // hyper ends a connection quietly when the read of a first request head fails:
@@ -463,6 +464,13 @@ impl Handler for Http {
         }
         Ok(Relayed::default())
     }
+}
+
+/// What an app connection's requests share: its admission and its way upstream.
+#[derive(Debug)]
+struct AppConn {
+    admitted: Admitted,
+    lane: lanes::Lane,
 }
 
 /// Classifies the end of an app's HTTP connection: the I/O error inside (a reset, the client
@@ -486,7 +494,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     up: &HttpUpstream,
     stats: &Arc<Stats>,
-    admitted: &Admitted,
+    conn: &AppConn,
 ) -> Response<ProxyBody> {
     let method = req.method().clone();
     let started = tokio::time::Instant::now();
@@ -546,7 +554,7 @@ async fn proxy(
         return audited(response, record.take(), Some(e));
     }
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    match forward(req, up, upgrade, stats, admitted).await {
+    match forward(req, up, upgrade, stats, conn).await {
         Ok(response) => {
             debug!(%method, status = response.status().as_u16(), "forwarded");
             stats.count_request(response.status(), started.elapsed());
@@ -927,7 +935,7 @@ async fn forward(
     up: &HttpUpstream,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     stats: &Arc<Stats>,
-    admitted: &Admitted,
+    conn: &AppConn,
 ) -> Result<Response<ProxyBody>, ConnError> {
     let (mut parts, body) = req.into_parts();
     let upgrading = client_upgrade.is_some();
@@ -1037,8 +1045,8 @@ async fn forward(
                 })
                 .map_err(|e| -> BoxError { Box::new(e) })
                 .boxed();
-            let request = finish(Request::from_parts(parts, streamed), up, None, admitted).await?;
-            return send(request, up, client_upgrade, stats).await;
+            let request = finish(Request::from_parts(parts, streamed), up, None).await?;
+            return send(request, up, client_upgrade, stats, conn).await;
         }
     };
     let bytes = buffered.unwrap_or_default();
@@ -1051,9 +1059,9 @@ async fn forward(
         *r.headers_mut() = parts.headers.clone();
         r
     };
-    let request = finish(make(&parts), up, Some(&bytes), admitted).await?;
+    let request = finish(make(&parts), up, Some(&bytes)).await?;
     let used_token = request.headers().get(header::AUTHORIZATION).cloned();
-    let response = send(request, up, None, stats).await?;
+    let response = send(request, up, None, stats, conn).await?;
     if let (Injector::OAuth2(source), StatusCode::UNAUTHORIZED) = (&up.injector, response.status())
     {
         if let Some(stale) = used_token
@@ -1068,7 +1076,7 @@ async fn forward(
             retry
                 .headers_mut()
                 .insert(header::AUTHORIZATION, bearer(&fresh)?);
-            return send(retry, up, None, stats).await;
+            return send(retry, up, None, stats, conn).await;
         }
     }
     Ok(response)
@@ -1106,7 +1114,6 @@ async fn finish(
     mut request: Request<ProxyBody>,
     up: &HttpUpstream,
     body: Option<&Bytes>,
-    _admitted: &Admitted,
 ) -> Result<Request<ProxyBody>, ConnError> {
     let keep_apps =
         up.opts.pass_client_auth && request.headers().contains_key(header::AUTHORIZATION);
@@ -1144,18 +1151,23 @@ async fn send(
     up: &HttpUpstream,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     stats: &Arc<Stats>,
+    conn: &AppConn,
 ) -> Result<Response<ProxyBody>, ConnError> {
-    let client = if client_upgrade.is_some() {
-        &up.upgrade_client
-    } else {
-        &up.client
-    };
     let timeout = up.opts.response_timeout;
     let mut request = request;
-    request.headers_mut().remove(header::HOST);
-    let mut response = match tokio::time::timeout(timeout, client.request(request)).await {
+    let sent = async {
+        if client_upgrade.is_some() {
+            // Upgrades (HTTP/1.1 only) take a connection of their own, relayed once upgraded.
+            request.headers_mut().remove(header::HOST);
+            let sent = up.upgrade_client.request(request).await;
+            sent.map_err(|e| connector::describe_client_error(&e))
+        } else {
+            conn.lane.send(&up.pool, request, &conn.admitted).await
+        }
+    };
+    let mut response = match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(response)) => response,
-        Ok(Err(e)) => return Err(connector::describe_client_error(&e)),
+        Ok(Err(e)) => return Err(e),
         Err(_) => {
             return Err(ConnError::new(
                 Side::Upstream,

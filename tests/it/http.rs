@@ -728,3 +728,193 @@ async fn an_http2_prior_knowledge_app_is_told_to_use_http1() {
         .unwrap();
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
 }
+
+/// A raw HTTPS upstream counting connections opened and closed by keyward: it answers each
+/// request `200 ok` and, with `close_idle_after`, closes a connection idle that long (as
+/// upstreams with a keep-alive timeout do, unannounced).
+struct Counting {
+    port: u16,
+    opened: Arc<AtomicUsize>,
+    closed_by_proxy: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn counting_upstream(pki: &Pki, close_idle_after: Option<Duration>) -> Counting {
+    let mut config = crate::support::server_config(
+        &pki.server(&["localhost"]),
+        None,
+        &[&rustls::version::TLS13],
+    );
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let closed_by_proxy = Arc::new(AtomicUsize::new(0));
+    let (o, c) = (opened.clone(), closed_by_proxy.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            o.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, c) = (acceptor.clone(), c.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let read = match close_idle_after {
+                        Some(idle) if buf.is_empty() => {
+                            match tokio::time::timeout(idle, tls.read(&mut chunk)).await {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    // Idle too long: close (close_notify + FIN).
+                                    let _ = tls.shutdown().await;
+                                    return;
+                                }
+                            }
+                        }
+                        _ => tls.read(&mut chunk).await,
+                    };
+                    match read {
+                        Ok(0) | Err(_) => {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if tls.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Counting {
+        port,
+        opened,
+        closed_by_proxy,
+        task,
+    }
+}
+
+async fn counting_setup(close_idle_after: Option<Duration>, extra: &str) -> (Pki, Counting, Proxy) {
+    let pki = Pki::new();
+    let up = counting_upstream(&pki, close_idle_after).await;
+    let ca = pki.write_ca();
+    let yaml = format!(
+        "admin: null\nresources:\n  - name: api\n    protocol: http\n    listen: 127.0.0.1:0\n    upstream: https://localhost:{}\n    tls:\n      ca: {}\n{extra}",
+        up.port,
+        ca.display()
+    );
+    let proxy = Proxy::start(pki.dir.path(), &yaml).await;
+    (pki, up, proxy)
+}
+
+/// One request on a fresh app connection that closes after it (`Connection: close`).
+async fn one_shot(proxy: &Proxy) -> String {
+    let mut conn = TcpStream::connect(proxy.addr("api")).await.unwrap();
+    conn.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, conn.read_to_end(&mut answer))
+        .await
+        .expect("deadline")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Upstream connections outlive the app connections that used them: sequential app
+/// connections, each closing right after its response, share the pooled upstream connections
+/// (one per worker thread: app connections are spread over the workers round robin).
+#[tokio::test]
+async fn app_connections_that_come_and_go_share_pooled_upstream_connections() {
+    let (_pki, up, proxy) = counting_setup(None, "").await;
+    for _ in 0..10 {
+        let answer = one_shot(&proxy).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+    }
+    assert_eq!(
+        up.opened.load(Ordering::SeqCst),
+        keyward::workers::count().min(10),
+        "one upstream connection per worker"
+    );
+    assert_eq!(up.closed_by_proxy.load(Ordering::SeqCst), 0);
+}
+
+/// An upstream that closes an idle pooled connection (its keep-alive timeout) costs the next
+/// request nothing: keyward sees the close when it takes the connection and dials anew.
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_used() {
+    let (_pki, up, proxy) = counting_setup(Some(Duration::from_millis(200)), "").await;
+    for round in 1..=3 {
+        let answer = one_shot(&proxy).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        up.opened.load(Ordering::SeqCst),
+        3,
+        "a new connection each round"
+    );
+    let stats = proxy.state.resource("api").unwrap().clone();
+    assert!(stats.last_error().is_none(), "{:?}", stats.last_error());
+}
+
+/// `pool_idle_timeout` closes upstream connections nobody used for that long.
+#[tokio::test]
+async fn idle_pooled_connections_are_closed_after_pool_idle_timeout() {
+    let (_pki, up, proxy) = counting_setup(None, "    pool_idle_timeout: 300ms\n").await;
+    assert!(one_shot(&proxy).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(up.opened.load(Ordering::SeqCst), 1);
+    tokio::time::timeout(DEADLINE, async {
+        while up.closed_by_proxy.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the idle upstream connection is closed");
+    assert!(one_shot(&proxy).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(up.opened.load(Ordering::SeqCst), 2);
+}
+
+/// Pipelined requests on one app connection reuse its upstream connection: each is sent once
+/// the previous response has been read, on the same connection.
+#[tokio::test]
+async fn pipelined_requests_reuse_one_upstream_connection() {
+    let (_pki, up, proxy) = counting_setup(None, "").await;
+    let mut conn = TcpStream::connect(proxy.addr("api")).await.unwrap();
+    let one = "GET /p HTTP/1.1\r\nHost: x\r\n\r\n";
+    let last = "GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    conn.write_all(format!("{}{last}", one.repeat(7)).as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, conn.read_to_end(&mut answer))
+        .await
+        .expect("deadline")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 8, "{answer}");
+    assert_eq!(
+        up.opened.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+    assert_eq!(up.closed_by_proxy.load(Ordering::SeqCst), 0);
+}

@@ -217,7 +217,17 @@ impl Keyward {
                 })
                 .collect()
         };
-        wait_until(&format!("{n} connection ends"), || ends().len() >= n);
+        let start = Instant::now();
+        while ends().len() < n {
+            if start.elapsed() > DEADLINE {
+                let tail = {
+                    let log = self.log.lock().unwrap();
+                    log[log.len().saturating_sub(20)..].join("\n")
+                };
+                panic!("{n} connection ends not logged within {DEADLINE:?}; the log ends:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let errors: Vec<_> = ends()
             .into_iter()
             .filter(|v| v["message"] != "closed")
