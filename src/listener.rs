@@ -15,29 +15,6 @@ use crate::config::{ListenAddr, ResourceName};
 /// A connection from an application, as accepted.
 pub type RawStream = Either<TcpStream, UnixStream>;
 
-/// An accepted connection on its way to a worker (see [`crate::workers`]): not registered
-/// with any runtime.
-#[derive(Debug)]
-pub struct Detached(Either<std::net::TcpStream, std::os::unix::net::UnixStream>);
-
-impl Detached {
-    /// Takes `stream` off the runtime that accepted it.
-    pub fn new(stream: RawStream) -> io::Result<Self> {
-        Ok(Self(match stream {
-            Either::Left(tcp) => Either::Left(tcp.into_std()?),
-            Either::Right(unix) => Either::Right(unix.into_std()?),
-        }))
-    }
-
-    /// Registers the connection with the current runtime (the worker's).
-    pub fn attach(self) -> io::Result<RawStream> {
-        Ok(match self.0 {
-            Either::Left(tcp) => Either::Left(TcpStream::from_std(tcp)?),
-            Either::Right(unix) => Either::Right(UnixStream::from_std(unix)?),
-        })
-    }
-}
-
 /// keyward's TLS with an app, over the accepted stream and any bytes read before the
 /// handshake (a MySQL client starts TLS right after its SSLRequest, without waiting).
 pub type InboundStream = tokio_rustls::server::TlsStream<crate::wire::Prefixed<RawStream>>;
@@ -196,7 +173,41 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
+/// A bound listener off any runtime: each worker (`crate::workers`) accepts on a copy of it
+/// registered with its own event loop.
+#[derive(Debug)]
+pub(crate) enum DetachedListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl DetachedListener {
+    /// Another handle on the same socket.
+    pub(crate) fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Tcp(l) => Self::Tcp(l.try_clone()?),
+            Self::Unix(l) => Self::Unix(l.try_clone()?),
+        })
+    }
+
+    /// Registers it with the current runtime.
+    pub(crate) fn attach(self) -> io::Result<Listener> {
+        Ok(match self {
+            Self::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            Self::Unix(l) => Listener::Unix(UnixListener::from_std(l)?),
+        })
+    }
+}
+
 impl Listener {
+    /// Takes it off the runtime that bound it.
+    pub(crate) fn detach(self) -> io::Result<DetachedListener> {
+        Ok(match self {
+            Self::Tcp(l) => DetachedListener::Tcp(l.into_std()?),
+            Self::Unix(l) => DetachedListener::Unix(l.into_std()?),
+        })
+    }
+
     pub(crate) async fn accept(&self) -> io::Result<(RawStream, String)> {
         match self {
             Self::Tcp(l) => {

@@ -16,11 +16,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::{protocol_name, ResourceName};
 use crate::error::{ConnError, Reason, Side};
-use crate::listener::{bind_one, BindError, BoundAddr, Detached, Listener, Listeners};
+use crate::listener::{bind_one, BindError, BoundAddr, Listener, Listeners};
 use crate::metrics::metrics;
 pub use crate::record::LastError;
 use crate::record::{guarded, Stats};
@@ -264,13 +264,53 @@ impl State {
         let stop = CancellationToken::new();
         let kill = self.inner.kill.child_token();
         info!(resource = %state.name, addr = %state.addr, upstream = %state.runtime().upstream, "listening");
-        self.inner.accept_loops.spawn(accept_loop(
-            state.clone(),
-            listener,
-            stop.clone(),
-            kill.clone(),
-            self.inner.clone(),
-        ));
+        let accepting = {
+            let (state, stop, kill) = (state.clone(), stop.clone(), kill.clone());
+            let inner = self.inner.clone();
+            move |listener| {
+                accept_loop(
+                    state.clone(),
+                    listener,
+                    stop.clone(),
+                    kill.clone(),
+                    inner.clone(),
+                )
+            }
+        };
+        // Every worker accepts on the listener itself: a connection starts and stays on the
+        // thread that accepted it (no hand-over between threads per connection).
+        let workers = crate::workers::workers().handles();
+        if workers.is_empty() {
+            self.inner.accept_loops.spawn(accepting(listener));
+        } else {
+            match listener.detach() {
+                Ok(detached) => {
+                    for worker in workers {
+                        let copy = match detached.try_clone() {
+                            Ok(copy) => copy,
+                            Err(e) => {
+                                error!(resource = %state.name, "cannot share the listener with a worker: {e}");
+                                continue;
+                            }
+                        };
+                        let accepting = accepting.clone();
+                        let name = state.name.clone();
+                        self.inner.accept_loops.spawn_on(
+                            async move {
+                                match copy.attach() {
+                                    Ok(listener) => accepting(listener).await,
+                                    Err(e) => error!(resource = %name, "a worker cannot accept on the listener: {e}"),
+                                }
+                            },
+                            worker,
+                        );
+                    }
+                }
+                Err(e) => {
+                    error!(resource = %state.name, "cannot hand the listener to the workers: {e}")
+                }
+            }
+        }
         Slot { state, stop, kill }
     }
 }
@@ -465,26 +505,11 @@ async fn accept_loop(
         let kill = kill.clone();
         let audit = runtime.resource.audit.session(&state.name, conn, &peer);
         let span = info_span!("conn", resource = %state.name, client = %peer, conn);
-        // The connection lives on one worker from here on (see `crate::workers`).
-        let detached = match Detached::new(client) {
-            Ok(d) => d,
-            Err(e) => {
-                state.stats.failed(ConnError::from_io(Side::Client, &e));
-                continue;
-            }
-        };
         let serving = async move {
             // Released by drop, whatever ends this task (the slot; `guarded` does the
             // gauges, catches a panic and records the end once).
             let _permit = permit;
             debug!("accepted");
-            let client = match detached.attach() {
-                Ok(client) => client,
-                Err(e) => {
-                    stats.failed(ConnError::from_io(Side::Internal, &e));
-                    return;
-                }
-            };
             guarded(
                 &stats,
                 &runtime.upstream,
@@ -495,10 +520,7 @@ async fn accept_loop(
             .await;
         }
         .instrument(span);
-        match crate::workers::workers().next() {
-            Some(worker) => inner.connections.spawn_on(serving, worker),
-            None => inner.connections.spawn(serving),
-        };
+        inner.connections.spawn(serving);
     }
     if let BoundAddr::Unix(path) = &state.addr {
         let _ = std::fs::remove_file(path);

@@ -1,16 +1,15 @@
 //! Connection workers: one thread per core (or `KEYWARD_WORKER_THREADS`), each running a
 //! current-thread tokio runtime of its own.
 //!
-//! An accepted connection is handed to the next worker (round robin) and lives there: its
-//! handshake, its upstream connection, the relay and every task it spawns run on that one
-//! thread, woken by that thread's own event loop. A work-stealing runtime instead moves tasks
+//! Every worker accepts on every listener (`server::spawn_slot`), and a connection lives on
+//! the worker that accepted it: its handshake, its upstream connection, the relay and every
+//! task it spawns run on that one thread, woken by that thread's own event loop. A work-stealing runtime instead moves tasks
 //! between threads and wakes idle workers to look for work, which on a sidecar's one or two
 //! cores costs more CPU per request than it saves (`bench/http.sh`: keyward with one worker
 //! thread spent 0.85× the CPU per request of two work-stealing ones). Listeners, the admin
 //! endpoint and reloads stay on the main runtime.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use tokio::runtime::Handle;
@@ -19,7 +18,6 @@ use tokio::runtime::Handle;
 #[derive(Debug)]
 pub struct Workers {
     handles: Vec<Handle>,
-    next: AtomicUsize,
 }
 
 static WORKERS: OnceLock<Workers> = OnceLock::new();
@@ -42,10 +40,7 @@ pub fn count() -> usize {
 pub fn workers() -> &'static Workers {
     WORKERS.get_or_init(|| {
         let handles = (0..count()).filter_map(start).collect::<Vec<_>>();
-        Workers {
-            handles,
-            next: AtomicUsize::new(0),
-        }
+        Workers { handles }
     })
 }
 
@@ -55,13 +50,9 @@ pub fn index() -> usize {
 }
 
 impl Workers {
-    /// The runtime the next connection goes to.
-    pub fn next(&self) -> Option<&Handle> {
-        if self.handles.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles.get(i)
+    /// The workers' runtimes.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
     }
 }
 

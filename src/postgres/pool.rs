@@ -24,6 +24,10 @@ pub struct Idle {
     /// Its backend secret.
     pub key: Vec<u8>,
     since: Instant,
+    /// The worker thread that returned it (`crate::workers`), normally the one whose event
+    /// loop reads it: taken by that worker's connections first, so its reads wake no other
+    /// thread.
+    worker: usize,
 }
 
 impl Idle {
@@ -35,6 +39,7 @@ impl Idle {
             pid,
             key,
             since: Instant::now(),
+            worker: crate::workers::index(),
         }
     }
 }
@@ -141,12 +146,21 @@ impl Pool {
         self.len() == 0
     }
 
-    /// The most recently returned connection for `startup`; expired ones of every key are
-    /// closed. (A pooled connection is logged in: taking one is using the credential.)
+    /// The most recently returned connection for `startup`, this worker's if it has one;
+    /// expired ones of every key are closed. (A pooled connection is logged in: taking one is
+    /// using the credential.)
     pub fn take(&self, startup: &[u8], _admitted: &crate::connect::Admitted) -> Option<Idle> {
         let mut map = self.map();
         let old = expired(&mut map, self.idle_timeout);
-        let found = map.get_mut(startup).and_then(Vec::pop);
+        let here = crate::workers::index();
+        let found = map.get_mut(startup).and_then(|list| {
+            let newest = list.len().checked_sub(1)?;
+            let i = list
+                .iter()
+                .rposition(|i| i.worker == here)
+                .unwrap_or(newest);
+            Some(list.remove(i))
+        });
         if map.get(startup).is_some_and(Vec::is_empty) {
             map.remove(startup);
         }
