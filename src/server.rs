@@ -505,22 +505,23 @@ async fn accept_loop(
         let kill = kill.clone();
         let audit = runtime.resource.audit.session(&state.name, conn, &peer);
         let span = info_span!("conn", resource = %state.name, client = %peer, conn);
-        let serving = async move {
-            // Released by drop, whatever ends this task (the slot; `guarded` does the
-            // gauges, catches a panic and records the end once).
-            let _permit = permit;
-            debug!("accepted");
-            guarded(
-                &stats,
-                &runtime.upstream,
-                runtime.serve(client, &stats),
-                kill.cancelled(),
-                audit,
-            )
-            .await;
-        }
-        .instrument(span);
-        inner.connections.spawn(serving);
+        inner.connections.spawn(
+            async move {
+                // Released by drop, whatever ends this task (the slot; `guarded` does the
+                // gauges, catches a panic and records the end once).
+                let _permit = permit;
+                debug!("accepted");
+                guarded(
+                    &stats,
+                    &runtime.upstream,
+                    runtime.serve(client, &stats),
+                    kill.cancelled(),
+                    audit,
+                )
+                .await;
+            }
+            .instrument(span),
+        );
     }
     if let BoundAddr::Unix(path) = &state.addr {
         let _ = std::fs::remove_file(path);

@@ -105,12 +105,7 @@ impl Pool {
     /// The most recently used idle connection that is still fresh.
     fn checkout(&self) -> Option<H1> {
         let mut idle = self.idle().lock().ok()?;
-        let fresh = Instant::now().checked_sub(self.idle_timeout);
-        if let Some(cut) = fresh {
-            // Oldest first: connections idle longer than the timeout are closed.
-            let stale = idle.iter().take_while(|i| i.since <= cut).count();
-            idle.drain(..stale);
-        }
+        close_stale(&mut idle, self.idle_timeout);
         idle.pop().map(|i| i.h1)
     }
 
@@ -195,15 +190,19 @@ async fn reap(pool: Weak<Pool>, every: Duration) {
     loop {
         tokio::time::sleep(every.max(Duration::from_millis(100))).await;
         let Some(pool) = pool.upgrade() else { return };
-        let Some(cut) = Instant::now().checked_sub(pool.idle_timeout) else {
-            continue;
-        };
         for idle in pool.idle.iter() {
             if let Ok(mut idle) = idle.lock() {
-                let stale = idle.iter().take_while(|i| i.since <= cut).count();
-                idle.drain(..stale);
+                close_stale(&mut idle, pool.idle_timeout);
             }
         }
+    }
+}
+
+/// Closes the connections idle longer than `timeout` (the list is oldest first).
+fn close_stale(idle: &mut Vec<Idle>, timeout: Duration) {
+    if let Some(cut) = Instant::now().checked_sub(timeout) {
+        let stale = idle.iter().take_while(|i| i.since <= cut).count();
+        idle.drain(..stale);
     }
 }
 
@@ -287,23 +286,22 @@ impl Lane {
             }
             let (reused, pending) = match self.start(pool, request) {
                 Started::Sent(pending) => (true, pending),
-                Started::Empty(r) if pool.speaks_h2.load(Ordering::Relaxed) => {
-                    // One dial at a time; whoever waited uses the connection it made.
-                    let dialing = pool.h2_dial.lock().await;
-                    let dialed = match pool.h2() {
-                        Some(h2) => Dialed::H2(h2),
-                        None => pool.dial(admitted).await?,
+                Started::Empty(r) => {
+                    let dialed = if pool.speaks_h2.load(Ordering::Relaxed) {
+                        // One dial at a time; whoever waited uses the connection it made.
+                        let _dialing = pool.h2_dial.lock().await;
+                        match pool.h2() {
+                            Some(h2) => Dialed::H2(h2),
+                            None => pool.dial(admitted).await?,
+                        }
+                    } else {
+                        pool.dial(admitted).await?
                     };
-                    drop(dialing);
                     match dialed {
                         Dialed::H2(mut h2) => return send_h2(&mut h2, r).await,
                         Dialed::H1(h1) => (false, self.install(pool, h1, r)),
                     }
                 }
-                Started::Empty(r) => match pool.dial(admitted).await? {
-                    Dialed::H2(mut h2) => return send_h2(&mut h2, r).await,
-                    Dialed::H1(h1) => (false, self.install(pool, h1, r)),
-                },
             };
             match pending.await {
                 Ok(response) => return Ok(response),
