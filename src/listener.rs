@@ -199,6 +199,31 @@ impl DetachedListener {
     }
 }
 
+/// An accepted connection off any runtime, on its way to the worker that serves it.
+#[derive(Debug)]
+pub(crate) enum DetachedStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl DetachedStream {
+    /// Takes an accepted connection off the runtime that accepted it.
+    pub(crate) fn detach(stream: RawStream) -> io::Result<Self> {
+        Ok(match stream {
+            Either::Left(s) => Self::Tcp(s.into_std()?),
+            Either::Right(s) => Self::Unix(s.into_std()?),
+        })
+    }
+
+    /// Registers it with the current runtime.
+    pub(crate) fn attach(self) -> io::Result<RawStream> {
+        Ok(match self {
+            Self::Tcp(s) => Either::Left(TcpStream::from_std(s)?),
+            Self::Unix(s) => Either::Right(UnixStream::from_std(s)?),
+        })
+    }
+}
+
 impl Listener {
     /// Takes it off the runtime that bound it.
     pub(crate) fn detach(self) -> io::Result<DetachedListener> {

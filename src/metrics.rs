@@ -50,6 +50,8 @@ pub struct Metrics {
     pub credential_expiration: GaugeVec,
     /// Audit events dropped because the sink fell behind (its queue was full).
     pub audit_dropped: IntCounterVec,
+    /// Application connections open now, per worker thread.
+    pub worker_connections: IntGaugeVec,
     /// The last upstream leaf seen per resource, so it is parsed only when it changes.
     leaves: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
@@ -111,6 +113,7 @@ impl Metrics {
             credential_refreshes: reg!(counter("keyward_credential_refreshes_total", "Temporary AWS credential fetches (default chain, assume_role), by source and result.", &["resource", "source", "result"])),
             credential_expiration: reg!(GaugeVec::new(Opts::new("keyward_credential_expiration_timestamp_seconds", "Expiry (Unix time) of the temporary AWS credentials in use."), &["resource"])),
             audit_dropped: reg!(counter("keyward_audit_dropped_total", "Audit events dropped because the audit sink fell behind (its queue was full) or failed.", &["resource"])),
+            worker_connections: reg!(IntGaugeVec::new(Opts::new("keyward_worker_connections", "Application connections open now, per worker thread (0 .. the worker count - 1): how evenly the workers share them."), &["worker"])),
             registry: registry.clone(),
             leaves: std::sync::Mutex::new(std::collections::HashMap::new()),
         };

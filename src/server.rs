@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::{protocol_name, ResourceName};
 use crate::error::{ConnError, Reason, Side};
-use crate::listener::{bind_one, BindError, BoundAddr, Listener, Listeners};
+use crate::listener::{bind_one, BindError, BoundAddr, DetachedStream, Listener, Listeners};
 use crate::metrics::metrics;
 pub use crate::record::LastError;
 use crate::record::{guarded, Stats};
@@ -505,23 +506,52 @@ async fn accept_loop(
         let kill = kill.clone();
         let audit = runtime.resource.audit.session(&state.name, conn, &peer);
         let span = info_span!("conn", resource = %state.name, client = %peer, conn);
-        inner.connections.spawn(
-            async move {
-                // Released by drop, whatever ends this task (the slot; `guarded` does the
-                // gauges, catches a panic and records the end once).
-                let _permit = permit;
-                debug!("accepted");
-                guarded(
-                    &stats,
-                    &runtime.upstream,
-                    runtime.serve(client, &stats),
-                    kill.cancelled(),
-                    audit,
-                )
-                .await;
-            }
-            .instrument(span),
-        );
+        // This worker, or a less loaded one (the stream then moves to its event loop).
+        let (elsewhere, load) = crate::workers::workers().place();
+        let client = match elsewhere {
+            None => Either::Left(client),
+            Some(_) => match DetachedStream::detach(client) {
+                Ok(moving) => Either::Right(moving),
+                Err(e) => {
+                    // The socket is gone already (closed by the peer as it moved).
+                    debug!(resource = %state.name, client = %peer, conn, "cannot move the connection to another worker: {e}");
+                    continue;
+                }
+            },
+        };
+        let serving = async move {
+            // Released by drop, whatever ends this task (the slot; `guarded` does the
+            // gauges, catches a panic and records the end once).
+            let (_permit, _load) = (permit, load);
+            let client = match client {
+                Either::Left(client) => client,
+                Either::Right(moved) => match moved.attach() {
+                    Ok(client) => client,
+                    Err(e) => {
+                        stats.failed(ConnError::new(
+                            Side::Internal,
+                            Reason::Io,
+                            format!("cannot take the connection on: {e}"),
+                        ));
+                        return;
+                    }
+                },
+            };
+            debug!("accepted");
+            guarded(
+                &stats,
+                &runtime.upstream,
+                runtime.serve(client, &stats),
+                kill.cancelled(),
+                audit,
+            )
+            .await;
+        }
+        .instrument(span);
+        match elsewhere {
+            None => inner.connections.spawn(serving),
+            Some(worker) => inner.connections.spawn_on(serving, worker),
+        };
     }
     if let BoundAddr::Unix(path) = &state.addr {
         let _ = std::fs::remove_file(path);

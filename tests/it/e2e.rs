@@ -236,6 +236,74 @@ fn allow_remote_listener_is_bound_with_a_warning() {
     );
 }
 
+/// `keyward_worker_connections{worker="N"}` from the admin endpoint's /metrics.
+fn worker_connections(admin: std::net::SocketAddr) -> Vec<i64> {
+    let (code, body) = curl(&format!("http://{admin}/metrics"));
+    assert_eq!(code, 0, "{body}");
+    let mut loads = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("keyward_worker_connections{worker=\""))
+        .map(|l| {
+            let (worker, value) = l.split_once("\"} ").unwrap();
+            (
+                worker.parse::<usize>().unwrap(),
+                value.parse::<i64>().unwrap(),
+            )
+        })
+        .collect::<Vec<_>>();
+    loads.sort();
+    loads.into_iter().map(|(_, v)| v).collect()
+}
+
+#[test]
+fn connections_opened_at_once_are_shared_evenly_by_the_workers() {
+    // An upstream that holds every connection until its app closes (a `tcp` resource without
+    // TLS connects to it at accept).
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
+        }
+    });
+    let pki = Pki::new();
+    let cfg = pki.write(
+        "keyward.yaml",
+        &format!("admin: {{ listen: 127.0.0.1:0 }}\nresources:\n  - name: t\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: 127.0.0.1:{port}\n    tls: {{ mode: disable }}\n"),
+    );
+    let keyward = Keyward::start_with_env(
+        &["run".as_ref(), "-c".as_ref(), cfg.as_os_str()],
+        &[("KEYWARD_WORKER_THREADS", "3".as_ref())],
+    );
+    let (addr, admin) = (keyward.addr("t"), keyward.admin_addr());
+    assert_eq!(worker_connections(admin), [0, 0, 0]);
+    // A burst, as a pool or a load generator opens them: whichever worker wakes first accepts
+    // each one, and the others would idle if connections stayed where they landed.
+    let apps = (0..24)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect::<Vec<_>>();
+    let mut loads = Vec::new();
+    wait_until("24 connections counted", || {
+        loads = worker_connections(admin);
+        loads.iter().sum::<i64>() == 24
+    });
+    // At most two apart when each one is placed (three if two workers place at once).
+    assert!(
+        loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 3,
+        "{loads:?}"
+    );
+    drop(apps);
+    wait_until("the closed connections uncounted", || {
+        worker_connections(admin) == [0, 0, 0]
+    });
+    // Moved or not, every connection was relayed: all 24 reached the upstream and ended.
+    let m = curl(&format!("http://{admin}/metrics")).1;
+    assert!(
+        m.contains("keyward_connections_total{protocol=\"tcp\",resource=\"t\"} 24"),
+        "{m}"
+    );
+}
+
 fn http_config(pki: &Pki, port: u16, f: &Files, auth: &str) -> PathBuf {
     pki.write(
         "keyward.yaml",
