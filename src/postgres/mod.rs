@@ -68,7 +68,10 @@ impl Handler for Postgres {
             }
         };
         let admitted = app.admit().map_err(Failure::Open)?;
-        session(app, startup, res, &self.0, &admitted).await
+        // The session on the heap, allocated once the startup packet is in: a connection that
+        // has not sent one (a pool's spare, an idle flood) holds only the small future of the
+        // wait, not the session's (~23 KB inline).
+        Box::pin(session(app, startup, res, &self.0, &admitted)).await
     }
 
     async fn refuse(&self, app: &mut App, e: &ConnError, resource: &str) {
