@@ -278,8 +278,8 @@ impl State {
                 )
             }
         };
-        // Every worker accepts on the listener itself: a connection starts and stays on the
-        // thread that accepted it (no hand-over between threads per connection).
+        // Every worker accepts on the listener itself: a connection starts on the thread that
+        // accepted it and stays there unless that worker is the busier (`Workers::place`).
         let workers = crate::workers::workers().handles();
         if workers.is_empty() {
             self.inner.accept_loops.spawn(accepting(listener));
@@ -513,8 +513,7 @@ async fn accept_loop(
             Some(_) => match DetachedStream::detach(client) {
                 Ok(moving) => Either::Right(moving),
                 Err(e) => {
-                    // The socket is gone already (closed by the peer as it moved).
-                    debug!(resource = %state.name, client = %peer, conn, "cannot move the connection to another worker: {e}");
+                    state.stats.failed(ConnError::from_io(Side::Client, &e));
                     continue;
                 }
             },
@@ -528,11 +527,7 @@ async fn accept_loop(
                 Either::Right(moved) => match moved.attach() {
                     Ok(client) => client,
                     Err(e) => {
-                        stats.failed(ConnError::new(
-                            Side::Internal,
-                            Reason::Io,
-                            format!("cannot take the connection on: {e}"),
-                        ));
+                        stats.failed(ConnError::from_io(Side::Internal, &e));
                         return;
                     }
                 },

@@ -64,93 +64,7 @@ impl Handler for Redis {
         // The session on the heap, allocated once the app has spoken: a connection waiting
         // for its first command holds only the small future of the wait (an idle flood of
         // 10,000 connections would otherwise hold ~17 KB each).
-        Box::pin(async move {
-            let username = db.username().map(str::to_owned);
-            let password = db.password(name, &admitted).await.map_err(Failure::Open)?;
-            // With client_password the app's AUTH was checked above and is not forwarded;
-            // otherwise its AUTH/HELLO AUTH become keyward's (unless pass_client_auth).
-            let rewrite = match (&password, db.pass_client_auth) {
-                (Some(password), false) => Some((username.clone(), password.clone())),
-                _ => None,
-            };
-            let early = crate::driver::early(app);
-            // Command rules and statement events need every command's name; the AUTH rewrite
-            // only AUTH and HELLO. Without any of them the app's bytes pass untouched.
-            let policy = db.commands.clone();
-            let statements = crate::audit::statements();
-            let mut app = if rewrite.is_some() || policy.is_some() || statements {
-                let mut scanner = scan::Scanner::with(policy, statements);
-                let stats = stats.clone();
-                crate::wire::Filtered::with_filter(
-                    app.relay(),
-                    &early,
-                    Box::new(move |input, out, reply| {
-                        let fed = scanner.feed(input, out, &mut |args| match &rewrite {
-                            Some((user, password)) => rewrite_auth(args, user.as_deref(), password),
-                            None => {
-                                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-                                scan::command(&refs)
-                            }
-                        });
-                        for seen in scanner.seen.drain(..) {
-                            record_seen(&seen, &stats);
-                        }
-                        // Refused: the app gets Redis's own kind of answer, then the close
-                        // Redis itself does after a protocol error.
-                        fed.map_err(|why| {
-                            reply.extend(format!("-ERR {why}\r\n").as_bytes());
-                            Violation(why.to_string()).into_io()
-                        })
-                    }),
-                )
-            } else {
-                crate::wire::Filtered::new(app.relay(), early)
-            };
-            // A first command Redis would refuse (an oversized bulk, a broken header) is answered
-            // here, without an upstream session.
-            if let Some(e) = app.refused_at_once().await {
-                return Err(Failure::Answered(ConnError::from_io(Side::Client, &e)));
-            }
-            let started = tokio::time::Instant::now();
-            let opened = async {
-                let upstream = res.dialer.open(&admitted).await?;
-                let mut up = Wire::new(upstream, Side::Upstream);
-                if let Some(password) = &password {
-                    login(
-                        &mut up,
-                        username.as_deref(),
-                        password,
-                        res.dialer.handshake_timeout,
-                    )
-                    .await?;
-                }
-                Ok::<_, ConnError>(up)
-            };
-            let up = match opened.await {
-                Ok(up) => up,
-                Err(e) => {
-                    // The app's first command was read already: the error is its reply.
-                    answer(&mut app, &e, name).await;
-                    return Err(Failure::Answered(e));
-                }
-            };
-            crate::metrics::metrics()
-                .auth_seconds
-                .with_label_values(&[name])
-                .observe(started.elapsed().as_secs_f64());
-            debug!(
-                user = username.as_deref().unwrap_or("default"),
-                "authenticated upstream"
-            );
-            crate::audit::identity(username.as_deref().unwrap_or("default"));
-            crate::audit::started();
-            let Wire { io: up_io, buf, .. } = up;
-            let up_io = crate::wire::Prefixed::new(up_io, buf.freeze());
-            relay(app, up_io, res.idle_timeout)
-                .await
-                .map_err(Failure::Relay)
-        })
-        .await
+        Box::pin(session(app, res, stats, db, admitted)).await
     }
 
     /// `-ERR keyward: ...`, then a graceful close: the app's first command is read first, so
@@ -162,6 +76,102 @@ impl Handler for Redis {
         }
         answer(&mut app.io, e, resource).await;
     }
+}
+
+/// Everything after the app's first command: keyward's login upstream, then the relay (with
+/// the AUTH rewrite and command scanner where configured).
+async fn session(
+    app: &mut App,
+    res: &Arc<Resource>,
+    stats: &Arc<Stats>,
+    db: &DbRuntime,
+    admitted: Admitted,
+) -> Served {
+    let name = res.name.as_str();
+    let username = db.username().map(str::to_owned);
+    let password = db.password(name, &admitted).await.map_err(Failure::Open)?;
+    // With client_password the app's AUTH was checked above and is not forwarded;
+    // otherwise its AUTH/HELLO AUTH become keyward's (unless pass_client_auth).
+    let rewrite = match (&password, db.pass_client_auth) {
+        (Some(password), false) => Some((username.clone(), password.clone())),
+        _ => None,
+    };
+    let early = crate::driver::early(app);
+    // Command rules and statement events need every command's name; the AUTH rewrite
+    // only AUTH and HELLO. Without any of them the app's bytes pass untouched.
+    let policy = db.commands.clone();
+    let statements = crate::audit::statements();
+    let mut app = if rewrite.is_some() || policy.is_some() || statements {
+        let mut scanner = scan::Scanner::with(policy, statements);
+        let stats = stats.clone();
+        crate::wire::Filtered::with_filter(
+            app.relay(),
+            &early,
+            Box::new(move |input, out, reply| {
+                let fed = scanner.feed(input, out, &mut |args| match &rewrite {
+                    Some((user, password)) => rewrite_auth(args, user.as_deref(), password),
+                    None => {
+                        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                        scan::command(&refs)
+                    }
+                });
+                for seen in scanner.seen.drain(..) {
+                    record_seen(&seen, &stats);
+                }
+                // Refused: the app gets Redis's own kind of answer, then the close
+                // Redis itself does after a protocol error.
+                fed.map_err(|why| {
+                    reply.extend(format!("-ERR {why}\r\n").as_bytes());
+                    Violation(why.to_string()).into_io()
+                })
+            }),
+        )
+    } else {
+        crate::wire::Filtered::new(app.relay(), early)
+    };
+    // A first command Redis would refuse (an oversized bulk, a broken header) is answered
+    // here, without an upstream session.
+    if let Some(e) = app.refused_at_once().await {
+        return Err(Failure::Answered(ConnError::from_io(Side::Client, &e)));
+    }
+    let started = tokio::time::Instant::now();
+    let opened = async {
+        let upstream = res.dialer.open(&admitted).await?;
+        let mut up = Wire::new(upstream, Side::Upstream);
+        if let Some(password) = &password {
+            login(
+                &mut up,
+                username.as_deref(),
+                password,
+                res.dialer.handshake_timeout,
+            )
+            .await?;
+        }
+        Ok::<_, ConnError>(up)
+    };
+    let up = match opened.await {
+        Ok(up) => up,
+        Err(e) => {
+            // The app's first command was read already: the error is its reply.
+            answer(&mut app, &e, name).await;
+            return Err(Failure::Answered(e));
+        }
+    };
+    crate::metrics::metrics()
+        .auth_seconds
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    debug!(
+        user = username.as_deref().unwrap_or("default"),
+        "authenticated upstream"
+    );
+    crate::audit::identity(username.as_deref().unwrap_or("default"));
+    crate::audit::started();
+    let Wire { io: up_io, buf, .. } = up;
+    let up_io = crate::wire::Prefixed::new(up_io, buf.freeze());
+    relay(app, up_io, res.idle_timeout)
+        .await
+        .map_err(Failure::Relay)
 }
 
 /// Sends `e` as the reply to the app's command, then closes gracefully (what the app sends
