@@ -29,4 +29,44 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=KEYWARD_GIT_COMMIT={commit}");
+    order_hot_functions();
+}
+
+/// Lays out the functions keyward runs when it starts, loads its config and serves a first
+/// connection (`link/hot-symbols.txt`, written by `link/hot-symbols.sh`) together at the front
+/// of the binary's text. The kernel maps a binary's text in large page-cache folios (64 KB to
+/// 2 MB on ext4 and xfs), so code scattered over the whole text makes most of it resident:
+/// 9.5 MB of the release binary's 16 MB at idle, against ~1.5 MB of functions that ran.
+///
+/// The names are the dist build's (one LTO unit): only that profile is ordered; the release
+/// build's names differ (ThinLTO's `.llvm.<hash>` suffixes change from build to build), and
+/// measured with the dist list it was 0.4 MB larger, not smaller.
+///
+/// Only where the linker is LLD (rustc's default for x86_64-unknown-linux-gnu since 1.90): GNU
+/// ld does not know the option. Symbols the list names that a build does not have (renamed,
+/// inlined) are skipped; new functions keep the default place. `KEYWARD_NO_SYMBOL_ORDER=1`
+/// turns it off.
+fn order_hot_functions() {
+    println!("cargo:rerun-if-changed=link/hot-symbols.txt");
+    println!("cargo:rerun-if-env-changed=KEYWARD_NO_SYMBOL_ORDER");
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let lld_default = var("TARGET") == "x86_64-unknown-linux-gnu";
+    // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out.
+    let out_dir = var("OUT_DIR");
+    let profile = std::path::Path::new(&out_dir)
+        .ancestors()
+        .nth(3)
+        .and_then(|p| p.file_name());
+    if profile != Some(std::ffi::OsStr::new("dist")) {
+        return;
+    }
+    let list = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("link/hot-symbols.txt");
+    if !lld_default || var("KEYWARD_NO_SYMBOL_ORDER") == "1" || !list.exists() {
+        return;
+    }
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+        list.display()
+    );
+    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
 }
