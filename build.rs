@@ -42,8 +42,8 @@ fn main() {
 /// build's names differ (ThinLTO's `.llvm.<hash>` suffixes change from build to build), and
 /// measured with the dist list it was 0.4 MB larger, not smaller.
 ///
-/// Only where the linker is LLD (rustc's default for x86_64-unknown-linux-gnu since 1.90): GNU
-/// ld does not know the option. Symbols the list names that a build does not have (renamed,
+/// Only where the linker is LLD (rustc's default for x86_64-unknown-linux-gnu since 1.90, unless
+/// the build names another linker): GNU ld does not know the option. Symbols the list names that a build does not have (renamed,
 /// inlined) are skipped; new functions keep the default place. `KEYWARD_NO_SYMBOL_ORDER=1`
 /// turns it off.
 fn order_hot_functions() {
@@ -60,8 +60,18 @@ fn order_hot_functions() {
     if profile != Some(std::ffi::OsStr::new("dist")) {
         return;
     }
+    // A linker of the user's choice (RUSTFLAGS, or the target's `linker` setting) may be GNU ld.
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    let own_linker = flags.contains("linker")
+        || flags.contains("fuse-ld")
+        || !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty();
     let list = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("link/hot-symbols.txt");
-    if !lld_default || var("KEYWARD_NO_SYMBOL_ORDER") == "1" || !list.exists() {
+    if !lld_default
+        || own_linker
+        || !rustc_links_with_lld()
+        || var("KEYWARD_NO_SYMBOL_ORDER") == "1"
+        || !list.exists()
+    {
         return;
     }
     println!(
@@ -69,4 +79,23 @@ fn order_hot_functions() {
         list.display()
     );
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+}
+
+/// rustc 1.90 and later link x86_64-unknown-linux-gnu with LLD (earlier ones: the system's cc
+/// and GNU ld).
+fn rustc_links_with_lld() -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let Ok(out) = Command::new(rustc).arg("--version").output() else {
+        return false;
+    };
+    let version = String::from_utf8_lossy(&out.stdout);
+    // "rustc 1.95.0 (59807616e 2026-04-14)"
+    let mut parts = version
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 90)
 }

@@ -7,6 +7,7 @@
 #
 #   bash bench/memory.sh            # N=2000
 #   N=500 bash bench/memory.sh
+#   KEYWARD_BIN=target/dist/keyward bash bench/memory.sh   # the shipped build (its hot functions first)
 #
 # Needs nginx, openssl, python3. It asserts nothing; the figures go in README.md.
 set -euo pipefail
