@@ -49,6 +49,7 @@ fn main() {
 fn order_hot_functions() {
     println!("cargo:rerun-if-changed=link/hot-symbols.txt");
     println!("cargo:rerun-if-env-changed=KEYWARD_NO_SYMBOL_ORDER");
+    println!("cargo:rerun-if-env-changed=KEYWARD_KEEP_SYMBOLS");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let lld_default = var("TARGET") == "x86_64-unknown-linux-gnu";
     // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out.
@@ -59,6 +60,11 @@ fn order_hot_functions() {
         .and_then(|p| p.file_name());
     if profile != Some(std::ffi::OsStr::new("dist")) {
         return;
+    }
+    // The shipped binary has no symbol table (Cargo.toml says why the linker strips it, not
+    // the profile); link/hot-symbols.sh keeps it to read the function names.
+    if var("KEYWARD_KEEP_SYMBOLS") != "1" {
+        println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
     }
     // A linker of the user's choice (RUSTFLAGS, or the target's `linker` setting) may be GNU ld.
     let flags = var("CARGO_ENCODED_RUSTFLAGS");

@@ -6,7 +6,7 @@
 # together at the front of the text: the kernel maps a binary's text in large page-cache folios,
 # so an idle keyward's resident text is the folios its startup touched (see README, memory).
 #
-#   bash link/hot-symbols.sh        # needs valgrind, curl, openssl, python3; ~10 min (a dist build)
+#   bash link/hot-symbols.sh        # needs valgrind, curl, openssl, python3; a dist build, then ~1 min
 #
 # The names are those of the dist build (the shipped binary: one LTO unit, so no `.llvm.<hash>`
 # suffixes that change from build to build). Functions renamed since the list was written keep
@@ -20,13 +20,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
 
-# The dist profile with its symbols kept (the shipped binary is the same code, stripped), or a
-# prebuilt one (KEYWARD_BIN, a dist build with `CARGO_PROFILE_DIST_STRIP=false`).
+# The dist build with its symbol table kept (KEYWARD_KEEP_SYMBOLS: build.rs then does not strip
+# it; the names are those of the stripped build, which the next plain dist build relinks), or a
+# prebuilt one (KEYWARD_BIN, built so).
 BIN=${KEYWARD_BIN:-}
 if [ -z "$BIN" ]; then
-  CARGO_PROFILE_DIST_STRIP=false KEYWARD_NO_SYMBOL_ORDER=1 CARGO_TARGET_DIR=target/hot \
-    cargo build --profile dist --locked --quiet --bin keyward
-  BIN=target/hot/dist/keyward
+  KEYWARD_KEEP_SYMBOLS=1 KEYWARD_NO_SYMBOL_ORDER=1 cargo build --profile dist --locked --quiet --bin keyward
+  cp target/dist/keyward "$T/keyward"
+  BIN=$T/keyward
 fi
 make_pki
 
