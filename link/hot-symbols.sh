@@ -10,7 +10,8 @@
 #
 # The names are those of the dist build (the shipped binary: one LTO unit, so no `.llvm.<hash>`
 # suffixes that change from build to build). Functions renamed since the list was written keep
-# their default place; rerun this after large changes and compare `bash bench/memory.sh`.
+# their default place; rerun this after large changes, rebuild (`cargo build --profile dist`) and
+# compare `KEYWARD_BIN=target/dist/keyward bash bench/memory.sh` with the binary before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -26,7 +27,7 @@ trap cleanup EXIT
 BIN=${KEYWARD_BIN:-}
 if [ -z "$BIN" ]; then
   KEYWARD_KEEP_SYMBOLS=1 KEYWARD_NO_SYMBOL_ORDER=1 cargo build --profile dist --locked --quiet --bin keyward
-  cp target/dist/keyward "$T/keyward"
+  cp "${CARGO_TARGET_DIR:-target}/dist/keyward" "$T/keyward"
   BIN=$T/keyward
 fi
 make_pki
