@@ -29,50 +29,57 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=KEYWARD_GIT_COMMIT={commit}");
-    order_hot_functions();
+    if building_dist() {
+        strip_symbols();
+        order_hot_functions();
+    }
+}
+
+/// Whether this is the `dist` profile (what the container image ships): OUT_DIR is
+/// `<target>/[<triple>/]<profile>/build/<pkg>-<hash>/out`.
+fn building_dist() -> bool {
+    let out_dir = std::env::var("OUT_DIR").unwrap_or_default();
+    std::path::Path::new(&out_dir)
+        .ancestors()
+        .nth(3)
+        .and_then(|p| p.file_name())
+        .is_some_and(|p| p == "dist")
+}
+
+/// The shipped binary has no symbol table. The linker strips it rather than the profile's
+/// `strip = true`: a profile setting changes every crate's symbol hashes, so the names
+/// link/hot-symbols.sh reads (KEYWARD_KEEP_SYMBOLS=1) would not be the shipped build's.
+fn strip_symbols() {
+    println!("cargo:rerun-if-env-changed=KEYWARD_KEEP_SYMBOLS");
+    if std::env::var("KEYWARD_KEEP_SYMBOLS").as_deref() != Ok("1") {
+        println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
+    }
 }
 
 /// Lays out the functions keyward runs when it starts, loads its config and serves a first
 /// connection (`link/hot-symbols.txt`, written by `link/hot-symbols.sh`) together at the front
 /// of the binary's text. The kernel maps a binary's text in large page-cache folios (64 KB to
-/// 2 MB on ext4 and xfs), so code scattered over the whole text makes most of it resident:
-/// 9.5 MB of the release binary's 16 MB at idle, against ~1.5 MB of functions that ran.
+/// 2 MB on ext4 and xfs), so ~3 MB of such functions scattered over the dist binary's 10 MB of
+/// text made 7.4–8.1 MB of it resident at idle (3.5 MB laid out together).
 ///
-/// The names are the dist build's (one LTO unit): only that profile is ordered; the release
-/// build's names differ (ThinLTO's `.llvm.<hash>` suffixes change from build to build), and
-/// measured with the dist list it was 0.4 MB larger, not smaller.
-///
-/// Only where the linker is LLD (rustc's default for x86_64-unknown-linux-gnu since 1.90, unless
-/// the build names another linker): GNU ld does not know the option. Symbols the list names that a build does not have (renamed,
-/// inlined) are skipped; new functions keep the default place. `KEYWARD_NO_SYMBOL_ORDER=1`
-/// turns it off.
+/// Only the dist profile (one LTO unit): the release build's names differ (ThinLTO's
+/// `.llvm.<hash>` suffixes change from build to build), and with the dist list it measured
+/// 0.4 MB larger, not smaller. Only where the linker is LLD (rustc's default for
+/// x86_64-unknown-linux-gnu since 1.90, unless the build names another linker): GNU ld does not
+/// know the option. Symbols the list names that a build lacks (renamed, inlined) are skipped;
+/// new functions keep the default place. `KEYWARD_NO_SYMBOL_ORDER=1` turns it off.
 fn order_hot_functions() {
     println!("cargo:rerun-if-changed=link/hot-symbols.txt");
     println!("cargo:rerun-if-env-changed=KEYWARD_NO_SYMBOL_ORDER");
-    println!("cargo:rerun-if-env-changed=KEYWARD_KEEP_SYMBOLS");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
-    let lld_default = var("TARGET") == "x86_64-unknown-linux-gnu";
-    // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out.
-    let out_dir = var("OUT_DIR");
-    let profile = std::path::Path::new(&out_dir)
-        .ancestors()
-        .nth(3)
-        .and_then(|p| p.file_name());
-    if profile != Some(std::ffi::OsStr::new("dist")) {
-        return;
-    }
-    // The shipped binary has no symbol table (Cargo.toml says why the linker strips it, not
-    // the profile); link/hot-symbols.sh keeps it to read the function names.
-    if var("KEYWARD_KEEP_SYMBOLS") != "1" {
-        println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
-    }
-    // A linker of the user's choice (RUSTFLAGS, or the target's `linker` setting) may be GNU ld.
+    // A linker of the user's choice (RUSTFLAGS, or the target's `linker` setting) may be GNU
+    // ld; any RUSTFLAGS mentioning a linker count (a needless skip costs only the layout).
     let flags = var("CARGO_ENCODED_RUSTFLAGS");
     let own_linker = flags.contains("linker")
         || flags.contains("fuse-ld")
         || !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty();
     let list = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("link/hot-symbols.txt");
-    if !lld_default
+    if var("TARGET") != "x86_64-unknown-linux-gnu"
         || own_linker
         || !rustc_links_with_lld()
         || var("KEYWARD_NO_SYMBOL_ORDER") == "1"

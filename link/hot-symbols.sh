@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-need valgrind:valgrind curl:curl openssl:openssl python3:python3
+need valgrind:valgrind curl:curl openssl:openssl python3:python3 nm:binutils
 T=$(mktemp -d /tmp/keyward-hot.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
