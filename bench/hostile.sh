@@ -14,6 +14,7 @@
 #   HOSTILE_KINDS=idle,resets bash bench/hostile.sh   # some attacks only (see bench/hostile.py)
 #   HOSTILE_TARGET=twin bash bench/hostile.sh  # the attack on a second keyward process with the
 #       same config and upstreams: what the attack costs the machine, not keyward's own clients
+#   HOSTILE_SCHED=idle bash bench/hostile.sh   # the attacker at SCHED_IDLE instead of nice 19
 #
 # Needs what bench/soak.sh needs; run as root. It asserts nothing; the figures go in README.md.
 set -euo pipefail
@@ -57,12 +58,16 @@ if [ "${HOSTILE_TARGET:-}" = twin ]; then
   "$KW_BIN" run -c "$T/twin.yaml" 2> "$T/twin.log" & pids+=($!)
   until curl -sf "http://127.0.0.1:$TWIN_ADMIN/readyz" >/dev/null; do sleep 0.05; done
 fi
-echo "hostile: phases of ${PHASE}s, $IDLE idle connections, attacks ${HOSTILE_KINDS:-all} on ${HOSTILE_TARGET:-the same} keyward; keyward $($KW_BIN --version)"
+# The attacker's priority: nice 19, or (HOSTILE_SCHED=idle) SCHED_IDLE, which runs it only on a
+# core nothing else wants: the nearest this machine comes to an attacker on another host. What
+# its connections cost in the kernel's receive path and in keyward is charged as before.
+if [ "${HOSTILE_SCHED:-}" = idle ]; then ATTACKER=(chrt --idle 0); else ATTACKER=(nice -n 19); fi
+echo "hostile: phases of ${PHASE}s, $IDLE idle connections, attacks ${HOSTILE_KINDS:-all} on ${HOSTILE_TARGET:-the same} keyward, attacker at ${ATTACKER[*]}; keyward $($KW_BIN --version)"
 : > "$T/phases.tsv"
 phase baseline
 BASE_SAMPLE=$(sample)
 errors > "$T/errors-before.txt"
-nice -n 19 python3 bench/hostile.py "$PHASE" "$IDLE" "$AP" "$AR" "$AH" "$AT" > "$T/hostile.json" &
+"${ATTACKER[@]}" python3 bench/hostile.py "$PHASE" "$IDLE" "$AP" "$AR" "$AH" "$AT" > "$T/hostile.json" &
 HOSTILE=$!
 ( peak_rss=0; peak_fds=0
   while kill -0 $HOSTILE 2>/dev/null; do

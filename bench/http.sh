@@ -25,8 +25,9 @@ trap cleanup EXIT
 source bench/lib.sh
 need wrk:wrk openssl:openssl haproxy:haproxy
 
-# A prebuilt binary (KEYWARD_BIN) is measured as it is: the work tree is not built.
-[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
+# A prebuilt binary (KEYWARD_BIN) is measured as it is; otherwise the shipped (dist) build of
+# the work tree (bench/lib.sh).
+KEYWARD_BIN=$(keyward_bin)
 make_pki
 
 UP=$(free_port); NP=$(free_port); KP=$(free_port); HP=$(free_port)
@@ -72,7 +73,7 @@ resources:
     tls: { ca: $T/ca.pem }
     auth: { type: bearer, token: bench-token }
 YAML
-"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" & pids+=($!)
+"$KEYWARD_BIN" run -c "$T/keyward.yaml" 2> "$T/keyward.log" & pids+=($!)
 KEYWARD_PID=$!
 # KEYWARD_BIN_B=path (and/or KEYWARD_ENV_B="VAR=value ..."): a second keyward beside the first,
 # same config on another port, measured in the same interleaved run as "keyward_b" (a build
@@ -80,7 +81,7 @@ KEYWARD_PID=$!
 if [ -n "${KEYWARD_BIN_B:-}${KEYWARD_ENV_B:-}" ]; then
   KPB=$(free_port)
   sed "s/127.0.0.1:$KP\b/127.0.0.1:$KPB/" "$T/keyward.yaml" > "$T/keyward-b.yaml"
-  env ${KEYWARD_ENV_B:-} "${KEYWARD_BIN_B:-${KEYWARD_BIN:-./target/release/keyward}}" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" & pids+=($!)
+  env ${KEYWARD_ENV_B:-} "${KEYWARD_BIN_B:-$KEYWARD_BIN}" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" & pids+=($!)
   KEYWARD_B_PID=$!
 fi
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$HP/" >/dev/null 2>&1 \

@@ -7,7 +7,7 @@
 #
 #   bash bench/memory.sh            # N=2000
 #   N=500 bash bench/memory.sh
-#   KEYWARD_BIN=target/dist/keyward bash bench/memory.sh   # the shipped build (its hot functions first)
+#   KEYWARD_BIN=target/release/keyward bash bench/memory.sh   # another build (default: dist)
 #
 # Needs nginx, openssl, python3. It asserts nothing; the figures go in README.md.
 set -euo pipefail
@@ -21,8 +21,8 @@ T=$(mktemp -d /tmp/keyward-memory.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
-[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
-KW_BIN=${KEYWARD_BIN:-./target/release/keyward}
+KEYWARD_BIN=$(keyward_bin)
+KW_BIN=$KEYWARD_BIN
 make_pki
 
 UP=$(free_port); KT=$(free_port)
@@ -58,6 +58,20 @@ threads() { awk '/Threads/ {print $2}' /proc/$KW/status; }
 upstreams() { ls -l /proc/$KW/fd | grep -c socket || true; }
 sleep 1
 IDLE_RSS=$(rss); IDLE_THREADS=$(threads)
+# What the idle RSS is made of (/proc/PID/smaps, KiB): the binary's mappings by permission
+# (r-x text; r-- read-only data, relocations, unwind tables; rw- data and relocated
+# vtables), the shared libraries, and anonymous memory (heap, arenas, thread stacks).
+IDLE_DETAIL=$(awk -v bin="$(readlink -f "$KW_BIN")" '
+  /^[0-9a-f]+-[0-9a-f]+ / { perms = $2; name = $6; next }
+  /^Rss:/ {
+    if (name == bin) key = "binary " perms
+    else if (name ~ /\.so/) { n = name; sub(/.*\//, "", n); sub(/\.so.*/, "", n); key = n }
+    else if (name == "[stack]") key = "main stack"
+    else if (name ~ /^\[/) key = name
+    else key = "anonymous"
+    kb[key] += $2
+  }
+  END { for (k in kb) if (kb[k] > 0) printf "%s %d KiB; ", k, kb[k] }' /proc/$KW/smaps)
 
 # N app connections, silent until told to close (a `tcp` resource opens each one's upstream
 # TLS session at accept).
@@ -95,6 +109,7 @@ AFTER_RSS=$(rss); AFTER_THREADS=$(threads)
 echo "keyward $($KW_BIN --version); $(nproc) CPUs"
 mb() { awk -v k="$1" 'BEGIN { printf "%6.1f MB", k / 1024 }'; }
 printf 'idle:                       RSS %s, %s threads\n' "$(mb "$IDLE_RSS")" "$IDLE_THREADS"
+printf '  of it: %s\n' "$IDLE_DETAIL"
 printf '%5d TLS connections open: RSS %s, at most %s threads, %s sockets; %s KiB per connection\n' \
   "$N" "$(mb "$OPEN_RSS")" "$OPEN_THREADS" "$SOCKETS" "$(awk -v a="$OPEN_RSS" -v b="$IDLE_RSS" -v n="$SOCKETS" 'BEGIN { printf "%.1f", (a - b) / (n / 2) }')"
 printf 'after they closed:          RSS %s, %s threads\n' "$(mb "$AFTER_RSS")" "$AFTER_THREADS"

@@ -37,8 +37,9 @@ if [ "$MODE" = connect ] && ! python3 -c 'import pymysql, nacl' 2>/dev/null; the
   exit 2
 fi
 
-# A prebuilt binary (KEYWARD_BIN) is measured as it is: the work tree is not built.
-[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
+# A prebuilt binary (KEYWARD_BIN) is measured as it is; otherwise the shipped (dist) build of
+# the work tree (bench/lib.sh).
+KEYWARD_BIN=$(keyward_bin)
 make_pki
 user=()
 if [ "$(id -u)" = 0 ]; then chown -R mysql:mysql "$T"; user=(--user=mysql); fi
@@ -76,7 +77,7 @@ resources:
     auth: { type: password, username: benched, password: benchpw }
 YAML
 floor_resource "$FPORT" "$MPORT" >> "$T/keyward.yaml"
-"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+"$KEYWARD_BIN" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 pids+=($!)
 until mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$KPORT" --skip-ssl -e "select 1" >/dev/null 2>&1; do sleep 0.05; done
 

@@ -29,8 +29,9 @@ as_pg() { "${AS_PG[@]}" "$@"; }
 source bench/lib.sh
 need pgbouncer:pgbouncer openssl:openssl /usr/bin/time:time
 
-# A prebuilt binary (KEYWARD_BIN) is measured as it is: the work tree is not built.
-[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
+# A prebuilt binary (KEYWARD_BIN) is measured as it is; otherwise the shipped (dist) build of
+# the work tree (bench/lib.sh).
+KEYWARD_BIN=$(keyward_bin)
 make_pki
 chmod 600 "$T/server.key"; chmod 644 "$T/ca.pem"
 echo adminpw > "$T/pwfile"
@@ -71,14 +72,14 @@ resources:
     pool_max_idle: ${POOL_MAX_IDLE:-20}   # server connections kept for reuse (0: each app connection logs in)
 YAML
 floor_resource "$FPORT" "$PGPORT" >> "$T/keyward.yaml"
-"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+"$KEYWARD_BIN" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 KW_PID=$!; pids+=($!)
 # KEYWARD_BIN_B=path: a second keyward build beside the first, same config on other ports,
 # measured in the same interleaved run (e.g. before/after a change); its numbers are printed
 # in the repetition lines as "keyward B".
 # AUDIT_B=1: keyward B is this binary with every statement recorded (audit: statements, a
 # rotated file sink in the bench's directory).
-if [ -n "${AUDIT_B:-}" ]; then KEYWARD_BIN_B=${KEYWARD_BIN_B:-${KEYWARD_BIN:-./target/release/keyward}}; fi
+if [ -n "${AUDIT_B:-}" ]; then KEYWARD_BIN_B=${KEYWARD_BIN_B:-$KEYWARD_BIN}; fi
 if [ -n "${KEYWARD_BIN_B:-}" ]; then
   KPORT_B=$(free_port)
   sed -e "s/127.0.0.1:$KPORT/127.0.0.1:$KPORT_B/" -e "s/127.0.0.1:$FPORT/127.0.0.1:$(free_port)/" "$T/keyward.yaml" > "$T/keyward-b.yaml"

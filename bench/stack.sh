@@ -18,8 +18,8 @@ need redis-server:redis-server redis-benchmark:redis-tools wrk:wrk openssl:opens
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$B/postgres" ] || { echo "missing $B/postgres (Debian: postgresql-15)" >&2; exit 2; }
 
-[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
-KW_BIN=${KEYWARD_BIN:-./target/release/keyward}
+KEYWARD_BIN=$(keyward_bin)
+KW_BIN=$KEYWARD_BIN
 
 start_stack() {
 make_pki

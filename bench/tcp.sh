@@ -21,8 +21,9 @@ trap cleanup EXIT
 source bench/lib.sh
 need redis-server:redis-server redis-benchmark:redis-tools openssl:openssl
 
-# A prebuilt binary (KEYWARD_BIN) is measured as it is: the work tree is not built.
-[ -n "${KEYWARD_BIN:-}" ] || cargo build --release --locked --quiet
+# A prebuilt binary (KEYWARD_BIN) is measured as it is; otherwise the shipped (dist) build of
+# the work tree (bench/lib.sh).
+KEYWARD_BIN=$(keyward_bin)
 # PKI: a CA and a server certificate for localhost (EC P-256).
 make_pki
 
@@ -41,7 +42,7 @@ resources:
     upstream: localhost:$RPORT
     tls: { ca: $T/ca.pem }
 YAML
-"${KEYWARD_BIN:-./target/release/keyward}" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
+"$KEYWARD_BIN" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 pids+=($!)
 for _ in $(seq 100); do
   redis-cli -p "$KPORT" PING 2>/dev/null | grep -q PONG && break
