@@ -72,18 +72,10 @@ fn strip_symbols() {
 fn order_hot_functions() {
     println!("cargo:rerun-if-changed=link/hot-symbols.txt");
     println!("cargo:rerun-if-env-changed=KEYWARD_NO_SYMBOL_ORDER");
-    let var = |k: &str| std::env::var(k).unwrap_or_default();
-    // A linker of the user's choice (RUSTFLAGS, or the target's `linker` setting) may be GNU
-    // ld; any RUSTFLAGS mentioning a linker count (a needless skip costs only the layout).
-    let flags = var("CARGO_ENCODED_RUSTFLAGS");
-    let own_linker = flags.contains("linker")
-        || flags.contains("fuse-ld")
-        || !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty();
-    let list = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("link/hot-symbols.txt");
-    if var("TARGET") != "x86_64-unknown-linux-gnu"
-        || own_linker
-        || !rustc_links_with_lld()
-        || var("KEYWARD_NO_SYMBOL_ORDER") == "1"
+    let list = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
+        .join("link/hot-symbols.txt");
+    if !links_with_lld()
+        || std::env::var("KEYWARD_NO_SYMBOL_ORDER").as_deref() == Ok("1")
         || !list.exists()
     {
         return;
@@ -103,23 +95,33 @@ fn order_hot_functions() {
 /// it (a native build: what the binary will be run with) and the linker is LLD.
 fn pack_relocations() {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
-    let flags = var("CARGO_ENCODED_RUSTFLAGS");
-    if var("TARGET") != "x86_64-unknown-linux-gnu"
-        || var("HOST") != var("TARGET")
-        || flags.contains("linker")
-        || flags.contains("fuse-ld")
-        || !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
-        || !rustc_links_with_lld()
-        || host_glibc() < (2, 36)
+    if var("HOST") == var("TARGET")
+        && links_with_lld()
+        && version_printed("getconf", "GNU_LIBC_VERSION") >= (2, 36)
     {
-        return;
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
-    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
 }
 
-/// The build host's glibc version (`getconf GNU_LIBC_VERSION`: "glibc 2.36"), (0, 0) if unknown.
-fn host_glibc() -> (u32, u32) {
-    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
+/// Whether the binary is linked by LLD: rustc 1.90 and later link x86_64-unknown-linux-gnu with
+/// it (earlier ones: the system's cc and GNU ld), unless the build names another linker
+/// (RUSTFLAGS, or the target's `linker` setting; any RUSTFLAGS mentioning a linker count: a
+/// needless skip costs only memory).
+fn links_with_lld() -> bool {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    var("TARGET") == "x86_64-unknown-linux-gnu"
+        && !flags.contains("linker")
+        && !flags.contains("fuse-ld")
+        && var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
+        && version_printed(&rustc, "--version") >= (1, 90)
+}
+
+/// The major and minor version in the second word `program arg` prints ("rustc 1.95.0 (…)",
+/// "glibc 2.36"); (0, 0) if it cannot be run or read.
+fn version_printed(program: &str, arg: &str) -> (u32, u32) {
+    let Ok(out) = Command::new(program).arg(arg).output() else {
         return (0, 0);
     };
     let text = String::from_utf8_lossy(&out.stdout);
@@ -130,23 +132,4 @@ fn host_glibc() -> (u32, u32) {
         .split('.')
         .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
-/// rustc 1.90 and later link x86_64-unknown-linux-gnu with LLD (earlier ones: the system's cc
-/// and GNU ld).
-fn rustc_links_with_lld() -> bool {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let Ok(out) = Command::new(rustc).arg("--version").output() else {
-        return false;
-    };
-    let version = String::from_utf8_lossy(&out.stdout);
-    // "rustc 1.95.0 (59807616e 2026-04-14)"
-    let mut parts = version
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .split('.')
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (1, 90)
 }
