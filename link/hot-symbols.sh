@@ -126,7 +126,7 @@ talk(tcp, b"hello")
 talk(tls12, b"hello")
 PY
 # What the scenario does once keyward is up (its admin endpoint ready): an HTTP request twice, a
-# first connection on each database and the tcp resource, /metrics and /resources.
+# first connection on each database and the tcp resources, /metrics and /resources.
 scenario() {
   until curl -sf "http://127.0.0.1:$ADMIN/readyz" > /dev/null; do
     kill -0 "$1" 2>/dev/null || { cat "$2"; exit 1; }
