@@ -31,8 +31,11 @@ fn main() {
     println!("cargo:rustc-env=KEYWARD_GIT_COMMIT={commit}");
     if building_dist() {
         strip_symbols();
-        order_hot_functions();
-        pack_relocations();
+        // Both link options are LLD's (GNU ld rejects them).
+        if links_with_lld() {
+            order_hot_functions();
+            pack_relocations();
+        }
     }
 }
 
@@ -74,10 +77,7 @@ fn order_hot_functions() {
     println!("cargo:rerun-if-env-changed=KEYWARD_NO_SYMBOL_ORDER");
     let list = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
         .join("link/hot-symbols.txt");
-    if !links_with_lld()
-        || std::env::var("KEYWARD_NO_SYMBOL_ORDER").as_deref() == Ok("1")
-        || !list.exists()
-    {
+    if std::env::var("KEYWARD_NO_SYMBOL_ORDER").as_deref() == Ok("1") || !list.exists() {
         return;
     }
     println!(
@@ -92,13 +92,10 @@ fn order_hot_functions() {
 /// become a few KB. Needs glibc 2.36 where the binary runs (the container image's base, Debian
 /// 12, has it); the linker marks the binary `GLIBC_ABI_DT_RELR`, so an older glibc refuses it
 /// with a clear message instead of running it unrelocated. Only where the build host's glibc has
-/// it (a native build: what the binary will be run with) and the linker is LLD.
+/// it (a native build: what the binary will be run with); called only where LLD links.
 fn pack_relocations() {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
-    if var("HOST") == var("TARGET")
-        && links_with_lld()
-        && version_printed("getconf", "GNU_LIBC_VERSION") >= (2, 36)
-    {
+    if var("HOST") == var("TARGET") && version_printed("getconf", "GNU_LIBC_VERSION") >= (2, 36) {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }

@@ -21,8 +21,7 @@ T=$(mktemp -d /tmp/keyward-memory.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
-KEYWARD_BIN=$(keyward_bin)
-KW_BIN=$KEYWARD_BIN
+KW_BIN=$(keyward_bin)
 make_pki
 
 UP=$(free_port); KT=$(free_port)

@@ -18,8 +18,7 @@ need redis-server:redis-server redis-benchmark:redis-tools wrk:wrk openssl:opens
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$B/postgres" ] || { echo "missing $B/postgres (Debian: postgresql-15)" >&2; exit 2; }
 
-KEYWARD_BIN=$(keyward_bin)
-KW_BIN=$KEYWARD_BIN
+KW_BIN=$(keyward_bin)
 
 start_stack() {
 make_pki

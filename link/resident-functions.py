@@ -14,21 +14,19 @@ import sys
 PAGE = 4096
 pid, binary = int(sys.argv[1]), os.path.realpath(sys.argv[2])
 
-# Where the binary's text is mapped, and the ELF address it maps (a PIE: runtime = base + vaddr).
+# Where the binary's text is mapped, and its load address (a PIE: the mapping at file offset 0;
+# runtime address = load address + ELF address).
+low = base = None
 for line in open(f"/proc/{pid}/maps"):
     fields = line.split()
-    if len(fields) >= 6 and fields[1] == "r-xp" and fields[5] == binary:
-        low, high = (int(x, 16) for x in fields[0].split("-"))
-        offset = int(fields[2], 16)
-        break
-else:
-    sys.exit(f"{binary} has no text mapping in process {pid}")
-base = None
-for line in open(f"/proc/{pid}/maps"):
-    fields = line.split()
-    if len(fields) >= 6 and fields[5] == binary and int(fields[2], 16) == 0:
+    if len(fields) < 6 or fields[5] != binary:
+        continue
+    if int(fields[2], 16) == 0:
         base = int(fields[0].split("-")[0], 16)
-        break
+    if fields[1] == "r-xp":
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+if low is None or base is None:
+    sys.exit(f"{binary} has no text mapping in process {pid}")
 
 resident = set()
 with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
