@@ -22,6 +22,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
 KW_BIN=$(keyward_bin)
+# Read the binary as a container's first start reads it: its pages evicted from the page cache
+# first, so exec maps them in the folios readahead makes. A binary just written (by the linker,
+# by cp) sits in the folios its writes made, which map in larger windows: 0.3-0.6 MB more idle
+# RSS for the same build.
+sync "$(readlink -f "$KW_BIN")"
+python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$(readlink -f "$KW_BIN")"
 make_pki
 
 UP=$(free_port); KT=$(free_port)
@@ -54,7 +60,7 @@ until python3 -c "import socket; socket.create_connection(('127.0.0.1', $KT)).cl
 
 rss() { awk '/VmRSS/ {print $2}' /proc/$KW/status; }
 threads() { awk '/Threads/ {print $2}' /proc/$KW/status; }
-upstreams() { ls -l /proc/$KW/fd | grep -c socket || true; }
+upstreams() { ls -l /proc/$KW/fd 2>/dev/null | grep -c socket || true; }
 sleep 1
 IDLE_RSS=$(rss); IDLE_THREADS=$(threads)
 # What the idle RSS is made of (/proc/PID/smaps, KiB): the binary's mappings by permission

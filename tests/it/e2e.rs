@@ -304,6 +304,60 @@ fn connections_opened_at_once_are_shared_evenly_by_the_workers() {
     );
 }
 
+/// Issue 14's thread bound: with 200 connections open keyward runs its workers (one per core),
+/// jemalloc's purging threads (one per CPU: `percpu_arena`, from `.cargo/config.toml`), the
+/// main thread, the main runtime's one worker and the file watcher, and no thread per
+/// connection or per upstream name lookup (the upstream is `localhost`, a name).
+#[test]
+fn threads_stay_bounded_by_the_cores_with_connections_open() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
+        }
+    });
+    let pki = Pki::new();
+    let cfg = pki.write(
+        "keyward.yaml",
+        &format!("admin: {{ listen: 127.0.0.1:0 }}\nresources:\n  - name: t\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:{port}\n    tls: {{ mode: disable }}\n"),
+    );
+    let keyward = Keyward::start(&cfg);
+    let (addr, admin) = (keyward.addr("t"), keyward.admin_addr());
+    let apps = (0..200)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect::<Vec<_>>();
+    wait_until("200 connections counted", || {
+        worker_connections(admin).iter().sum::<i64>() == 200
+    });
+    let workers = worker_connections(admin).len();
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let tasks = format!("/proc/{}/task", keyward.proc.child.id());
+    let names: Vec<String> = std::fs::read_dir(&tasks)
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    let purging = names
+        .iter()
+        .filter(|n| n.starts_with("jemalloc_bg"))
+        .count();
+    assert!(
+        purging <= cpus,
+        "{purging} purging threads on {cpus} CPUs: {names:?}"
+    );
+    assert!(
+        names.len() <= workers + cpus + 3,
+        "{} threads with {workers} workers on {cpus} CPUs: {names:?}",
+        names.len()
+    );
+    drop(apps);
+}
+
 fn http_config(pki: &Pki, port: u16, f: &Files, auth: &str) -> PathBuf {
     pki.write(
         "keyward.yaml",
