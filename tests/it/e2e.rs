@@ -255,10 +255,10 @@ fn worker_connections(admin: std::net::SocketAddr) -> Vec<i64> {
     loads.into_iter().map(|(_, v)| v).collect()
 }
 
-#[test]
-fn connections_opened_at_once_are_shared_evenly_by_the_workers() {
-    // An upstream that holds every connection until its app closes (a `tcp` resource without
-    // TLS connects to it at accept).
+/// A config with an admin endpoint and one `tcp` resource `t` (no TLS) in front of an
+/// upstream at `host` that holds every connection until its app closes (a `tcp` resource
+/// without TLS connects to it at accept).
+fn sink_config(pki: &Pki, host: &str) -> PathBuf {
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = upstream.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -266,11 +266,16 @@ fn connections_opened_at_once_are_shared_evenly_by_the_workers() {
             std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
         }
     });
-    let pki = Pki::new();
-    let cfg = pki.write(
+    pki.write(
         "keyward.yaml",
-        &format!("admin: {{ listen: 127.0.0.1:0 }}\nresources:\n  - name: t\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: 127.0.0.1:{port}\n    tls: {{ mode: disable }}\n"),
-    );
+        &format!("admin: {{ listen: 127.0.0.1:0 }}\nresources:\n  - name: t\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: {host}:{port}\n    tls: {{ mode: disable }}\n"),
+    )
+}
+
+#[test]
+fn connections_opened_at_once_are_shared_evenly_by_the_workers() {
+    let pki = Pki::new();
+    let cfg = sink_config(&pki, "127.0.0.1");
     let keyward = Keyward::start_with_env(
         &["run".as_ref(), "-c".as_ref(), cfg.as_os_str()],
         &[("KEYWARD_WORKER_THREADS", "3".as_ref())],
@@ -310,18 +315,8 @@ fn connections_opened_at_once_are_shared_evenly_by_the_workers() {
 /// connection or per upstream name lookup (the upstream is `localhost`, a name).
 #[test]
 fn threads_stay_bounded_by_the_cores_with_connections_open() {
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut s in upstream.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
-        }
-    });
     let pki = Pki::new();
-    let cfg = pki.write(
-        "keyward.yaml",
-        &format!("admin: {{ listen: 127.0.0.1:0 }}\nresources:\n  - name: t\n    protocol: tcp\n    listen: 127.0.0.1:0\n    upstream: localhost:{port}\n    tls: {{ mode: disable }}\n"),
-    );
+    let cfg = sink_config(&pki, "localhost");
     let keyward = Keyward::start(&cfg);
     let (addr, admin) = (keyward.addr("t"), keyward.admin_addr());
     let apps = (0..200)
