@@ -22,12 +22,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
 KW_BIN=$(keyward_bin)
+KW_FILE=$(readlink -f "$KW_BIN")   # the file itself (KW_BIN may be a link): its smaps name
 # Read the binary as a container's first start reads it: its pages evicted from the page cache
 # first, so exec maps them in the folios readahead makes. A binary just written (by the linker,
 # by cp) sits in the folios its writes made, which map in larger windows: 0.3-0.6 MB more idle
 # RSS for the same build.
-sync "$(readlink -f "$KW_BIN")"
-python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$(readlink -f "$KW_BIN")"
+sync "$KW_FILE"
+python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$KW_FILE"
 make_pki
 
 UP=$(free_port); KT=$(free_port)
@@ -66,7 +67,7 @@ IDLE_RSS=$(rss); IDLE_THREADS=$(threads)
 # What the idle RSS is made of (/proc/PID/smaps, KiB): the binary's mappings by permission
 # (r-x text; r-- read-only data, relocations, unwind tables; rw- data and relocated
 # vtables), the shared libraries, and anonymous memory (heap, arenas, thread stacks).
-IDLE_DETAIL=$(awk -v bin="$(readlink -f "$KW_BIN")" '
+IDLE_DETAIL=$(awk -v bin="$KW_FILE" '
   /^[0-9a-f]+-[0-9a-f]+ / { perms = $2; name = $6; next }
   /^Rss:/ {
     if (name == bin) key = "binary " perms
