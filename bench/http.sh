@@ -87,27 +87,39 @@ fi
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$HP/" >/dev/null 2>&1 \
   && { [ -z "${KPB:-}" ] || curl -sf "http://127.0.0.1:$KPB/" >/dev/null 2>&1; } && break; sleep 0.05; done
 
-# CPU ticks (user + system) of the given PIDs.
-cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo "$t"; }
+# CPU ticks of the given PIDs: "user system".
+cpu_ticks() { local u=0 k=0; for p in $1; do read -r a b < <(awk '{ print $14, $15 }' "/proc/$p/stat"); u=$((u + a)); k=$((k + b)); done; echo "$u $k"; }
+# The proxies' system calls per request, where perf can count them (Debian: linux-perf, and
+# tracepoints readable: kernel.perf_event_paranoid <= 1 or root).
+SYSCALLS=
+perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 && SYSCALLS=1
 # nginx's proxy work happens in its workers: the master's children.
 NGINX_WORKER=$(pgrep -P "$NGINX_PROXY_PID" | tr '\n' ' ')
 HZ=$(getconf CLK_TCK)
 run() { # $1 name, $2 url, $3 pid to charge CPU to (or empty)
-  local before after out
-  before=$(cpu_ticks "$3")
+  local u0 k0 u1 k1 out perf_pid= calls=-1
+  if [ -n "$SYSCALLS" ] && [ -n "$3" ]; then
+    perf stat -x, -e raw_syscalls:sys_enter -o "$T/perf" -p "$(echo $3 | tr ' ' ',')" & perf_pid=$!
+    sleep 0.2
+  fi
+  read -r u0 k0 < <(cpu_ticks "$3")
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$2")
-  after=$(cpu_ticks "$3")
+  read -r u1 k1 < <(cpu_ticks "$3")
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$T/perf")
+  fi
   # A row of error responses measures nothing (nginx 1.22's proxy_ssl_protocols leaves TLS 1.3
   # out: every request was a 502 until it was set).
   if grep -q "Non-2xx" <<< "$out"; then
     echo "$1: $(grep "Non-2xx" <<< "$out" | tr -s ' ') — not a measurement" >&2
     exit 1
   fi
-  echo "$out" | awk -v name="$1" -v ticks=$((after - before)) -v hz="$HZ" '
+  echo "$out" | awk -v name="$1" -v ut=$((u1 - u0)) -v kt=$((k1 - k0)) -v hz="$HZ" -v calls="${calls:--1}" '
     /Requests\/sec/ { rps = $2 }
     /^ +50%/ { p50 = $2 } /^ +99%/ { p99 = $2 }
     /requests in/ { n = $1 }
-    END { cpu = (n > 0 && ticks > 0) ? ticks * 1e6 / hz / n : 0; printf "%s %s %s %s %.1f\n", name, rps, p50, p99, cpu }'
+    END { per = n > 0 ? 1e6 / hz / n : 0; printf "%s %s %s %s %.1f %.1f %.1f %.2f\n", name, rps, p50, p99, (ut + kt) * per, ut * per, kt * per, (calls < 0 || n == 0) ? -1 : calls / n }'
 }
 results=()
 for r in $(seq "$REPS"); do
@@ -121,24 +133,27 @@ printf '%s\n' "${results[@]}" | python3 -c '
 import statistics, sys
 rows = {}
 for line in sys.stdin:
-    name, rps, p50, p99, cpu = line.split()
-    rows.setdefault(name, []).append((float(rps), p50, p99, float(cpu)))
+    name, rps, p50, p99, cpu, user, kernel, calls = line.split()
+    rows.setdefault(name, []).append((float(rps), p50, p99, float(cpu), float(user), float(kernel), float(calls)))
 def ms(v):
     v = v.strip()
     for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
         if v.endswith(unit): return float(v[: -len(unit)]) * f
     return float(v)
 print(f"wrk -t'"$THREADS"' -c'"$CONNS"' -d'"$DURATION"'s, medians of '"$REPS"' interleaved runs")
-print("%-10s %10s %8s %8s %17s" % ("path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req"))
+print("%-10s %10s %8s %8s %17s %16s %13s" % ("path", "req/s", "p50 ms", "p99 ms", "proxy CPU us/req", "(user + kernel)", "syscalls/req"))
 med = {}
 for name in ("direct", "nginx", "haproxy", "keyward", "keyward_b"):
     if name not in rows:
         continue
     r = rows[name]
-    med[name] = (statistics.median(x[0] for x in r), statistics.median(ms(x[1]) for x in r), statistics.median(ms(x[2]) for x in r), statistics.median(x[3] for x in r))
+    med[name] = (statistics.median(x[0] for x in r), statistics.median(ms(x[1]) for x in r), statistics.median(ms(x[2]) for x in r),
+                 *(statistics.median(x[i] for x in r) for i in (3, 4, 5, 6)))
     m = med[name]
     cpu = f"{m[3]:.1f}" if name != "direct" else "-"
-    print(f"{name:10} {m[0]:>10.0f} {m[1]:>8.3f} {m[2]:>8.3f} {cpu:>17}")
+    split = f"({m[4]:.1f} + {m[5]:.1f})" if name != "direct" else ""
+    calls = f"{m[6]:.2f}" if m[6] >= 0 else "-"
+    print(f"{name:10} {m[0]:>10.0f} {m[1]:>8.3f} {m[2]:>8.3f} {cpu:>17} {split:>16} {calls:>13}")
 k, d = med["keyward"], med["direct"]
 best = max(("nginx", "haproxy"), key=lambda n: med[n][0])
 for n in ("nginx", "haproxy"):

@@ -35,6 +35,18 @@ cpu_ticks() {
   echo "$t"
 }
 
+# Like cpu_ticks, as "user system" (ticks spent in the process's own code and libraries, and in
+# the kernel on its behalf: its system calls and the network stack work they do).
+cpu_ticks_split() {
+  local u=0 k=0 p s
+  for p in "$@" $(for p in "$@"; do pgrep -P "$p"; done); do
+    s=$(sed 's/.*) //' /proc/"$p"/stat 2>/dev/null) || continue
+    set -- $s
+    u=$((u + ${12} + ${14})); k=$((k + ${13} + ${15}))
+  done
+  echo "$u $k"
+}
+
 # Fails with the list of what is missing (and the Debian packages that have it) unless every
 # named command is on PATH. Arguments: command:package pairs.
 need() {

@@ -125,15 +125,29 @@ for c in "$KEYWARD" "$BOUNCER" ${KEYWARD_BIN_B:+"$KEYWARD_B"}; do
 done
 $B/pgbench -i -s 1 -q "$DIRECT" >/dev/null 2>&1
 
-run() { # proxy pid (or -), conninfo, extra args → "tps latency_ms client_us server_us proxy_us" (CPU µs per transaction)
-  local proxy=$1 s0 p0 out tps
+# The proxies' system calls per transaction, where perf can count them (Debian: linux-perf, and
+# tracepoints readable: kernel.perf_event_paranoid <= 1 or root).
+SYSCALLS=
+perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 && SYSCALLS=1
+run() { # proxy pid (or -), conninfo, extra args → "tps latency_ms client_us server_us proxy_us
+        # proxy_syscalls proxy_user_us proxy_kernel_us" (per transaction; -1: not counted)
+  local proxy=$1 s0 p0 out tps perf_pid= calls=-1 u0=0 k0=0 u1=0 k1=0
   shift
-  s0=$(cpu_ticks "$PG_PID"); p0=0; [ "$proxy" != - ] && p0=$(cpu_ticks "$proxy")
+  if [ -n "$SYSCALLS" ] && [ "$proxy" != - ]; then
+    perf stat -x, -e raw_syscalls:sys_enter -o "$T/perf" -p "$proxy" & perf_pid=$!
+    sleep 0.2
+  fi
+  s0=$(cpu_ticks "$PG_PID"); p0=0; [ "$proxy" != - ] && { p0=$(cpu_ticks "$proxy"); read -r u0 k0 < <(cpu_ticks_split "$proxy"); }
   out=$(/usr/bin/time -o "$T/time" -f "cpu %U %S" $B/pgbench -S -c "$CLIENTS" -j 2 -T "$DURATION" "${@:2}" "$1" 2>/dev/null; cat "$T/time")
-  local s1 p1=0; s1=$(cpu_ticks "$PG_PID"); [ "$proxy" != - ] && p1=$(cpu_ticks "$proxy")
-  awk -v ds=$((s1 - s0)) -v dp=$((p1 - p0)) -v dur="$DURATION" '
+  local s1 p1=0; s1=$(cpu_ticks "$PG_PID"); [ "$proxy" != - ] && { p1=$(cpu_ticks "$proxy"); read -r u1 k1 < <(cpu_ticks_split "$proxy"); }
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$T/perf")
+  fi
+  awk -v ds=$((s1 - s0)) -v dp=$((p1 - p0)) -v dur="$DURATION" -v calls="${calls:--1}" -v du=$((u1 - u0)) -v dk=$((k1 - k0)) '
     /^latency average/ { lat = $4 } /^tps = / { tps = $3 } /^cpu / { cl = $2 + $3 }
-    END { n = tps * dur; printf "%s %s %.1f %.1f %.1f\n", tps, lat, cl * 1e6 / n, ds * 1e4 / n, dp * 1e4 / n }' <<< "$out"
+    END { n = tps * dur; printf "%s %s %.1f %.1f %.1f %.2f %.1f %.1f\n", tps, lat, cl * 1e6 / n, ds * 1e4 / n, dp * 1e4 / n,
+          calls < 0 ? -1 : calls / n, du * 1e4 / n, dk * 1e4 / n }' <<< "$out"
 }
 
 echo "pgbench -S -c $CLIENTS -j 2 -T $DURATION, $REPS interleaved repetitions"
@@ -161,20 +175,26 @@ rows = [l.split() for l in sys.stdin if l.strip()]
 for mode in ("open", "reconnect"):
     r = [x for x in rows if x[0] == mode]
     med = lambda i: statistics.median(float(x[i]) for x in r)
-    d, dl, k, kl, b, bl = (med(i) for i in (1, 2, 6, 7, 11, 12))
-    cpu = lambda o: "/".join(f"{med(o + i):.0f}" for i in range(3))
+    G = 8  # fields per path (see run)
+    D, K, B, KB = (1 + G * i for i in range(4))
+    d, dl, k, kl, b, bl = (med(i) for i in (D, D + 1, K, K + 1, B, B + 1))
+    cpu = lambda o: "/".join(f"{med(o + 2 + i):.0f}" for i in range(3))
+    calls = lambda o: f"{med(o + 5):.2f}" if med(o + 5) >= 0 else "-"
+    split = lambda o: f"{med(o + 6):.1f} + {med(o + 7):.1f}"
     label = "-S" if mode == "open" else "-S -C"
     print(f"{label:6} direct TLS {d:9,.0f} tps {dl:6.3f} ms | keyward {k:9,.0f} tps {kl:6.3f} ms | pgbouncer {b:9,.0f} tps {bl:6.3f} ms | keyward/direct {k/d:.2f}  keyward/pgbouncer {k/b:.2f}")
-    print(f"       CPU µs/transaction (pgbench/postgres/proxy): direct {cpu(3)} | keyward {cpu(8)} | pgbouncer {cpu(13)}"
-          f" | proxy CPU keyward/pgbouncer {med(10) / med(15):.2f}x")
-    if len(r[0]) > 16:
-        print(f"       keyward B {med(16):9,.0f} tps {med(17):6.3f} ms, proxy CPU {med(20):.1f} µs/transaction"
-              f" | B/keyward: {med(16) / k:.2f}x tps, {med(20) / med(10):.2f}x proxy CPU")
+    print(f"       CPU µs/transaction (pgbench/postgres/proxy): direct {cpu(D)} | keyward {cpu(K)} | pgbouncer {cpu(B)}"
+          f" | proxy CPU keyward/pgbouncer {med(K + 4) / med(B + 4):.2f}x")
+    print(f"       proxy CPU user + kernel µs/transaction: keyward {split(K)} | pgbouncer {split(B)};"
+          f" proxy syscalls/transaction: keyward {calls(K)} | pgbouncer {calls(B)}")
+    if len(r[0]) > KB:
+        print(f"       keyward B {med(KB):9,.0f} tps {med(KB + 1):6.3f} ms, proxy CPU {med(KB + 4):.1f} µs/transaction"
+              f" ({split(KB)}), {calls(KB)} syscalls | B/keyward: {med(KB) / k:.2f}x tps, {med(KB + 4) / med(K + 4):.2f}x proxy CPU")
 '''
 printf '%s\n' "${floors[@]}" | python3 -c '
 import statistics, sys
 r = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
-p, f = (statistics.median(x[i] for x in r) for i in (0, 5))
+p, f = (statistics.median(x[i] for x in r) for i in (0, 8))
 print(f"floor: plaintext {p:,.0f} tps, through a keyward tcp hop (no TLS, no login) {f:,.0f} tps: one loopback hop alone keeps {f/p:.2f}")
 '
 if [ -n "${AUDIT_B:-}" ]; then

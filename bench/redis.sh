@@ -15,6 +15,9 @@
 #   bash bench/redis.sh          # needs redis-server, redis-benchmark, stunnel4, nginx with
 #                                # the stream module (libnginx-mod-stream), haproxy, openssl, time
 #   REPS=5 REQUESTS=200000 CLIENTS=32 bash bench/redis.sh
+#   KEYWARD_BIN_B=path bash bench/redis.sh   # a second keyward build beside the first (or
+#                                # KEYWARD_ENV_B="VAR=value": the same binary, another setting)
+# With perf (Debian: linux-perf) and readable tracepoints, each proxy's system calls per request.
 #
 # It asserts nothing; the numbers go in README.md.
 set -euo pipefail
@@ -106,7 +109,20 @@ listen floor
   server up 127.0.0.1:$PPORT"
 "$KEYWARD_BIN" run -c "$T/keyward.yaml" 2> "$T/keyward.log" &
 KEYWARD_PID=$!; pids+=($!)
-for port in "$KPORT" "$FPORT" "$SPORT" "$NPORT" "$HPORT" "$HFPORT"; do
+# KEYWARD_BIN_B=path (and/or KEYWARD_ENV_B="VAR=value ..."): a second keyward beside the first,
+# same config on other ports, measured in the same interleaved run as "keyward_b" and "floor_b".
+B_PORTS=()
+if [ -n "${KEYWARD_BIN_B:-}${KEYWARD_ENV_B:-}" ]; then
+  KPORT_B=$(free_port); FPORT_B=$(free_port); B_PORTS=("$KPORT_B" "$FPORT_B")
+  sed -e "s/127.0.0.1:$KPORT\b/127.0.0.1:$KPORT_B/" -e "s/127.0.0.1:$FPORT\b/127.0.0.1:$FPORT_B/" "$T/keyward.yaml" > "$T/keyward-b.yaml"
+  env ${KEYWARD_ENV_B:-} "${KEYWARD_BIN_B:-$KEYWARD_BIN}" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" &
+  KEYWARD_B_PID=$!; pids+=($!)
+fi
+# The proxies' system calls per request, where perf can count them (Debian: linux-perf, and
+# tracepoints readable: kernel.perf_event_paranoid <= 1 or root); "-" elsewhere.
+SYSCALLS=
+perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 && SYSCALLS=1
+for port in "$KPORT" "$FPORT" "$SPORT" "$NPORT" "$HPORT" "$HFPORT" "${B_PORTS[@]}"; do
   ok=
   for _ in $(seq 100); do
     redis-cli -p "$port" --no-auth-warning -a benchpw PING 2>/dev/null | grep -q PONG && { ok=1; break; }
@@ -115,9 +131,11 @@ for port in "$KPORT" "$FPORT" "$SPORT" "$NPORT" "$HPORT" "$HFPORT"; do
   [ -n "$ok" ] || { echo "port $port does not answer PING" >&2; tail -5 "$T"/*.log >&2; exit 1; }
 done
 
-# One redis-benchmark run: mode → "SET GET client_us redis_us proxy_us" (req/s, CPU µs/request).
+# One redis-benchmark run: mode → "SET GET client_us redis_us proxy_us proxy_syscalls
+# proxy_user_us proxy_sys_us" (req/s, CPU µs/request, the proxy's system calls per request or -1
+# where they are not counted, the proxy's CPU split into user space and kernel).
 bench() {
-  local args proxy=() r0 p0 r1 p1 out
+  local args proxy=() r0 p0 r1 p1 out perf_pid= calls=-1 u0=0 k0=0 u1=0 k1=0
   case $1 in
     direct) args=(-p "$RPORT" --tls --cacert "$T/ca.pem" --sni localhost -a benchpw) ;;
     keyward) args=(-p "$KPORT"); proxy=("$KEYWARD_PID") ;;
@@ -127,17 +145,31 @@ bench() {
     plain) args=(-p "$PPORT" -a benchpw) ;;
     hfloor) args=(-p "$HFPORT" -a benchpw); proxy=("$HAPROXY_PID") ;;
     floor) args=(-p "$FPORT" -a benchpw); proxy=("$KEYWARD_PID") ;;
+    keyward_b) args=(-p "$KPORT_B"); proxy=("$KEYWARD_B_PID") ;;
+    floor_b) args=(-p "$FPORT_B" -a benchpw); proxy=("$KEYWARD_B_PID") ;;
   esac
-  r0=$(cpu_ticks "$REDIS_PID"); p0=0; [ "${#proxy[@]}" -gt 0 ] && p0=$(cpu_ticks "${proxy[@]}")
+  if [ -n "$SYSCALLS" ] && [ "${#proxy[@]}" -gt 0 ]; then
+    # Every thread of the proxy and of its children (nginx's workers).
+    perf stat -x, -e raw_syscalls:sys_enter -o "$T/perf" \
+      -p "$(printf '%s\n' "${proxy[@]}" $(for p in "${proxy[@]}"; do pgrep -P "$p"; done) | paste -sd,)" &
+    perf_pid=$!
+    sleep 0.2
+  fi
+  r0=$(cpu_ticks "$REDIS_PID"); p0=0; [ "${#proxy[@]}" -gt 0 ] && { p0=$(cpu_ticks "${proxy[@]}"); read -r u0 k0 < <(cpu_ticks_split "${proxy[@]}"); }
   out=$(/usr/bin/time -o "$T/time" -f "cpu %U %S" redis-benchmark -h 127.0.0.1 "${args[@]}" -t set,get -n "$REQUESTS" -c "$CLIENTS" -q 2>/dev/null | tr '\r' '\n'; cat "$T/time")
-  r1=$(cpu_ticks "$REDIS_PID"); p1=0; [ "${#proxy[@]}" -gt 0 ] && p1=$(cpu_ticks "${proxy[@]}")
-  awk -v dr=$((r1 - r0)) -v dp=$((p1 - p0)) -v n=$((2 * REQUESTS)) '
+  r1=$(cpu_ticks "$REDIS_PID"); p1=0; [ "${#proxy[@]}" -gt 0 ] && { p1=$(cpu_ticks "${proxy[@]}"); read -r u1 k1 < <(cpu_ticks_split "${proxy[@]}"); }
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$T/perf")
+  fi
+  awk -v dr=$((r1 - r0)) -v dp=$((p1 - p0)) -v n=$((2 * REQUESTS)) -v calls="${calls:--1}" -v du=$((u1 - u0)) -v dk=$((k1 - k0)) '
     /requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") rps = rps " " $(i - 1) }
     /^cpu / { cl = $2 + $3 }
-    END { printf "%s %.1f %.1f %.1f\n", rps, cl * 1e6 / n, dr * 1e4 / n, dp * 1e4 / n }' <<< "$out"
+    END { printf "%s %.1f %.1f %.1f %.2f %.1f %.1f\n", rps, cl * 1e6 / n, dr * 1e4 / n, dp * 1e4 / n, calls < 0 ? -1 : calls / n, du * 1e4 / n, dk * 1e4 / n }' <<< "$out"
 }
 
 modes=(direct keyward stunnel nginx haproxy plain floor hfloor)
+[ -z "${KEYWARD_B_PID:-}" ] || modes+=(keyward_b floor_b)
 echo "redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS, $REPS interleaved repetitions"
 echo "(req/s SET GET, then CPU µs per request: client / redis / proxy)"
 rows=()
@@ -161,12 +193,17 @@ label = {"direct": "redis-benchmark --tls -> Redis", "keyward": "-> keyward -> T
          "stunnel": "-> stunnel -> TLS -> Redis", "nginx": "-> nginx stream -> TLS -> Redis",
          "haproxy": "-> HAProxy tcp -> TLS -> Redis",
          "plain": "redis-benchmark -> Redis, no TLS", "floor": "-> keyward tcp -> Redis, no TLS",
-         "hfloor": "-> HAProxy tcp splice -> Redis, no TLS"}
-print(f"{'path':44} {'SET/s':>9} {'GET/s':>9} {'ratio':>6}  CPU us/req client/redis/proxy")
-for m in ("direct", "keyward", "stunnel", "nginx", "haproxy", "plain", "floor", "hfloor"):
-    base = "plain" if m in ("plain", "floor", "hfloor") else "direct"
+         "hfloor": "-> HAProxy tcp splice -> Redis, no TLS",
+         "keyward_b": "-> keyward B -> TLS -> Redis (AUTH injected)", "floor_b": "-> keyward B tcp -> Redis, no TLS"}
+print(f"{'path':44} {'SET/s':>9} {'GET/s':>9} {'ratio':>6}  CPU us/req client/redis/proxy (proxy: user+kernel)  proxy syscalls/req")
+for m in ("direct", "keyward", "stunnel", "nginx", "haproxy", "plain", "floor", "hfloor", "keyward_b", "floor_b"):
+    if m not in med:
+        continue
+    base = "plain" if m in ("plain", "floor", "hfloor", "floor_b") else "direct"
     c = med[m]
-    print(f"{label[m]:44} {c[0]:9,.0f} {c[1]:9,.0f} {rps(m) / rps(base):6.2f}  {c[2]:.1f}/{c[3]:.1f}/{c[4]:.1f}")
+    calls = f"{c[5]:.2f}" if c[5] >= 0 else "-"
+    split = f"({c[6]:.1f}+{c[7]:.1f})" if m not in ("direct", "plain") else ""
+    print(f"{label[m]:44} {c[0]:9,.0f} {c[1]:9,.0f} {rps(m) / rps(base):6.2f}  {c[2]:.1f}/{c[3]:.1f}/{c[4]:.1f} {split:14}  {calls:>18}")
 peers = ("stunnel", "nginx", "haproxy")
 best = max(peers, key=rps)
 cheapest = min(peers, key=lambda m: med[m][4])
@@ -174,4 +211,7 @@ print("keyward / " + ", ".join(f"{p} {rps('keyward') / rps(p):.2f}x" for p in pe
 print(f"keyward CPU/req / the cheapest peer's ({cheapest}): {med['keyward'][4] / med[cheapest][4]:.2f}x")
 print(f"floor: one plaintext loopback hop alone keeps {rps('floor') / rps('plain'):.2f} (keyward) and "
       f"{rps('hfloor') / rps('plain'):.2f} (HAProxy) of the plaintext throughput; keyward/HAProxy {rps('floor') / rps('hfloor'):.2f}x")
+if "keyward_b" in med:
+    for a, b in (("keyward", "keyward_b"), ("floor", "floor_b")):
+        print(f"{b}/{a}: req/s {rps(b) / rps(a):.2f}x, CPU/req {med[b][4] / med[a][4]:.2f}x")
 PY
