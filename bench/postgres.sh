@@ -76,10 +76,11 @@ floor_resource "$FPORT" "$PGPORT" >> "$T/keyward.yaml"
 KW_PID=$!; pids+=($!)
 # KEYWARD_BIN_B=path: a second keyward build beside the first, same config on other ports,
 # measured in the same interleaved run (e.g. before/after a change); its numbers are printed
-# in the repetition lines as "keyward B".
+# in the repetition lines as "keyward B". KEYWARD_ENV_B="VAR=value ...": keyward B is this
+# binary (or KEYWARD_BIN_B) run with that environment (e.g. KEYWARD_WORKER_THREADS=1).
 # AUDIT_B=1: keyward B is this binary with every statement recorded (audit: statements, a
 # rotated file sink in the bench's directory).
-if [ -n "${AUDIT_B:-}" ]; then KEYWARD_BIN_B=${KEYWARD_BIN_B:-$KEYWARD_BIN}; fi
+if [ -n "${AUDIT_B:-}${KEYWARD_ENV_B:-}" ]; then KEYWARD_BIN_B=${KEYWARD_BIN_B:-$KEYWARD_BIN}; fi
 if [ -n "${KEYWARD_BIN_B:-}" ]; then
   KPORT_B=$(free_port)
   sed -e "s/127.0.0.1:$KPORT/127.0.0.1:$KPORT_B/" -e "s/127.0.0.1:$FPORT/127.0.0.1:$(free_port)/" "$T/keyward.yaml" > "$T/keyward-b.yaml"
@@ -87,7 +88,7 @@ if [ -n "${KEYWARD_BIN_B:-}" ]; then
     sed -i -e "s|^log: .*|&\naudit: { sink: file, path: $T/audit.jsonl, max_size: 64MiB, max_files: 2 }|" \
       -e "s|^    pool_max_idle: .*|&\n    audit: statements|" "$T/keyward-b.yaml"
   fi
-  "$KEYWARD_BIN_B" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" &
+  env ${KEYWARD_ENV_B:-} "$KEYWARD_BIN_B" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" &
   KWB_PID=$!; pids+=($!)
 fi
 
