@@ -87,35 +87,23 @@ fi
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$KP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$NP/" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$HP/" >/dev/null 2>&1 \
   && { [ -z "${KPB:-}" ] || curl -sf "http://127.0.0.1:$KPB/" >/dev/null 2>&1; } && break; sleep 0.05; done
 
-# CPU ticks of the given PIDs: "user system".
-cpu_ticks() { local u=0 k=0; for p in $1; do read -r a b < <(awk '{ print $14, $15 }' "/proc/$p/stat"); u=$((u + a)); k=$((k + b)); done; echo "$u $k"; }
-# The proxies' system calls per request, where perf can count them (Debian: linux-perf, and
-# tracepoints readable: kernel.perf_event_paranoid <= 1 or root).
-SYSCALLS=
-perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 && SYSCALLS=1
 # nginx's proxy work happens in its workers: the master's children.
 NGINX_WORKER=$(pgrep -P "$NGINX_PROXY_PID" | tr '\n' ' ')
 HZ=$(getconf CLK_TCK)
-run() { # $1 name, $2 url, $3 pid to charge CPU to (or empty)
-  local u0 k0 u1 k1 out perf_pid= calls=-1
-  if [ -n "$SYSCALLS" ] && [ -n "$3" ]; then
-    perf stat -x, -e raw_syscalls:sys_enter -o "$T/perf" -p "$(echo $3 | tr ' ' ',')" & perf_pid=$!
-    sleep 0.2
-  fi
-  read -r u0 k0 < <(cpu_ticks "$3")
+run() { # $1 name, $2 url, $3 pids to charge CPU and system calls to (or empty)
+  local u0 k0 u1 k1 out
+  syscalls_start $3
+  read -r u0 k0 < <(cpu_ticks_split $3)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$2")
-  read -r u1 k1 < <(cpu_ticks "$3")
-  if [ -n "$perf_pid" ]; then
-    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
-    calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$T/perf")
-  fi
+  read -r u1 k1 < <(cpu_ticks_split $3)
+  syscalls_stop
   # A row of error responses measures nothing (nginx 1.22's proxy_ssl_protocols leaves TLS 1.3
   # out: every request was a 502 until it was set).
   if grep -q "Non-2xx" <<< "$out"; then
     echo "$1: $(grep "Non-2xx" <<< "$out" | tr -s ' ') — not a measurement" >&2
     exit 1
   fi
-  echo "$out" | awk -v name="$1" -v ut=$((u1 - u0)) -v kt=$((k1 - k0)) -v hz="$HZ" -v calls="${calls:--1}" '
+  echo "$out" | awk -v name="$1" -v ut=$((u1 - u0)) -v kt=$((k1 - k0)) -v hz="$HZ" -v calls="$SYSCALLS" '
     /Requests\/sec/ { rps = $2 }
     /^ +50%/ { p50 = $2 } /^ +99%/ { p99 = $2 }
     /requests in/ { n = $1 }

@@ -24,19 +24,9 @@ YAML
 }
 
 # CPU time in clock ticks (1/100 s) used so far by the given processes (all their threads, exited
-# ones included) and their direct children (live ones, plus the reaped ones each waited for).
-cpu_ticks() {
-  local t=0 p s
-  for p in "$@" $(for p in "$@"; do pgrep -P "$p"; done); do
-    s=$(sed 's/.*) //' /proc/"$p"/stat 2>/dev/null) || continue
-    set -- $s
-    t=$((t + ${12} + ${13} + ${14} + ${15}))
-  done
-  echo "$t"
-}
-
-# Like cpu_ticks, as "user system" (ticks spent in the process's own code and libraries, and in
-# the kernel on its behalf: its system calls and the network stack work they do).
+# ones included) and their direct children (live ones, plus the reaped ones each waited for), as
+# "user system": ticks in the processes' own code and libraries, and in the kernel on their
+# behalf (their system calls and the network stack work those do).
 cpu_ticks_split() {
   local u=0 k=0 p s
   for p in "$@" $(for p in "$@"; do pgrep -P "$p"; done); do
@@ -45,6 +35,36 @@ cpu_ticks_split() {
     u=$((u + ${12} + ${14})); k=$((k + ${13} + ${15}))
   done
   echo "$u $k"
+}
+
+# cpu_ticks_split's two numbers added up.
+cpu_ticks() {
+  local u k
+  read -r u k < <(cpu_ticks_split "$@")
+  echo $((u + k))
+}
+
+# System calls of the given processes (every thread, and their direct children's), where perf can
+# count them (Debian: linux-perf; tracepoints readable: root or kernel.perf_event_paranoid <= 1).
+# `syscalls_start PID...` before the load and `syscalls_stop` after it, both in the same shell
+# (not in `$(...)`: it waits for perf), which leaves the count in SYSCALLS, -1 where nothing
+# was counted. Uses $T/perf.
+SYSCALLS_COUNTED=
+perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 && SYSCALLS_COUNTED=1
+syscalls_start() {
+  SYSCALLS_PERF=
+  [ -n "$SYSCALLS_COUNTED" ] && [ $# -gt 0 ] || return 0
+  perf stat -x, -e raw_syscalls:sys_enter -o "$T/perf" \
+    -p "$(printf '%s\n' "$@" $(for p in "$@"; do pgrep -P "$p"; done) | paste -sd,)" &
+  SYSCALLS_PERF=$!
+  sleep 0.2   # attached before the load starts
+}
+syscalls_stop() {
+  SYSCALLS=-1
+  [ -n "${SYSCALLS_PERF:-}" ] || return 0
+  kill -INT "$SYSCALLS_PERF"; wait "$SYSCALLS_PERF" 2>/dev/null || true
+  SYSCALLS=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$T/perf")
+  SYSCALLS=${SYSCALLS:--1}
 }
 
 # Fails with the list of what is missing (and the Debian packages that have it) unless every

@@ -126,26 +126,17 @@ for c in "$KEYWARD" "$BOUNCER" ${KEYWARD_BIN_B:+"$KEYWARD_B"}; do
 done
 $B/pgbench -i -s 1 -q "$DIRECT" >/dev/null 2>&1
 
-# The proxies' system calls per transaction, where perf can count them (Debian: linux-perf, and
-# tracepoints readable: kernel.perf_event_paranoid <= 1 or root).
-SYSCALLS=
-perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 && SYSCALLS=1
 run() { # proxy pid (or -), conninfo, extra args → "tps latency_ms client_us server_us proxy_us
         # proxy_syscalls proxy_user_us proxy_kernel_us" (per transaction; -1: not counted)
-  local proxy=$1 s0 p0 out tps perf_pid= calls=-1 u0=0 k0=0 u1=0 k1=0
+  local proxy=() s0 s1 out u0=0 k0=0 u1=0 k1=0
+  [ "$1" != - ] && proxy=("$1")
   shift
-  if [ -n "$SYSCALLS" ] && [ "$proxy" != - ]; then
-    perf stat -x, -e raw_syscalls:sys_enter -o "$T/perf" -p "$proxy" & perf_pid=$!
-    sleep 0.2
-  fi
-  s0=$(cpu_ticks "$PG_PID"); p0=0; [ "$proxy" != - ] && { p0=$(cpu_ticks "$proxy"); read -r u0 k0 < <(cpu_ticks_split "$proxy"); }
+  syscalls_start "${proxy[@]}"
+  s0=$(cpu_ticks "$PG_PID"); [ "${#proxy[@]}" -gt 0 ] && read -r u0 k0 < <(cpu_ticks_split "${proxy[@]}")
   out=$(/usr/bin/time -o "$T/time" -f "cpu %U %S" $B/pgbench -S -c "$CLIENTS" -j 2 -T "$DURATION" "${@:2}" "$1" 2>/dev/null; cat "$T/time")
-  local s1 p1=0; s1=$(cpu_ticks "$PG_PID"); [ "$proxy" != - ] && { p1=$(cpu_ticks "$proxy"); read -r u1 k1 < <(cpu_ticks_split "$proxy"); }
-  if [ -n "$perf_pid" ]; then
-    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
-    calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$T/perf")
-  fi
-  awk -v ds=$((s1 - s0)) -v dp=$((p1 - p0)) -v dur="$DURATION" -v calls="${calls:--1}" -v du=$((u1 - u0)) -v dk=$((k1 - k0)) '
+  s1=$(cpu_ticks "$PG_PID"); [ "${#proxy[@]}" -gt 0 ] && read -r u1 k1 < <(cpu_ticks_split "${proxy[@]}")
+  syscalls_stop
+  awk -v ds=$((s1 - s0)) -v dp=$((u1 - u0 + k1 - k0)) -v dur="$DURATION" -v calls="$SYSCALLS" -v du=$((u1 - u0)) -v dk=$((k1 - k0)) '
     /^latency average/ { lat = $4 } /^tps = / { tps = $3 } /^cpu / { cl = $2 + $3 }
     END { n = tps * dur; printf "%s %s %.1f %.1f %.1f %.2f %.1f %.1f\n", tps, lat, cl * 1e6 / n, ds * 1e4 / n, dp * 1e4 / n,
           calls < 0 ? -1 : calls / n, du * 1e4 / n, dk * 1e4 / n }' <<< "$out"

@@ -118,10 +118,6 @@ if [ -n "${KEYWARD_BIN_B:-}${KEYWARD_ENV_B:-}" ]; then
   env ${KEYWARD_ENV_B:-} "${KEYWARD_BIN_B:-$KEYWARD_BIN}" run -c "$T/keyward-b.yaml" 2> "$T/keyward-b.log" &
   KEYWARD_B_PID=$!; pids+=($!)
 fi
-# The proxies' system calls per request, where perf can count them (Debian: linux-perf, and
-# tracepoints readable: kernel.perf_event_paranoid <= 1 or root); "-" elsewhere.
-SYSCALLS=
-perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 && SYSCALLS=1
 for port in "$KPORT" "$FPORT" "$SPORT" "$NPORT" "$HPORT" "$HFPORT" "${B_PORTS[@]}"; do
   ok=
   for _ in $(seq 100); do
@@ -135,7 +131,7 @@ done
 # proxy_user_us proxy_sys_us" (req/s, CPU µs/request, the proxy's system calls per request or -1
 # where they are not counted, the proxy's CPU split into user space and kernel).
 bench() {
-  local args proxy=() r0 p0 r1 p1 out perf_pid= calls=-1 u0=0 k0=0 u1=0 k1=0
+  local args proxy=() r0 r1 out u0=0 k0=0 u1=0 k1=0
   case $1 in
     direct) args=(-p "$RPORT" --tls --cacert "$T/ca.pem" --sni localhost -a benchpw) ;;
     keyward) args=(-p "$KPORT"); proxy=("$KEYWARD_PID") ;;
@@ -148,21 +144,12 @@ bench() {
     keyward_b) args=(-p "$KPORT_B"); proxy=("$KEYWARD_B_PID") ;;
     floor_b) args=(-p "$FPORT_B" -a benchpw); proxy=("$KEYWARD_B_PID") ;;
   esac
-  if [ -n "$SYSCALLS" ] && [ "${#proxy[@]}" -gt 0 ]; then
-    # Every thread of the proxy and of its children (nginx's workers).
-    perf stat -x, -e raw_syscalls:sys_enter -o "$T/perf" \
-      -p "$(printf '%s\n' "${proxy[@]}" $(for p in "${proxy[@]}"; do pgrep -P "$p"; done) | paste -sd,)" &
-    perf_pid=$!
-    sleep 0.2
-  fi
-  r0=$(cpu_ticks "$REDIS_PID"); p0=0; [ "${#proxy[@]}" -gt 0 ] && { p0=$(cpu_ticks "${proxy[@]}"); read -r u0 k0 < <(cpu_ticks_split "${proxy[@]}"); }
+  syscalls_start "${proxy[@]}"   # with the children: nginx's workers
+  r0=$(cpu_ticks "$REDIS_PID"); [ "${#proxy[@]}" -gt 0 ] && read -r u0 k0 < <(cpu_ticks_split "${proxy[@]}")
   out=$(/usr/bin/time -o "$T/time" -f "cpu %U %S" redis-benchmark -h 127.0.0.1 "${args[@]}" -t set,get -n "$REQUESTS" -c "$CLIENTS" -q 2>/dev/null | tr '\r' '\n'; cat "$T/time")
-  r1=$(cpu_ticks "$REDIS_PID"); p1=0; [ "${#proxy[@]}" -gt 0 ] && { p1=$(cpu_ticks "${proxy[@]}"); read -r u1 k1 < <(cpu_ticks_split "${proxy[@]}"); }
-  if [ -n "$perf_pid" ]; then
-    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
-    calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$T/perf")
-  fi
-  awk -v dr=$((r1 - r0)) -v dp=$((p1 - p0)) -v n=$((2 * REQUESTS)) -v calls="${calls:--1}" -v du=$((u1 - u0)) -v dk=$((k1 - k0)) '
+  r1=$(cpu_ticks "$REDIS_PID"); [ "${#proxy[@]}" -gt 0 ] && read -r u1 k1 < <(cpu_ticks_split "${proxy[@]}")
+  syscalls_stop
+  awk -v dr=$((r1 - r0)) -v dp=$((u1 - u0 + k1 - k0)) -v n=$((2 * REQUESTS)) -v calls="$SYSCALLS" -v du=$((u1 - u0)) -v dk=$((k1 - k0)) '
     /requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") rps = rps " " $(i - 1) }
     /^cpu / { cl = $2 + $3 }
     END { printf "%s %.1f %.1f %.1f %.2f %.1f %.1f\n", rps, cl * 1e6 / n, dr * 1e4 / n, dp * 1e4 / n, calls < 0 ? -1 : calls / n, du * 1e4 / n, dk * 1e4 / n }' <<< "$out"

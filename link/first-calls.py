@@ -4,9 +4,10 @@
 #
 # Every function of the binary (or each named in $FIRST_CALLS_ONLY) gets a one-shot breakpoint
 # before the program's first instruction; each hit writes the function's names (aliases share
-# an address) and the breakpoint goes away, so a function costs one stop however often it runs. Native execution
-# matters: what runs depends on the CPU (ring's assembly takes ADX, VAES, SHA-NI paths where the
-# CPU has them), which an emulator such as valgrind does not reproduce.
+# an address) and the breakpoint goes away, so a function costs one stop however often it
+# runs. Native execution matters: what runs depends on the CPU (ring's assembly takes ADX,
+# VAES, SHA-NI paths where the CPU has them), which an emulator such as valgrind does not
+# reproduce.
 import os
 import subprocess
 
