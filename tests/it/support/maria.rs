@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use keyward::pki::{Ca, Usage};
 
-use super::procs::{free_port, have, is_root, wait_until};
+use super::procs::{free_port, have, is_root, wait_until_logged};
 
 pub struct Maria {
     pub port: u16,
@@ -101,7 +101,7 @@ fn start() -> Maria {
         .spawn()
         .unwrap();
     let sock = dir.join("mysqld.sock");
-    wait_until("mariadb", || {
+    wait_until_logged("mariadb", &dir.join("error.log"), || {
         Command::new("mariadb-admin")
             .arg("--no-defaults")
             .arg(format!("--socket={}", sock.display()))

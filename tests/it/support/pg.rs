@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 
 use keyward::pki::{Ca, Usage};
 
-use super::procs::{free_port, have, is_root, wait_until};
+use super::procs::{free_port, have, is_root, wait_until_logged};
 
 pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -149,7 +149,7 @@ fn start(bin_dir: &str) -> Pg {
     let mut guard = as_pg("/bin/sh");
     guard.args(["-c", &script]).stdin(Stdio::piped());
     let guard = guard.spawn().unwrap();
-    wait_until("postgres", || {
+    wait_until_logged("postgres", &dir.join("pg.log"), || {
         Command::new(bin("pg_isready"))
             .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
             .status()

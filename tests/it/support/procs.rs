@@ -12,11 +12,21 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// A free loopback port (bind 0, read, close: small race, acceptable in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Tests run in parallel: a port handed out and released may come back from the kernel to
+    // a second caller before the first one's server has bound it. Never the same one twice.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Whether `program` is on PATH (or an absolute path that exists).
@@ -60,6 +70,52 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("{what} not ready within {DEADLINE:?}");
+}
+
+/// How many times a server that exits while starting (its port taken meanwhile) is started
+/// again on another port.
+const ATTEMPTS: usize = 3;
+
+/// Polls `ready` until it is true (`true`), `child` exits (`false`: the caller may start it
+/// again) or the deadline passes (a panic showing `log`).
+pub fn wait_while_running(
+    what: &str,
+    child: &mut Child,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if ready() {
+            return true;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!(
+                "{what} exited while starting ({status}); its log ({}):\n{}",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{what} not ready within {DEADLINE:?}; its log ({}):\n{}",
+        log.display(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// [`wait_until`], showing the server's `log` if it fails.
+pub fn wait_until_logged(what: &str, log: &Path, ready: impl FnMut() -> bool) {
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, ready)));
+    if waited.is_err() {
+        panic!(
+            "{what} not ready within {DEADLINE:?}; its log ({}):\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
 }
 
 /// A child process killed when dropped.
@@ -308,6 +364,8 @@ impl Drop for Keyward {
 /// A private Redis with a TLS-only port that requires a client certificate from `ca`.
 pub struct Redis {
     pub port: u16,
+    /// The plaintext port, where `extra` asked for one (`PLAIN_PORT`).
+    pub plain: Option<u16>,
     _proc: Proc,
 }
 
@@ -332,7 +390,9 @@ impl Redis {
         )
     }
 
-    /// A Redis with `extra` config lines; `auth` is what redis-cli needs to PING it.
+    /// A Redis with `extra` config lines; `auth` is what redis-cli needs to PING it. The word
+    /// `PLAIN_PORT` in `extra` becomes a free port (e.g. `port PLAIN_PORT`: a plaintext port
+    /// as well), chosen again with the TLS port when a start is retried.
     #[allow(clippy::too_many_arguments)]
     pub fn start_with(
         dir: &Path,
@@ -344,48 +404,71 @@ impl Redis {
         extra: &str,
         auth: &[&str],
     ) -> Self {
-        let port = free_port();
-        let conf = dir.join(format!("redis-{port}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "bind 127.0.0.1\nport 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-protocols \"TLSv1.2 TLSv1.3\"\ndir {}\nsave \"\"\nappendonly no\ndaemonize no\nlogfile {}\n{extra}",
-                cert.display(),
-                key.display(),
-                ca.display(),
-                dir.display(),
-                dir.join(format!("redis-{port}.log")).display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        // The port is free when chosen but not reserved: another test's server or an
+        // outgoing connection may take it before Redis binds it, and Redis then exits. Such a
+        // start is retried on another port; a Redis that runs but never answers fails here.
+        let mut log = PathBuf::new();
+        for _ in 0..ATTEMPTS {
+            let port = free_port();
+            let plain = extra.contains("PLAIN_PORT").then(free_port);
+            let extra = match plain {
+                Some(p) => extra.replace("PLAIN_PORT", &p.to_string()),
+                None => extra.to_owned(),
+            };
+            let conf = dir.join(format!("redis-{port}.conf"));
+            log = dir.join(format!("redis-{port}.log"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "bind 127.0.0.1\nport 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-protocols \"TLSv1.2 TLSv1.3\"\ndir {}\nsave \"\"\nappendonly no\ndaemonize no\nlogfile {}\n{extra}",
+                    cert.display(),
+                    key.display(),
+                    ca.display(),
+                    dir.display(),
+                    log.display()
+                ),
+            )
             .unwrap();
-        let proc = Proc { child };
-        wait_until("redis", || {
-            Command::new("redis-cli")
-                .args(["--tls", "--cacert"])
-                .arg(ca)
-                .arg("--cert")
-                .arg(client_cert)
-                .arg("--key")
-                .arg(client_key)
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "--no-auth-warning",
-                ])
-                .args(auth)
-                .arg("PING")
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
-        });
-        Self { port, _proc: proc }
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut proc = Proc { child };
+            let up = wait_while_running("redis", &mut proc.child, &log, || {
+                Command::new("redis-cli")
+                    .args(["--tls", "--cacert"])
+                    .arg(ca)
+                    .arg("--cert")
+                    .arg(client_cert)
+                    .arg("--key")
+                    .arg(client_key)
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "--no-auth-warning",
+                    ])
+                    .args(auth)
+                    .arg("PING")
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+            });
+            if up {
+                return Self {
+                    port,
+                    plain,
+                    _proc: proc,
+                };
+            }
+        }
+        panic!(
+            "redis exited at start {ATTEMPTS} times; the last log ({}):\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 }
 
