@@ -173,7 +173,10 @@ impl Source {
                 return Ok(held.credentials);
             }
         }
-        self.refresh_now().await.map(|r| r.credentials)
+        // Boxed: the fetch (the SDK's credential chain) is a large future, and every signed
+        // request's future would carry its space although the cached credentials above serve
+        // nearly all of them.
+        Box::pin(self.refresh_now()).await.map(|r| r.credentials)
     }
 
     /// Fetches new credentials now (single flight), whatever is cached: `keyward probe`.

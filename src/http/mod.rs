@@ -75,6 +75,8 @@ pub struct HttpUpstream {
     upgrade_client: Client<Connector, ProxyBody>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// `Host` for `authority` as it goes on the wire (see [`wire_host`]), made once.
+    host: HeaderValue,
     base_path: String,
     injector: Injector,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -305,6 +307,8 @@ impl HttpUpstream {
             .authority()
             .cloned()
             .ok_or_else(|| vec![BuildProblem::new(&res.site, BuildError::NoHost)])?;
+        let host = HeaderValue::from_str(&wire_host(&scheme, &authority))
+            .map_err(|_| vec![BuildProblem::new(&res.site, BuildError::NoHost)])?;
         let base_path = url.path().trim_end_matches('/').to_owned();
         let bytes = &crate::metrics::metrics().bytes;
         Ok(Self {
@@ -315,6 +319,7 @@ impl HttpUpstream {
             upgrade_client,
             scheme,
             authority,
+            host,
             base_path,
             injector,
             headers,
@@ -745,36 +750,47 @@ fn is_upgrade(headers: &http::HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// The hop-by-hop headers removed whether or not `Connection` names them.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("http2-settings"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header the
 /// `Connection` header names. For an upgrade, `Connection: upgrade` and `Upgrade` are kept.
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
+    // One pass over the names present (a handful), instead of a lookup for each name that
+    // could be: most messages carry none of them but `Connection: keep-alive`, and
+    // `keep-alive` and `upgrade` are dealt with below whether `Connection` lists them or not.
+    let listed: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("upgrade"))
         .collect();
-    for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
-        }
-    }
-    for name in [
-        "keep-alive",
-        "http2-settings",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-    ] {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|&name| {
+            if name == header::UPGRADE {
+                return !keep_upgrade;
+            }
+            HOP_BY_HOP.contains(name)
+                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in &doomed {
         headers.remove(name);
     }
     headers.remove(header::CONNECTION);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -782,15 +798,29 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
 /// other bytes kept as sent. `None` when a `..` would climb above the path's root: joined to
 /// the upstream's base path, it would leave it (`/v1` + `/../admin` = `/admin`).
 pub fn without_dot_segments(path: &str) -> Option<String> {
+    // Most paths have no dot at all: no segment can be a dot segment, and the path is its own
+    // normal form.
+    let dotted = path.contains('.')
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%2e"));
+    if path.starts_with('/') && !dotted {
+        return Some(path.to_owned());
+    }
+    resolve_dot_segments(path)
+}
+
+/// [`without_dot_segments`] segment by segment, for any path.
+fn resolve_dot_segments(path: &str) -> Option<String> {
     fn is_dots(segment: &str, n: usize) -> bool {
-        let lower = segment.to_ascii_lowercase();
-        let mut rest = lower.as_str();
+        let mut rest = segment.as_bytes();
         let mut count = 0;
         while !rest.is_empty() {
-            if let Some(r) = rest.strip_prefix('.') {
+            if let Some(r) = rest.strip_prefix(b".") {
                 rest = r;
-            } else if let Some(r) = rest.strip_prefix("%2e") {
-                rest = r;
+            } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+                rest = &rest[3..];
             } else {
                 return false;
             }
@@ -847,50 +877,47 @@ pub fn target_path(
     drop_param: Option<&str>,
     add: Option<(&str, &str)>,
 ) -> String {
-    let mut out = format!(
-        "{base}{}",
-        if path.starts_with('/') {
-            path.to_owned()
-        } else {
-            format!("/{path}")
-        }
-    );
-    let mut query: Vec<String> = query
-        .map(|q| {
-            q.split('&')
-                .filter(|pair| !pair.is_empty())
-                .filter(|pair| {
-                    drop_param
-                        .is_none_or(|d| pair.split('=').next().map(decode) != Some(d.to_owned()))
-                })
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut out =
+        String::with_capacity(base.len() + 1 + path.len() + query.map_or(0, |q| q.len() + 1));
+    out.push_str(base);
+    if !path.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(path);
+    let mut separator = '?';
+    let kept = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            drop_param.is_none_or(|d| pair.split('=').next().map(decode).as_deref() != Some(d))
+        });
+    for pair in kept {
+        out.push(separator);
+        out.push_str(pair);
+        separator = '&';
+    }
     if let Some((k, v)) = add {
-        query.push(
-            form_urlencoded::Serializer::new(String::new())
+        out.push(separator);
+        out.push_str(
+            &form_urlencoded::Serializer::new(String::new())
                 .append_pair(k, v)
                 .finish(),
         );
-    }
-    if !query.is_empty() {
-        out.push('?');
-        out.push_str(&query.join("&"));
     }
     out
 }
 
 /// The `Host` value hyper-util derives from a URI for HTTP/1.1: the host, and the port unless
 /// it is the scheme's default.
-fn wire_host(uri: &Uri) -> String {
-    let host = uri.host().unwrap_or_default();
-    let default = match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
+fn wire_host(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> String {
+    let host = authority.host();
+    let default = match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
         _ => None,
     };
-    match uri.port_u16() {
+    match authority.port_u16() {
         Some(port) if Some(port) != default => format!("{host}:{port}"),
         _ => host.to_owned(),
     }
@@ -972,13 +999,23 @@ async fn forward(
     // it as `Host` on HTTP/1.1 and as `:authority` on HTTP/2, where a `Host` header of
     // keyward's own would be a second, possibly different, copy that servers reject (RFC 9113
     // §8.3.1; nginx: "client sent duplicate host header"). With preserve_host it is the app's.
-    let authority = match parts.headers.get(header::HOST) {
+    // `Host` as hyper-util will write it on HTTP/1.1 (so a SigV4 signature covers the value
+    // sent); `send` takes the header out again and lets the URI carry it.
+    let apps = match parts.headers.get(header::HOST) {
         Some(h) if up.opts.preserve_host => h
             .to_str()
             .ok()
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .unwrap_or_else(|| up.authority.clone()),
-        _ => up.authority.clone(),
+            .and_then(|h| h.parse::<http::uri::Authority>().ok()),
+        _ => None,
+    };
+    let (authority, host) = match apps {
+        Some(authority) => {
+            let host = HeaderValue::from_str(&wire_host(&up.scheme, &authority)).map_err(|_| {
+                ConnError::new(Side::Internal, Reason::Protocol, "bad upstream authority")
+            })?;
+            (authority, host)
+        }
+        None => (up.authority.clone(), up.host.clone()),
     };
     parts.uri = Uri::builder()
         .scheme(up.scheme.clone())
@@ -993,10 +1030,6 @@ async fn forward(
             )
         })?;
     parts.version = Version::HTTP_11;
-    // `Host` as hyper-util will write it on HTTP/1.1 (so a SigV4 signature covers the value
-    // sent); `send` takes the header out again and lets the URI carry it.
-    let host = HeaderValue::from_str(&wire_host(&parts.uri))
-        .map_err(|_| ConnError::new(Side::Internal, Reason::Protocol, "bad upstream authority"))?;
     parts.headers.insert(header::HOST, host);
     for (name, value) in &up.headers {
         parts.headers.insert(name.clone(), value.clone());
@@ -1259,6 +1292,28 @@ mod tests {
         }
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        // Names listed in any case and in several Connection headers; the fixed list goes
+        // whether or not it is listed; a message without any keeps all it has.
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", " X-One ,close"),
+            ("connection", "x-TWO"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("http2-settings", "AAA"),
+            ("trailer", "x-t"),
+            ("x-kept", "yes"),
+            ("content-length", "3"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h, false);
+        let mut kept: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, ["content-length", "x-kept"]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]
@@ -1310,6 +1365,30 @@ mod tests {
         ] {
             assert_eq!(without_dot_segments(path).as_deref(), Some(path));
         }
+        // A path without a dot is returned as it is, without resolving its segments: the
+        // general resolver gives the same for every one of them.
+        for path in [
+            "/",
+            "//",
+            "/a",
+            "/a/",
+            "/a//b//",
+            "/v1/x%20y%2Fz",
+            "/%2",
+            "/a%2",
+            "/%2f%2E",
+            "/e/2e/%2",
+            "/~_-/%41?",
+        ] {
+            assert_eq!(
+                without_dot_segments(path),
+                resolve_dot_segments(path),
+                "{path}"
+            );
+        }
+        // Upper- and lower-case `%2e` both count as a dot.
+        assert_eq!(without_dot_segments("/a/%2E/b").as_deref(), Some("/a/b"));
+        assert_eq!(without_dot_segments("/a/%2E%2e"), Some("/".to_owned()));
     }
 
     #[test]

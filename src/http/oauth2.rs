@@ -267,12 +267,14 @@ impl TokenSource {
                 return Ok(token.value);
             }
         }
-        self.refresh(None).await
+        // Boxed: the fetch (an HTTPS request) is a large future, and every request's future
+        // would carry its space although the cached token above serves nearly all of them.
+        Box::pin(self.refresh(None)).await
     }
 
     /// Forgets `stale` (the upstream answered 401 to it) and gets a new token.
     pub async fn replace(self: &Arc<Self>, stale: &Secret) -> Result<Secret, ConnError> {
-        self.refresh(Some(stale)).await
+        Box::pin(self.refresh(Some(stale))).await
     }
 
     fn cached(&self) -> Option<Token> {
