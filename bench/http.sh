@@ -31,19 +31,6 @@ KEYWARD_BIN=$(keyward_bin)
 make_pki
 
 UP=$(free_port); NP=$(free_port); KP=$(free_port); HP=$(free_port)
-nginx_conf() { # $1 dir, $2 server block, $3 worker_processes
-  mkdir -p "$1/tmp"
-  cat > "$1/nginx.conf" <<CONF
-daemon off; worker_processes $3; pid $1/nginx.pid; error_log $1/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $1/tmp/body; proxy_temp_path $1/tmp/proxy; fastcgi_temp_path $1/tmp/fastcgi;
-  uwsgi_temp_path $1/tmp/uwsgi; scgi_temp_path $1/tmp/scgi;
-  $2
-}
-CONF
-}
 mkdir -p "$T/up" "$T/px"
 nginx_conf "$T/up" "server { listen 127.0.0.1:$UP ssl; ssl_certificate $T/server.pem; ssl_certificate_key $T/server.key; ssl_protocols TLSv1.3; keepalive_requests 1000000; location / { return 200 'ok\n'; } }" 1
 nginx_conf "$T/px" "upstream api { server 127.0.0.1:$UP; keepalive 64; }
@@ -62,17 +49,7 @@ backend api
   http-reuse always
   http-request set-header Authorization \"Bearer bench-token\"
   server up 127.0.0.1:$UP ssl verify required ca-file $T/ca.pem verifyhost localhost sni str(localhost)"
-cat > "$T/keyward.yaml" <<YAML
-admin: null
-log: { level: warn }
-resources:
-  - name: api
-    protocol: http
-    listen: 127.0.0.1:$KP
-    upstream: https://localhost:$UP
-    tls: { ca: $T/ca.pem }
-    auth: { type: bearer, token: bench-token }
-YAML
+api_keyward_yaml "$KP" "$UP" > "$T/keyward.yaml"
 "$KEYWARD_BIN" run -c "$T/keyward.yaml" 2> "$T/keyward.log" & pids+=($!)
 KEYWARD_PID=$!
 # KEYWARD_BIN_B=path (and/or KEYWARD_ENV_B="VAR=value ..."): a second keyward beside the first,

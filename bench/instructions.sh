@@ -37,30 +37,10 @@ if [ -z "$BIN" ]; then
 fi
 make_pki
 UP=$(free_port); KP=$(free_port)
-mkdir -p "$T/up/tmp"
-cat > "$T/up/nginx.conf" <<CONF
-daemon off; worker_processes 1; pid $T/up/nginx.pid; error_log $T/up/error.log warn;
-events { worker_connections 64; }
-http {
-  access_log off;
-  client_body_temp_path $T/up/tmp/body; proxy_temp_path $T/up/tmp/proxy; fastcgi_temp_path $T/up/tmp/fastcgi;
-  uwsgi_temp_path $T/up/tmp/uwsgi; scgi_temp_path $T/up/tmp/scgi;
-  server { listen 127.0.0.1:$UP ssl; ssl_certificate $T/server.pem; ssl_certificate_key $T/server.key;
-    ssl_protocols TLSv1.3; keepalive_requests 1000000; location / { return 200 'ok\n'; } }
-}
-CONF
+nginx_conf "$T/up" "server { listen 127.0.0.1:$UP ssl; ssl_certificate $T/server.pem; ssl_certificate_key $T/server.key;
+    ssl_protocols TLSv1.3; keepalive_requests 1000000; location / { return 200 'ok\n'; } }" 1
 "$NGINX" -e stderr -p "$T/up" -c "$T/up/nginx.conf" & pids+=($!)
-cat > "$T/keyward.yaml" <<YAML
-admin: null
-log: { level: warn }
-resources:
-  - name: api
-    protocol: http
-    listen: 127.0.0.1:$KP
-    upstream: https://localhost:$UP
-    tls: { ca: $T/ca.pem }
-    auth: { type: bearer, token: bench-token }
-YAML
+api_keyward_yaml "$KP" "$UP" > "$T/keyward.yaml"
 KEYWARD_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$T/callgrind.out" \
   --instr-atstart=no "$BIN" run -c "$T/keyward.yaml" 2> "$T/valgrind.log" & pids+=($!)
 VG=$!

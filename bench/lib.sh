@@ -106,3 +106,35 @@ keyward_bin() {
   cargo build --profile dist --locked --quiet --bin keyward >&2
   echo "${CARGO_TARGET_DIR:-target}/dist/keyward"
 }
+
+# An nginx config in $1 (its pid, logs and temp paths there too) with the http block's server
+# block(s) $2 and $3 worker processes.
+nginx_conf() { # $1 dir, $2 server block, $3 worker_processes
+  mkdir -p "$1/tmp"
+  cat > "$1/nginx.conf" <<CONF
+daemon off; worker_processes $3; pid $1/nginx.pid; error_log $1/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $1/tmp/body; proxy_temp_path $1/tmp/proxy; fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi; scgi_temp_path $1/tmp/scgi;
+  $2
+}
+CONF
+}
+
+# keyward's config for the HTTP benchmarks: one `http` resource on 127.0.0.1:$1 in front of the
+# HTTPS API on localhost:$2 (verify-full against $T/ca.pem, a bearer token injected).
+api_keyward_yaml() {
+  cat <<YAML
+admin: null
+log: { level: warn }
+resources:
+  - name: api
+    protocol: http
+    listen: 127.0.0.1:$1
+    upstream: https://localhost:$2
+    tls: { ca: $T/ca.pem }
+    auth: { type: bearer, token: bench-token }
+YAML
+}
