@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
-/// A free loopback port (bind 0, read, close: small race, acceptable in tests).
+/// A free loopback port (bind 0, read, close), never one handed out before in this process:
+/// the port is not reserved until a server binds it (`Redis::start_with` starts a Redis that
+/// exits while starting again on new ports).
 pub fn free_port() -> u16 {
     // Tests run in parallel: a port handed out and released may come back from the kernel to
     // a second caller before the first one's server has bound it. Never the same one twice.
@@ -60,16 +62,52 @@ pub fn probe(config: &Path, resource: &str) -> (Option<i32>, String) {
     )
 }
 
-/// Polls `ready` until it is true or the deadline passes.
-pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+/// How polling for a server ended.
+enum Waited {
+    Ready,
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+/// Polls `ready` until it is true, `exited` reports the server gone, or the deadline passes.
+fn poll(
+    mut ready: impl FnMut() -> bool,
+    mut exited: impl FnMut() -> Option<std::process::ExitStatus>,
+) -> Waited {
     let start = Instant::now();
     while start.elapsed() < DEADLINE {
         if ready() {
-            return;
+            return Waited::Ready;
+        }
+        if let Some(status) = exited() {
+            return Waited::Exited(status);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{what} not ready within {DEADLINE:?}");
+    Waited::TimedOut
+}
+
+/// A server's log file, for a failure message.
+fn show_log(log: &Path) -> String {
+    format!(
+        "its log ({}):\n{}",
+        log.display(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    )
+}
+
+/// Polls `ready` until it is true or the deadline passes.
+pub fn wait_until(what: &str, ready: impl FnMut() -> bool) {
+    if !matches!(poll(ready, || None), Waited::Ready) {
+        panic!("{what} not ready within {DEADLINE:?}");
+    }
+}
+
+/// [`wait_until`], showing the server's `log` if it fails.
+pub fn wait_until_logged(what: &str, log: &Path, ready: impl FnMut() -> bool) {
+    if !matches!(poll(ready, || None), Waited::Ready) {
+        panic!("{what} not ready within {DEADLINE:?}; {}", show_log(log));
+    }
 }
 
 /// How many times a server that exits while starting (its port taken meanwhile) is started
@@ -82,39 +120,15 @@ pub fn wait_while_running(
     what: &str,
     child: &mut Child,
     log: &Path,
-    mut ready: impl FnMut() -> bool,
+    ready: impl FnMut() -> bool,
 ) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < DEADLINE {
-        if ready() {
-            return true;
+    match poll(ready, || child.try_wait().ok().flatten()) {
+        Waited::Ready => true,
+        Waited::Exited(status) => {
+            eprintln!("{what} exited while starting ({status}); {}", show_log(log));
+            false
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            eprintln!(
-                "{what} exited while starting ({status}); its log ({}):\n{}",
-                log.display(),
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "{what} not ready within {DEADLINE:?}; its log ({}):\n{}",
-        log.display(),
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
-/// [`wait_until`], showing the server's `log` if it fails.
-pub fn wait_until_logged(what: &str, log: &Path, ready: impl FnMut() -> bool) {
-    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, ready)));
-    if waited.is_err() {
-        panic!(
-            "{what} not ready within {DEADLINE:?}; its log ({}):\n{}",
-            log.display(),
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
+        Waited::TimedOut => panic!("{what} not ready within {DEADLINE:?}; {}", show_log(log)),
     }
 }
 
@@ -465,9 +479,8 @@ impl Redis {
             }
         }
         panic!(
-            "redis exited at start {ATTEMPTS} times; the last log ({}):\n{}",
-            log.display(),
-            std::fs::read_to_string(&log).unwrap_or_default()
+            "redis exited at start {ATTEMPTS} times; the last time {}",
+            show_log(&log)
         );
     }
 }
