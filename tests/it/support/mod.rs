@@ -311,13 +311,21 @@ pub fn tcp_config(name: &str, upstream: &str, tls: &str) -> String {
 
 /// Writes `data`, half-closes, reads to EOF. An upstream failure shows as an empty answer.
 pub async fn roundtrip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    try_roundtrip(addr, data)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+}
+
+/// [`roundtrip`] for load loops: a failed connect is returned, not a panic, so the loop can
+/// count it (and tell the client's own ephemeral-port exhaustion from keyward refusing).
+pub async fn try_roundtrip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     tokio::time::timeout(DEADLINE, async {
-        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let mut conn = TcpStream::connect(addr).await?;
         let _ = conn.write_all(data).await;
         let _ = conn.shutdown().await;
         let mut got = Vec::new();
         let _ = conn.read_to_end(&mut got).await;
-        got
+        Ok(got)
     })
     .await
     .expect("roundtrip deadline")
