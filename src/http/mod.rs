@@ -7,6 +7,7 @@
 //! (SigV4, last) → send with a response-header timeout → on failure, a 502/504 the app can read
 //! (`x-keyward-error: <reason>`, a body naming the resource and the reason).
 
+mod clock;
 pub mod connector;
 pub mod jwt;
 pub mod lanes;
@@ -15,7 +16,9 @@ pub mod sigv4;
 
 use arc_swap::ArcSwap;
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -397,6 +400,7 @@ impl Handler for Http {
         let conn = Arc::new(AppConn {
             admitted: app.admit().map_err(Failure::Open)?,
             lane: lanes::Lane::default(),
+            responses: clock::Coarse::default(),
         });
         crate::audit::client_tls(app.wire.io.tls());
         crate::audit::started();
@@ -450,7 +454,8 @@ impl Handler for Http {
             .keep_alive(true)
             // Requests the app sent before shutting down its side are all answered.
             .half_close(true)
-            .timer(hyper_util::rt::TokioTimer::new())
+            // Each request head's read timeout on one timer per connection (see `clock`).
+            .timer(clock::Coarse::default().for_hyper())
             .header_read_timeout(res.idle_timeout);
         let serving = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -476,6 +481,8 @@ impl Handler for Http {
 struct AppConn {
     admitted: Admitted,
     lane: lanes::Lane,
+    /// The response timeouts' timer (one request waits for its response at a time).
+    responses: clock::Coarse,
 }
 
 /// Classifies the end of an app's HTTP connection: the I/O error inside (a reset, the client
@@ -1150,8 +1157,8 @@ async fn finish(
 ) -> Result<Request<ProxyBody>, ConnError> {
     let keep_apps =
         up.opts.pass_client_auth && request.headers().contains_key(header::AUTHORIZATION);
-    let started = tokio::time::Instant::now();
     let timed = matches!(up.injector, Injector::OAuth2(_) | Injector::SigV4(_));
+    let started = timed.then(tokio::time::Instant::now);
     match &up.injector {
         Injector::OAuth2(source) if !keep_apps => {
             let token = source.token().await?;
@@ -1170,7 +1177,7 @@ async fn finish(
         }
         _ => {}
     }
-    if timed {
+    if let Some(started) = started {
         crate::metrics::metrics()
             .auth_seconds
             .with_label_values(&[up.name.as_str()])
@@ -1198,10 +1205,20 @@ async fn send(
             conn.lane.send(&up.pool, request, &conn.admitted).await
         }
     };
-    let mut response = match tokio::time::timeout(timeout, sent).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
+    // The connection's coarse timer (see `clock`): no timer-wheel entry per request.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let outcome = {
+        let mut sent = std::pin::pin!(sent);
+        std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => conn.responses.poll_expired(deadline, cx).map(|()| None),
+        })
+        .await
+    };
+    let mut response = match outcome {
+        Some(Ok(response)) => response,
+        Some(Err(e)) => return Err(e),
+        None => {
             return Err(ConnError::new(
                 Side::Upstream,
                 Reason::ResponseTimeout,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyward::pki::{Ca, Usage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -390,6 +390,53 @@ async fn a_slow_upstream_is_a_504() {
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(a.headers["x-keyward-error"], "response_timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// The response timeout is kept per connection on one timer, armed for an earlier request's
+/// deadline: a later request on the same connection still gets its whole timeout, and its 504
+/// when that passes.
+#[tokio::test]
+async fn a_later_request_on_a_kept_alive_connection_gets_its_whole_response_timeout() {
+    let handler: Handler = Arc::new(|r: &Recorded| {
+        if r.uri.ends_with("/fast") {
+            Reply::ok("fast")
+        } else {
+            Reply::ok("late").after(Duration::from_secs(5))
+        }
+    });
+    let s = setup(BOTH, handler, "", "    response_timeout: 600ms\n").await;
+    let tcp = TcpStream::connect(s.proxy.addr("api")).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = |path: &str| {
+        Request::get(path)
+            .header("host", "api")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let fast = tokio::time::timeout(DEADLINE, sender.send_request(request("/fast")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fast.status(), StatusCode::OK);
+    fast.into_body().collect().await.unwrap();
+    // The timer is armed for the first request's deadline, 600 ms after it started.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let slow = tokio::time::timeout(DEADLINE, sender.send_request(request("/slow")))
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(slow.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(slow.headers()["x-keyward-error"], "response_timeout");
+    assert!(
+        waited >= Duration::from_millis(580),
+        "the 504 came after {waited:?}: at the first request's deadline, not this one's"
+    );
+    assert!(waited < Duration::from_secs(3), "no 504 until {waited:?}");
 }
 
 #[tokio::test]
