@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use keyward::pki::{Ca, Usage};
 
-use super::procs::{free_port, have, is_root, wait_until_logged};
+use super::procs::{free_port, guarded, have, is_root, wait_while_running, ATTEMPTS};
 
 pub struct Maria {
     pub port: u16,
@@ -86,29 +86,41 @@ fn start() -> Maria {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = free_port();
     let d = dir.display();
-    let script = format!(
-        "/usr/sbin/mariadbd --no-defaults {user} --datadir={data} --socket={d}/mysqld.sock --pid-file={d}/mysqld.pid --log-error={d}/error.log --bind-address=127.0.0.1 --port={port} --skip-name-resolve --ssl-ca={d}/ca.pem --ssl-cert={d}/server.pem --ssl-key={d}/server.key --tls-version=TLSv1.2,TLSv1.3 --require-secure-transport=ON --plugin-load-add=auth_ed25519 --innodb-buffer-pool-size=16M --innodb-log-file-size=8M --innodb-flush-log-at-trx-commit=0 --skip-log-bin --max-connections=200 & pid=$!; cat >/dev/null; kill $pid; wait $pid",
-        user = user.join(" "),
-        data = data.display(),
-    );
-    let guard = Command::new("/bin/sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let sock = dir.join("mysqld.sock");
-    wait_until_logged("mariadb", &dir.join("error.log"), || {
-        Command::new("mariadb-admin")
-            .arg("--no-defaults")
-            .arg(format!("--socket={}", sock.display()))
-            .args(["-uroot", "ping"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    // The port is free when chosen but not reserved: a server that exits while starting (the
+    // port taken meanwhile) is started again on another one.
+    let mut started = None;
+    for _ in 0..ATTEMPTS {
+        let port = free_port();
+        let script = format!(
+            "/usr/sbin/mariadbd --no-defaults {user} --datadir={data} --socket={d}/mysqld.sock --pid-file={d}/mysqld.pid --log-error={d}/error.log --bind-address=127.0.0.1 --port={port} --skip-name-resolve --ssl-ca={d}/ca.pem --ssl-cert={d}/server.pem --ssl-key={d}/server.key --tls-version=TLSv1.2,TLSv1.3 --require-secure-transport=ON --plugin-load-add=auth_ed25519 --innodb-buffer-pool-size=16M --innodb-log-file-size=8M --innodb-flush-log-at-trx-commit=0 --skip-log-bin --max-connections=200 {guard}",
+            user = user.join(" "),
+            data = data.display(),
+            guard = guarded("TERM"),
+        );
+        let mut guard = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = wait_while_running("mariadb", &mut guard, &dir.join("error.log"), || {
+            Command::new("mariadb-admin")
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", sock.display()))
+                .args(["-uroot", "ping"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if up {
+            started = Some((port, guard));
+            break;
+        }
+    }
+    let (port, guard) =
+        started.unwrap_or_else(|| panic!("mariadb exited while starting, {ATTEMPTS} times"));
     let m = Maria {
         port,
         dir,

@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 
 use keyward::pki::{Ca, Usage};
 
-use super::procs::{free_port, have, is_root, wait_until_logged};
+use super::procs::{free_port, guarded, have, is_root, wait_while_running, ATTEMPTS};
 
 pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -124,37 +124,49 @@ fn start(bin_dir: &str) -> Pg {
         "initdb: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = free_port();
     let d = dir.display();
-    let mut conf = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.conf"))
-        .unwrap();
-    write!(
-        conf,
-        "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{d}'\nssl = on\nssl_cert_file = '{d}/server.pem'\nssl_key_file = '{d}/server.key'\nssl_ca_file = '{d}/ca.pem'\nssl_min_protocol_version = 'TLSv1.2'\npassword_encryption = 'scram-sha-256'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 60\nlog_connections = on\n"
-    )
-    .unwrap();
     std::fs::write(
         data.join("pg_hba.conf"),
         "local all all trust\nhostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\nhostssl all certuser 127.0.0.1/32 cert\nhostssl all md5user 127.0.0.1/32 md5\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
     )
     .unwrap();
-    // The shell stops the server when this process's end of its stdin closes.
-    let script = format!(
-        "{} -D {} >{d}/pg.log 2>&1 & pid=$!; cat >/dev/null; kill -INT $pid; wait $pid",
-        bin("postgres"),
-        data.display()
-    );
-    let mut guard = as_pg("/bin/sh");
-    guard.args(["-c", &script]).stdin(Stdio::piped());
-    let guard = guard.spawn().unwrap();
-    wait_until_logged("postgres", &dir.join("pg.log"), || {
-        Command::new(bin("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
+    // The port is free when chosen but not reserved: a server that exits while starting (the
+    // port taken meanwhile) is started again on another one.
+    let mut started = None;
+    for _ in 0..ATTEMPTS {
+        let port = free_port();
+        // Appended each attempt: the last `port` line wins.
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        write!(
+            conf,
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{d}'\nssl = on\nssl_cert_file = '{d}/server.pem'\nssl_key_file = '{d}/server.key'\nssl_ca_file = '{d}/ca.pem'\nssl_min_protocol_version = 'TLSv1.2'\npassword_encryption = 'scram-sha-256'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 60\nlog_connections = on\n"
+        )
+        .unwrap();
+        let script = format!(
+            "{} -D {} >{d}/pg.log 2>&1 {}",
+            bin("postgres"),
+            data.display(),
+            guarded("INT")
+        );
+        let mut guard = as_pg("/bin/sh");
+        guard.args(["-c", &script]).stdin(Stdio::piped());
+        let mut guard = guard.spawn().unwrap();
+        let up = wait_while_running("postgres", &mut guard, &dir.join("pg.log"), || {
+            Command::new(bin("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if up {
+            started = Some((port, guard));
+            break;
+        }
+    }
+    let (port, guard) =
+        started.unwrap_or_else(|| panic!("postgres exited while starting, {ATTEMPTS} times"));
     let pg = Pg {
         port,
         bin: bin_dir.to_owned(),

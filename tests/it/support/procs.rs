@@ -103,16 +103,20 @@ pub fn wait_until(what: &str, ready: impl FnMut() -> bool) {
     }
 }
 
-/// [`wait_until`], showing the server's `log` if it fails.
-pub fn wait_until_logged(what: &str, log: &Path, ready: impl FnMut() -> bool) {
-    if !matches!(poll(ready, || None), Waited::Ready) {
-        panic!("{what} not ready within {DEADLINE:?}; {}", show_log(log));
-    }
-}
-
 /// How many times a server that exits while starting (its port taken meanwhile) is started
 /// again on another port.
-const ATTEMPTS: usize = 3;
+pub const ATTEMPTS: usize = 3;
+
+/// The end of a `sh -c` line that starts a server in the background (`server ... {guarded}`):
+/// the shell exits when the server does (so a server that exits while starting is seen and
+/// started again), and sends the server `signal` when this process's end of the shell's
+/// stdin closes (the test process ended). The stdin is kept as fd 3 because a background
+/// job's own stdin is /dev/null.
+pub fn guarded(signal: &str) -> String {
+    format!(
+        "& pid=$!; exec 3<&0; (cat <&3 >/dev/null; kill -{signal} $pid 2>/dev/null) & wait $pid"
+    )
+}
 
 /// Polls `ready` until it is true (`true`), `child` exits (`false`: the caller may start it
 /// again) or the deadline passes (a panic showing `log`).
