@@ -770,17 +770,31 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header the
 /// `Connection` header names. For an upgrade, `Connection: upgrade` and `Upgrade` are kept.
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
-    // One pass over the names present (a handful), instead of a lookup for each name that
-    // could be: most messages carry none of them but `Connection: keep-alive`, and
-    // `keep-alive` and `upgrade` are dealt with below whether `Connection` lists them or not.
-    let listed: Vec<&str> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("upgrade"))
-        .collect();
+    // `Connection` goes, and the names it lists with it: one lookup takes all its values. Then
+    // one pass over the names present (a handful) for the fixed list, instead of a lookup for
+    // each name that could be: most messages carry none of them but `Connection: keep-alive`.
+    // `keep-alive` and `upgrade` are dealt with by that pass whether `Connection` lists them
+    // or not.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
+        let (_, values) = connection.remove_entry_mult();
+        for value in values {
+            let Ok(value) = value.to_str() else { continue };
+            let tokens = value.split(',').map(str::trim);
+            listed.extend(
+                tokens
+                    .filter(|t| {
+                        !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("upgrade")
+                    })
+                    // Header names are lowercase; `from_bytes` lowercases the token. One that
+                    // is no valid name names no header.
+                    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+            );
+        }
+    }
+    for name in &listed {
+        headers.remove(name);
+    }
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|&name| {
@@ -788,14 +802,12 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
                 return !keep_upgrade;
             }
             HOP_BY_HOP.contains(name)
-                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
         })
         .cloned()
         .collect();
     for name in &doomed {
         headers.remove(name);
     }
-    headers.remove(header::CONNECTION);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -1339,6 +1351,12 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("Upgrade"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         assert!(is_upgrade(&h));
+        let mut h2c = h.clone();
+        h2c.insert("upgrade", HeaderValue::from_static("h2c"));
+        assert!(!is_upgrade(&h2c), "h2c is served as HTTP/1.1");
+        let mut plain = h.clone();
+        plain.remove("upgrade");
+        assert!(!is_upgrade(&plain), "Connection: upgrade without Upgrade");
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
