@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use keyward::pki::{Ca, Usage};
 
-use super::procs::{free_port, guarded, have, is_root, wait_while_running, ATTEMPTS};
+use super::procs::{free_port, guarded, have, is_root, start_retried, wait_while_running};
 
 pub struct Maria {
     pub port: u16,
@@ -88,10 +88,9 @@ fn start() -> Maria {
     );
     let d = dir.display();
     let sock = dir.join("mysqld.sock");
-    // The port is free when chosen but not reserved: a server that exits while starting (the
-    // port taken meanwhile) is started again on another one.
-    let mut started = None;
-    for _ in 0..ATTEMPTS {
+    // A server that exits while starting (its port taken meanwhile) is started again on
+    // another one.
+    let (port, guard) = start_retried("mariadb", || {
         let port = free_port();
         let script = format!(
             "/usr/sbin/mariadbd --no-defaults {user} --datadir={data} --socket={d}/mysqld.sock --pid-file={d}/mysqld.pid --log-error={d}/error.log --bind-address=127.0.0.1 --port={port} --skip-name-resolve --ssl-ca={d}/ca.pem --ssl-cert={d}/server.pem --ssl-key={d}/server.key --tls-version=TLSv1.2,TLSv1.3 --require-secure-transport=ON --plugin-load-add=auth_ed25519 --innodb-buffer-pool-size=16M --innodb-log-file-size=8M --innodb-flush-log-at-trx-commit=0 --skip-log-bin --max-connections=200 {guard}",
@@ -114,13 +113,8 @@ fn start() -> Maria {
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
-        if up {
-            started = Some((port, guard));
-            break;
-        }
-    }
-    let (port, guard) =
-        started.unwrap_or_else(|| panic!("mariadb exited while starting, {ATTEMPTS} times"));
+        up.then_some((port, guard))
+    });
     let m = Maria {
         port,
         dir,

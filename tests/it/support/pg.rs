@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 
 use keyward::pki::{Ca, Usage};
 
-use super::procs::{free_port, guarded, have, is_root, wait_while_running, ATTEMPTS};
+use super::procs::{free_port, guarded, have, is_root, start_retried, wait_while_running};
 
 pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -130,10 +130,9 @@ fn start(bin_dir: &str) -> Pg {
         "local all all trust\nhostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\nhostssl all certuser 127.0.0.1/32 cert\nhostssl all md5user 127.0.0.1/32 md5\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
     )
     .unwrap();
-    // The port is free when chosen but not reserved: a server that exits while starting (the
-    // port taken meanwhile) is started again on another one.
-    let mut started = None;
-    for _ in 0..ATTEMPTS {
+    // A server that exits while starting (its port taken meanwhile) is started again on
+    // another one.
+    let (port, guard) = start_retried("postgres", || {
         let port = free_port();
         // Appended each attempt: the last `port` line wins.
         let mut conf = std::fs::OpenOptions::new()
@@ -160,13 +159,8 @@ fn start(bin_dir: &str) -> Pg {
                 .status()
                 .is_ok_and(|s| s.success())
         });
-        if up {
-            started = Some((port, guard));
-            break;
-        }
-    }
-    let (port, guard) =
-        started.unwrap_or_else(|| panic!("postgres exited while starting, {ATTEMPTS} times"));
+        up.then_some((port, guard))
+    });
     let pg = Pg {
         port,
         bin: bin_dir.to_owned(),

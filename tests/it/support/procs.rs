@@ -105,7 +105,18 @@ pub fn wait_until(what: &str, ready: impl FnMut() -> bool) {
 
 /// How many times a server that exits while starting (its port taken meanwhile) is started
 /// again on another port.
-pub const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 3;
+
+/// Starts a server with `attempt` (on ports it chooses with [`free_port`], waiting with
+/// [`wait_while_running`]: `None` when the server exited while starting) until one runs. A
+/// port is free when chosen but not reserved: another test's server or an outgoing connection
+/// may take it before the server binds it, and the server then exits.
+pub fn start_retried<T>(what: &str, attempt: impl FnMut() -> Option<T>) -> T {
+    std::iter::repeat_with(attempt)
+        .take(ATTEMPTS)
+        .find_map(|started| started)
+        .unwrap_or_else(|| panic!("{what} exited while starting, {ATTEMPTS} times (logs above)"))
+}
 
 /// The end of a `sh -c` line that starts a server in the background (`server ... {guarded}`):
 /// the shell exits when the server does (so a server that exits while starting is seen and
@@ -422,11 +433,9 @@ impl Redis {
         extra: &str,
         auth: &[&str],
     ) -> Self {
-        // The port is free when chosen but not reserved: another test's server or an
-        // outgoing connection may take it before Redis binds it, and Redis then exits. Such a
-        // start is retried on another port; a Redis that runs but never answers fails here.
-        let mut log = PathBuf::new();
-        for _ in 0..ATTEMPTS {
+        // A Redis that exits while starting is started again on other ports; one that runs
+        // but never answers fails in `wait_while_running`.
+        start_retried("redis", || {
             let port = free_port();
             let plain = extra.contains("PLAIN_PORT").then(free_port);
             let extra = match plain {
@@ -434,7 +443,7 @@ impl Redis {
                 None => extra.to_owned(),
             };
             let conf = dir.join(format!("redis-{port}.conf"));
-            log = dir.join(format!("redis-{port}.log"));
+            let log = dir.join(format!("redis-{port}.log"));
             std::fs::write(
                 &conf,
                 format!(
@@ -474,18 +483,12 @@ impl Redis {
                     .output()
                     .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
             });
-            if up {
-                return Self {
-                    port,
-                    plain,
-                    _proc: proc,
-                };
-            }
-        }
-        panic!(
-            "redis exited at start {ATTEMPTS} times; the last time {}",
-            show_log(&log)
-        );
+            up.then_some(Self {
+                port,
+                plain,
+                _proc: proc,
+            })
+        })
     }
 }
 
